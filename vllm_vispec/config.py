@@ -1,0 +1,111 @@
+"""The ViSpec draft's hyper-parameters and the plugin's draft checkpoint ``config.json``.
+
+Official ViSpec checkpoints ship a Llama-style ``config.json`` and keep ``num_q`` only in the
+shape of ``imadpt.q``. The plugin's format is the same folder with the official tensor names,
+plus an architecture that vLLM resolves and a ``vispec`` block recording ``num_q`` and where the
+weights came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# vLLM's EAGLEConfig keeps architectures that already start with "Eagle" as they are.
+DRAFT_ARCHITECTURE = "EagleViSpecForCausalLM"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ViSpecConfig:
+    """Shapes and options of one ViSpec draft (one Llama decoder layer + vision adaptor)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+    qkv_bias: bool = False
+    fc_bias: bool = True
+    num_q: int = 2
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.num_q < 1:
+            raise ValueError(f"num_q must be >= 1, got {self.num_q}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], num_q: int | None = None) -> ViSpecConfig:
+        """Read an official (Llama-style) or plugin ``config.json`` dict.
+
+        ``num_q`` overrides the plugin's ``vispec.num_q``; official configs do not carry it.
+        """
+        rope_theta = d.get("rope_theta")
+        if rope_theta is None:  # transformers >= 5 writes rope_parameters instead
+            rope_theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        scaling = d.get("rope_scaling") or d.get("rope_parameters") or {}
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"rope scaling {rope_type!r} is not supported by ViSpec drafts")
+        if d.get("num_hidden_layers", 1) != 1:
+            raise ValueError(
+                f"a ViSpec draft has exactly one decoder layer, config says "
+                f"num_hidden_layers={d['num_hidden_layers']}"
+            )
+        vispec = d.get("vispec") or {}
+        return cls(
+            hidden_size=int(d["hidden_size"]),
+            intermediate_size=int(d["intermediate_size"]),
+            num_attention_heads=int(d["num_attention_heads"]),
+            num_key_value_heads=int(d.get("num_key_value_heads", d["num_attention_heads"])),
+            vocab_size=int(d["vocab_size"]),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+            qkv_bias=bool(d.get("qkv_bias", False)),
+            fc_bias=bool(d.get("bias", True)),
+            num_q=int(num_q if num_q is not None else vispec.get("num_q", 2)),
+        )
+
+    def to_hf_dict(self, **provenance: Any) -> dict[str, Any]:
+        """The plugin's ``config.json``: Llama keys vLLM understands plus the ``vispec`` block."""
+        return {
+            "architectures": [DRAFT_ARCHITECTURE],
+            "model_type": "llama",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "num_hidden_layers": 1,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": "silu",
+            "qkv_bias": self.qkv_bias,
+            "bias": self.fc_bias,
+            "tie_word_embeddings": False,
+            "vispec": {"format_version": FORMAT_VERSION, "num_q": self.num_q, **provenance},
+        }
+
+
+def is_plugin_config(d: dict[str, Any]) -> bool:
+    """True for a converted (plugin-format) ViSpec draft config."""
+    return DRAFT_ARCHITECTURE in (d.get("architectures") or []) and "vispec" in d
