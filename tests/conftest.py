@@ -29,3 +29,27 @@ def _guard_triton_dispatcher() -> None:
 
 
 _guard_triton_dispatcher()
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny local VLM targets, built once per pytest run (a few seconds each).
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder of a tiny random Qwen2.5-VL (64 image tokens per 224x224 image)."""
+    from vllm_vispec.tiny_targets import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder of a tiny random LLaVA-1.6 (88 image tokens per 224x224 image)."""
+    from vllm_vispec.tiny_targets import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava_next"), seed=0)

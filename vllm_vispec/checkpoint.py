@@ -1,0 +1,428 @@
+"""ViSpec draft checkpoints: the official layout, reading it, and the plugin's own format.
+
+Official ViSpec checkpoints (HF repos such as ``JLKang/ViSpec-Qwen2.5-VL-7B-Instruct``) are a
+Llama-style ``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``; ``num_q`` is only
+the first dimension of ``imadpt.q``. The plugin format keeps the official tensor names in a
+``model.safetensors`` and writes ``config.json`` with :meth:`ViSpecConfig.to_hf_dict`, so that vLLM
+resolves the draft architecture and ``num_q`` is explicit.
+
+Every problem a user can cause is a :class:`CheckpointError` whose message is one line that names
+the problem and what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from vllm_vispec.config import FORMAT_VERSION, ViSpecConfig, is_plugin_config
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+BIN_FILE = "pytorch_model.bin"
+CONVERT_COMMAND = "vllm-vispec convert"
+
+# Old EAGLE code saved RoPE's inverse frequencies as a persistent buffer; they are a function of
+# rope_theta, so they are dropped instead of being reported as unexpected.
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
+_READ_ERRORS = (
+    safetensors.SafetensorError,
+    OSError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint, target or destination that cannot be used; the message says what to do."""
+
+
+def expected_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of an official ViSpec draft with this config."""
+    h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    nh, hd = cfg.num_attention_heads, cfg.head_dim
+    kv = cfg.num_key_value_heads * hd
+    attn = "layers.0.self_attn."
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed_tokens.weight": (v, h),
+        attn + "q_proj.weight": (h, h),
+        attn + "k_proj.weight": (kv, h),
+        attn + "v_proj.weight": (kv, h),
+        attn + "o_proj.weight": (h, h),
+        "layers.0.mlp.gate_proj.weight": (i, h),
+        "layers.0.mlp.up_proj.weight": (i, h),
+        "layers.0.mlp.down_proj.weight": (h, i),
+        "layers.0.post_attention_layernorm.weight": (h,),
+        "fc.weight": (h, 2 * h),
+        "img_fc.weight": (h, 2 * h),
+        "imadpt.q": (cfg.num_q, nh, hd),
+        "imadpt.k_proj.weight": (h, h),
+        "imadpt.v_proj.weight": (h, h),
+        "imadpt.o_proj.weight": (h, h),
+    }
+    if cfg.qkv_bias:
+        shapes.update({attn + "q_proj.bias": (h,), attn + "k_proj.bias": (kv,)})
+        shapes.update({attn + "v_proj.bias": (kv,)})
+        shapes.update({"imadpt.k_proj.bias": (h,), "imadpt.v_proj.bias": (h,)})
+    if cfg.fc_bias:
+        shapes.update({"fc.bias": (h,), "img_fc.bias": (h,)})
+    return shapes
+
+
+def validate_tensors(cfg: ViSpecConfig, tensors: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Raise unless ``tensors`` has exactly the names and shapes ``cfg`` implies."""
+    expected = expected_shapes(cfg)
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"{origin}: {len(missing)} of the {len(expected)} tensors of a ViSpec draft are "
+            f"missing ({_few(missing)}): the file is incomplete or config.json does not match it "
+            f"({_flags(cfg)}); download or convert it again"
+        )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"{origin}: {_count(unexpected, 'unexpected tensor')} ({_few(unexpected)}) for "
+            f"the ViSpec layout that config.json describes ({_flags(cfg)}); check that "
+            f"config.json belongs to these weights"
+        )
+    wrong = [n for n, shape in expected.items() if tuple(tensors[n].shape) != shape]
+    if wrong:
+        name = wrong[0]
+        others = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(
+            f"{origin}: {name} has shape {list(tensors[name].shape)}, expected "
+            f"{list(expected[name])}{others} from config.json ({_sizes(cfg)}); check that "
+            f"config.json belongs to these weights"
+        )
+
+
+def find_weights(folder: Path) -> Path:
+    """The single weights file of an official checkpoint folder (safetensors preferred)."""
+    for name in (SAFETENSORS_FILE, BIN_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder} has no {SAFETENSORS_FILE} or {BIN_FILE}: an official ViSpec checkpoint folder "
+        f"holds config.json and one of them; download the whole repository"
+    )
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors or ``.bin`` state dict onto the CPU without running pickled code."""
+    try:
+        if file.suffix == ".safetensors":
+            tensors = safetensors.torch.load_file(file)
+        else:
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+    except _READ_ERRORS as e:
+        raise CheckpointError(
+            f"cannot read {file} ({_reason(e)}): the file is corrupt or truncated; download it "
+            f"again"
+        ) from e
+    if not isinstance(tensors, dict) or not all(
+        isinstance(t, torch.Tensor) for t in tensors.values()
+    ):
+        raise CheckpointError(
+            f"{file} is not a flat state dict of tensors (a training checkpoint?); "
+            f"save the draft's state_dict() alone"
+        )
+    return {k: v for k, v in tensors.items() if not k.endswith(_DERIVED_SUFFIXES)}
+
+
+def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor]]:
+    """Read and fully validate an official ViSpec checkpoint folder."""
+    src = Path(src)
+    d = _read_config(src, role="SRC")
+    if is_plugin_config(d):
+        raise CheckpointError(
+            f"{src} is already in vllm-vispec format; pass it to vLLM as it is, no conversion "
+            f"needed"
+        )
+    file = find_weights(src)
+    tensors = read_tensors(file)
+    if "imadpt.q" not in tensors:
+        raise CheckpointError(
+            f"{file} is not a ViSpec checkpoint: {_what_it_is(tensors)}; use a ViSpec draft "
+            f"trained for your target (e.g. JLKang/ViSpec-Qwen2.5-VL-7B-Instruct)"
+        )
+    q = tensors["imadpt.q"]
+    if q.dim() != 3:
+        raise CheckpointError(
+            f"{file}: imadpt.q has shape {list(q.shape)}, expected [num_q, heads, head_dim]; "
+            f"download the checkpoint again"
+        )
+    cfg = _config_from_dict(d, src, num_q=q.shape[0])
+    validate_tensors(cfg, tensors, str(file))
+    return cfg, tensors
+
+
+def save_draft(
+    dst: str | Path,
+    cfg: ViSpecConfig,
+    tensors: Mapping[str, torch.Tensor],
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a plugin-format draft folder atomically: a reader sees the old folder or the new one.
+
+    ``overwrite`` only replaces an empty folder or an earlier vllm-vispec draft, so a mistyped
+    destination can never delete unrelated data.
+    """
+    dst = Path(dst).absolute()
+    validate_tensors(cfg, tensors, "draft to save")
+    check_destination(dst, overwrite)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot write next to {dst}: {e}; choose another DST") from e
+    old = None
+    try:
+        config = cfg.to_hf_dict(**(provenance or {}))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            tmp / SAFETENSORS_FILE,
+            metadata={"format": "pt"},
+        )
+        if dst.exists():
+            old = dst.with_name(tmp.name.replace(".tmp-", ".old-"))
+            dst.rename(old)
+        tmp.rename(dst)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dst.exists():
+            old.rename(dst)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {dst}: {e}; nothing was written") from e
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def check_draft(path: str | Path) -> ViSpecConfig:
+    """Validate a plugin-format draft folder from config.json and the safetensors header.
+
+    Reads no tensor data, so vLLM can run it at start-up before loading any weights.
+    """
+    path = Path(path)
+    d = _read_config(path, role="draft")
+    if not is_plugin_config(d):
+        names = tensor_names(path)
+        if "imadpt.q" in names:
+            raise CheckpointError(
+                f"{path} is an official ViSpec checkpoint that has not been converted; run "
+                f"`{CONVERT_COMMAND} {path} DST` and use DST"
+            )
+        arch = ", ".join(d.get("architectures") or []) or "none"
+        what = _what_it_is(names) if names else "no readable weights file"
+        raise CheckpointError(
+            f"{path} is not a ViSpec draft (architectures: {arch}; {what}); convert an official "
+            f"ViSpec checkpoint with `{CONVERT_COMMAND} SRC DST` and use DST"
+        )
+    vispec = d["vispec"]
+    version = vispec.get("format_version") if isinstance(vispec, dict) else None
+    if not isinstance(version, int):
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} has a malformed vispec block; convert the official checkpoint "
+            f"again"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written in draft format {version} by a newer vllm-vispec (this one "
+            f"reads format {FORMAT_VERSION}); upgrade vllm-vispec"
+        )
+    file = path / SAFETENSORS_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{path} has no {SAFETENSORS_FILE}; convert the official checkpoint again"
+        )
+    cfg = _config_from_dict(d, path)
+    try:
+        with safetensors.safe_open(file, "pt") as f:
+            shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except _READ_ERRORS as e:
+        raise CheckpointError(
+            f"cannot read {file} ({_reason(e)}): the file is corrupt or truncated; convert the "
+            f"official checkpoint again"
+        ) from e
+    validate_tensors(cfg, shapes, str(file))
+    return cfg
+
+
+def load_draft(path: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor]]:
+    """Read and validate a plugin-format draft folder (what ``vllm-vispec convert`` writes)."""
+    cfg = check_draft(path)
+    return cfg, read_tensors(Path(path) / SAFETENSORS_FILE)
+
+
+def load_target_text_config(target_dir: str | Path) -> PretrainedConfig:
+    """The language model's config of a target (a transformers ``PretrainedConfig``).
+
+    Goes through transformers so that keys omitted because they equal the defaults (LLaVA-NeXT's
+    ``text_config`` has no ``hidden_size``) and top-level sizes of older Qwen2.5-VL configs
+    resolve the same way they do when the target is loaded.
+    """
+    target_dir = Path(target_dir)
+    if not (target_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"target {target_dir} has no {CONFIG_FILE}: pass the local folder of the target "
+            f"model (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct)"
+        )
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    # Only sizes are read: transformers' warnings about unrelated fields would be noise here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.from_pretrained(target_dir)
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as e:
+        raise CheckpointError(
+            f"cannot read the target's {target_dir / CONFIG_FILE} ({_reason(e)}); pass the "
+            f"folder of a Hugging Face model"
+        ) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return config.get_text_config()
+
+
+def check_against_target(cfg: ViSpecConfig, target_dir: str | Path) -> None:
+    """Raise unless the draft's hidden size and vocabulary fit the target's language model."""
+    text = load_target_text_config(target_dir)
+    for what, ours, theirs in (
+        ("hidden size", cfg.hidden_size, text.hidden_size),
+        ("vocab size", cfg.vocab_size, text.vocab_size),
+    ):
+        if ours != theirs:
+            raise CheckpointError(
+                f"draft {what} {ours} does not match the {what} {theirs} of target "
+                f"{target_dir}: this draft was trained for another model; use the ViSpec "
+                f"checkpoint released for this target"
+            )
+
+
+def check_destination(dst: str | Path, overwrite: bool) -> None:
+    """Raise unless a draft may be written to ``dst``; cheap, so callers check before loading."""
+    dst = Path(dst)
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not overwrite:
+        raise CheckpointError(f"{dst} already exists; pass --force to replace it")
+    if dst.is_symlink() or not dst.is_dir():
+        raise CheckpointError(f"{dst} exists and is not a folder; choose another DST")
+    config = dst / CONFIG_FILE
+    try:
+        ours = config.is_file() and is_plugin_config(json.loads(config.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        ours = False
+    if not ours and any(dst.iterdir()):
+        raise CheckpointError(
+            f"{dst} exists and is not a vllm-vispec draft; refusing to delete it even with "
+            f"--force; choose another DST"
+        )
+
+
+def _read_config(folder: Path, role: str) -> dict[str, Any]:
+    if not folder.exists():
+        raise CheckpointError(f"{role} {folder} does not exist; pass a checkpoint folder")
+    if not folder.is_dir():
+        raise CheckpointError(f"{role} {folder} is not a folder; pass a checkpoint folder")
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{folder} has no {CONFIG_FILE}: a ViSpec checkpoint folder holds {CONFIG_FILE} and "
+            f"the weights; download the whole repository"
+        )
+    try:
+        d = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot parse {file} ({e}); download it again") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{file} is not a JSON object; download it again")
+    return d
+
+
+def _config_from_dict(d: dict[str, Any], folder: Path, num_q: int | None = None) -> ViSpecConfig:
+    try:
+        return ViSpecConfig.from_hf_dict(d, num_q=num_q)
+    except KeyError as e:
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} lacks {e}: it is not a ViSpec draft config; download it again"
+        ) from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {e}; download it again") from e
+
+
+def tensor_names(folder: Path) -> set[str]:
+    """Names in a folder's weights file without reading the data; empty if there is none."""
+    for name in (SAFETENSORS_FILE, BIN_FILE):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            if name == SAFETENSORS_FILE:
+                with safetensors.safe_open(file, "pt") as f:
+                    return set(f.keys())
+            return set(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+        except _READ_ERRORS:
+            return set()
+    return set()
+
+
+def _what_it_is(names: Iterable[str]) -> str:
+    """A guess at what a non-ViSpec state dict is, for error messages."""
+    names = set(names)
+    if any(n.startswith("midlayer.") for n in names):
+        return "it looks like an EAGLE-3 draft (midlayer.*)"
+    if any(n.startswith(("model.layers.", "language_model.")) for n in names):
+        return "it looks like a full model (model.layers.*), not a draft"
+    if any(n.startswith("fc.") for n in names):
+        return "it looks like a plain EAGLE draft (no imadpt.* vision adaptor tensors)"
+    return "it has no imadpt.* vision adaptor tensors"
+
+
+def _reason(e: BaseException) -> str:
+    """The root cause of an exception as a short single line, for embedding in a message."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(e).__name__}: {first if len(first) <= 150 else first[:147] + '...'}"
+
+
+def _count(items: list[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def _flags(cfg: ViSpecConfig) -> str:
+    return f"qkv_bias={cfg.qkv_bias}, bias={cfg.fc_bias}"
+
+
+def _sizes(cfg: ViSpecConfig) -> str:
+    return (
+        f"hidden_size={cfg.hidden_size}, intermediate_size={cfg.intermediate_size}, "
+        f"heads={cfg.num_attention_heads}, kv_heads={cfg.num_key_value_heads}, "
+        f"vocab_size={cfg.vocab_size}, num_q={cfg.num_q}"
+    )

@@ -1,0 +1,295 @@
+"""The ViSpec draft as a vLLM model: one Llama decoder layer, fc/img_fc and the vision adaptor.
+
+Same semantics as :mod:`vllm_vispec.reference` (the oracle), built from vLLM layers so that
+the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
+applies, which positions carry a compressed image token, which are hidden) are not part of
+vLLM's draft ``forward`` signature; the proposer hands them over with
+:meth:`EagleViSpecForCausalLM.set_vision_context` before each forward.
+
+Hiding image positions: the attention runs with one extra head channel. Queries carry a
+constant 1 there, keys carry 0 for visible positions and ``-HIDDEN_SCORE`` for hidden ones,
+values carry 0. A hidden slot therefore gets a score of about ``-HIDDEN_SCORE / sqrt(hd)``,
+whose softmax weight is exactly 0 in every float format vLLM caches in, on every attention
+backend, and the mark travels inside the KV cache itself: prefix-cached blocks and later
+prefill chunks see the same hidden slots without any side table. The head size is padded to
+the next size the attention backends accept; fp8 KV caches are refused (the mark does not
+survive e4m3's range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import (
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.llama import LlamaMLP
+from vllm.model_executor.models.utils import _merge_multimodal_embeddings, maybe_prefix
+from vllm.platforms import current_platform
+
+from vllm_vispec.config import ViSpecConfig
+from vllm_vispec.kernels.adaptor import absorb_queries, vision_adaptor
+
+HIDDEN_SCORE = 30000.0
+# Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
+_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def padded_head_size(head_dim: int) -> int:
+    """Smallest head size >= head_dim + 1 (the hiding channel) that attention backends run."""
+    if current_platform.is_cpu():
+        return next(s for s in _CPU_HEAD_SIZES if s > head_dim)
+    return (head_dim + 1 + 7) // 8 * 8
+
+
+@dataclasses.dataclass
+class VisionContext:
+    """Per-row vision inputs of one draft forward (rows = tokens, or requests in later steps).
+
+    ``features`` holds every vector the rows refer to; row 0 is all zeros (no image yet).
+    """
+
+    features: torch.Tensor  # [M, H]
+    global_index: torch.Tensor  # [n] int64: row of the global image feature for img_fc
+    # [n] int64: feature row that replaces fc's output (a compressed image token), -1 = none
+    compressed_index: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # [n] bool: position invisible to the draft's attention
+
+
+class ViSpecAttention(nn.Module):
+    """Multi-head attention with 1-D RoPE at raw positions and the hiding channel."""
+
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.padded_dim = padded_head_size(cfg.head_dim)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size,
+            self.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            bias=cfg.qkv_bias,
+            prefix=f"{prefix}.qkv_proj",
+        )
+        self.o_proj = RowParallelLinear(
+            self.num_heads * self.head_dim, cfg.hidden_size, bias=False, prefix=f"{prefix}.o_proj"
+        )
+        self.rotary_emb = get_rope(
+            self.head_dim,
+            max_position=cfg.max_position_embeddings,
+            is_neox_style=True,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        )
+        self.attn = Attention(
+            self.num_heads,
+            self.padded_dim,
+            self.head_dim**-0.5,
+            num_kv_heads=self.num_kv_heads,
+            cache_config=vllm_config.cache_config,
+            prefix=f"{prefix}.attn",
+        )
+
+    def _pad(self, x: torch.Tensor, heads: int, mark: torch.Tensor | None) -> torch.Tensor:
+        x = x.view(x.shape[0], heads, self.head_dim)
+        pad = x.new_zeros(x.shape[0], heads, self.padded_dim - self.head_dim)
+        if mark is not None:
+            pad[:, :, 0] = mark[:, None]
+        return torch.cat([x, pad], dim=-1).flatten(1)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor | None
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        qkv, _ = self.qkv_proj(x)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        k_mark = x.new_zeros(n)
+        if hidden is not None:
+            k_mark = k_mark.masked_fill(hidden, -HIDDEN_SCORE)
+        out = self.attn(
+            self._pad(q, self.num_heads, x.new_ones(n)),
+            self._pad(k, self.num_kv_heads, k_mark),
+            self._pad(v, self.num_kv_heads, None),
+        )
+        out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
+        return self.o_proj(out.flatten(1))[0]
+
+
+class ViSpecDecoderLayer(nn.Module):
+    """Llama layer 0 of an EAGLE draft: no input norm, post-attention norm, gated MLP."""
+
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.self_attn = ViSpecAttention(cfg, vllm_config, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(positions, x, hidden)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class VisionAdaptor(nn.Module):
+    """Learned queries pooling an image's embeddings into num_q vectors (official ``imadpt``).
+
+    Plain ``nn.Linear`` holders: the kernels read these weights directly, while vLLM's linear
+    layers may repack theirs after loading (the CPU backend does).
+    """
+
+    def __init__(self, cfg: ViSpecConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.q = nn.Parameter(torch.empty(cfg.num_q, cfg.num_attention_heads, cfg.head_dim))
+        self.k_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, H] embeddings of B images back to back -> [B, num_q, H]."""
+        # k_proj folded into the queries: the embeddings are read once, never projected.
+        w = absorb_queries(self.q, self.k_proj.weight)
+        return vision_adaptor(
+            x.to(self.q.dtype),
+            cu_seqlens,
+            w,
+            self.v_proj.weight,
+            self.o_proj.weight,
+            self.v_proj.bias,
+        )
+
+
+class ViSpecModel(nn.Module):
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, h)
+        target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
+        # The draft's attention layer must not share a name with any target layer.
+        self.layers = nn.ModuleList(
+            [ViSpecDecoderLayer(cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"))]
+        )
+        self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
+        self.img_fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
+        self.imadpt = VisionAdaptor(cfg)
+
+
+class EagleViSpecForCausalLM(nn.Module):
+    """vLLM draft model for ViSpec checkpoints in the plugin's format (``vllm-vispec convert``).
+
+    The target's lm_head is shared by vLLM's EAGLE loader (the checkpoint has none); the
+    embedding copy in the checkpoint is replaced by the target's when identical.
+    """
+
+    supports_multimodal_embeddings = True
+    has_own_embed_tokens = True
+    has_own_lm_head = False
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        spec = vllm_config.speculative_config
+        assert spec is not None and spec.draft_model_config is not None
+        self.config = spec.draft_model_config.hf_config
+        self.vispec_config = ViSpecConfig.from_hf_dict(self.config.to_dict())
+        self.model = ViSpecModel(self.vispec_config, vllm_config, maybe_prefix(prefix, "model"))
+        self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
+        self._context: VisionContext | None = None
+
+    @property
+    def num_q(self) -> int:
+        return self.vispec_config.num_q
+
+    def set_vision_context(self, context: VisionContext | None) -> None:
+        """Vision inputs for the next forward calls (None: text only, no image feature)."""
+        self._context = context
+
+    def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Adaptor outputs [B, num_q, H] for B images whose embeddings are back to back in x."""
+        return self.model.imadpt(x, cu_seqlens)
+
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: list[torch.Tensor] | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        embeds = self.model.embed_tokens(input_ids)
+        if not multimodal_embeddings or is_multimodal is None:
+            return embeds
+        return _merge_multimodal_embeddings(embeds, multimodal_embeddings, is_multimodal)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        n = hidden_states.shape[0]
+        if inputs_embeds is None:
+            inputs_embeds = m.embed_tokens(input_ids)
+        ctx = self._context
+        if ctx is None:
+            g = hidden_states.new_zeros(hidden_states.shape)
+            hidden = None
+        else:
+            g = ctx.features[ctx.global_index[:n]].to(hidden_states.dtype)
+            hidden = None if ctx.hidden is None else ctx.hidden[:n]
+        x = m.fc(torch.cat([inputs_embeds, m.img_fc(torch.cat([hidden_states, g], dim=-1))], -1))
+        if ctx is not None and ctx.compressed_index is not None:
+            index = ctx.compressed_index[:n]
+            compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
+            x = torch.where((index >= 0)[:, None], compressed, x)
+        out = m.layers[0](positions, x, hidden)
+        return out, out
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load official ViSpec tensor names (q/k/v and gate/up are stacked by vLLM)."""
+        stacked = {
+            ".q_proj.": (".qkv_proj.", "q"),
+            ".k_proj.": (".qkv_proj.", "k"),
+            ".v_proj.": (".qkv_proj.", "v"),
+            ".gate_proj.": (".gate_up_proj.", 0),
+            ".up_proj.": (".gate_up_proj.", 1),
+        }
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            name = "model." + name
+            if ".self_attn." in name or ".mlp." in name:
+                for old, (new, shard) in stacked.items():
+                    if old in name:
+                        param = params[name.replace(old, new)]
+                        param.weight_loader(param, tensor, shard)
+                        loaded.add(name.replace(old, new))
+                        break
+                else:
+                    param = params[name]
+                    getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+                    loaded.add(name)
+                continue
+            param = params[name]
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(name)
+        return loaded

@@ -1,0 +1,153 @@
+"""Tiny ViSpec drafts with random weights, for tests and the demo (no download possible here).
+
+They are written in the official layout, exactly as the ViSpec authors ship a checkpoint, so
+that every path a real checkpoint takes (conversion included) is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+
+from vllm_vispec.checkpoint import (
+    BIN_FILE,
+    CONFIG_FILE,
+    SAFETENSORS_FILE,
+    expected_shapes,
+    load_target_text_config,
+    save_draft,
+)
+from vllm_vispec.config import ViSpecConfig
+
+INIT_STD = 0.02
+
+
+def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:
+    """The Llama-style ``config.json`` of a released ViSpec draft: no ``num_q``, no vispec block."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "num_hidden_layers": 1,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "qkv_bias": cfg.qkv_bias,
+        "pretraining_tp": 1,
+        "bias": cfg.fc_bias,
+        "torch_dtype": "float32",
+    }
+
+
+def random_tensors(
+    cfg: ViSpecConfig, seed: int = 0, embed_tokens: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Seeded float32 weights in the official layout, at the scale of a freshly initialised draft.
+
+    ``img_fc`` starts as the identity on ``h_target`` (as ViSpec initialises it) plus noise, so
+    the image feature perturbs but does not drown the target's hidden state.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h = cfg.hidden_size
+    tensors = {
+        name: torch.randn(shape, generator=gen) * INIT_STD
+        for name, shape in expected_shapes(cfg).items()
+    }
+    tensors["layers.0.post_attention_layernorm.weight"] = torch.ones(h)
+    tensors["img_fc.weight"][:, :h] += torch.eye(h)
+    if embed_tokens is not None:
+        want = tensors["embed_tokens.weight"].shape
+        if tuple(embed_tokens.shape) != tuple(want):
+            raise ValueError(
+                f"embed_tokens has shape {list(embed_tokens.shape)}, the draft needs {list(want)}"
+            )
+        tensors["embed_tokens.weight"] = embed_tokens.detach().to("cpu", torch.float32).clone()
+    return tensors
+
+
+def random_official_checkpoint(
+    path: str | Path,
+    cfg: ViSpecConfig,
+    seed: int = 0,
+    fmt: Literal["safetensors", "bin"] = "safetensors",
+    embed_tokens: torch.Tensor | None = None,
+) -> Path:
+    """Write an official-layout ViSpec checkpoint folder with random weights and return it.
+
+    ``embed_tokens`` (the target's input embedding, [vocab, hidden]) replaces the random one, as
+    in a trained draft, whose embedding is a frozen copy of the target's.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = random_tensors(cfg, seed, embed_tokens)
+    (path / CONFIG_FILE).write_text(json.dumps(official_config_dict(cfg), indent=2) + "\n")
+    if fmt == "safetensors":
+        safetensors.torch.save_file(tensors, path / SAFETENSORS_FILE, metadata={"format": "pt"})
+    elif fmt == "bin":
+        torch.save(tensors, path / BIN_FILE)
+    else:
+        raise ValueError(f"fmt must be 'safetensors' or 'bin', got {fmt!r}")
+    return path
+
+
+def draft_config_for_target(
+    target_dir: str | Path, num_q: int = 2, **overrides: Any
+) -> ViSpecConfig:
+    """A draft config sized for a target, following the released ViSpec configs.
+
+    Draft heads equal the target's, with plain multi-head attention (kv heads = heads) even on a
+    grouped-query target; q/k/v biases follow the target family (Qwen has them, Llama does not).
+    """
+    text = load_target_text_config(target_dir)
+    rope = getattr(text, "rope_parameters", None) or {}
+    fields: dict[str, Any] = {
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_attention_heads,
+        "vocab_size": text.vocab_size,
+        "rms_norm_eps": text.rms_norm_eps,
+        "rope_theta": rope.get("rope_theta", getattr(text, "rope_theta", 10000.0)),
+        "max_position_embeddings": text.max_position_embeddings,
+        "qkv_bias": text.model_type.startswith("qwen")
+        or bool(getattr(text, "attention_bias", False)),
+        "num_q": num_q,
+    }
+    return ViSpecConfig(**{**fields, **overrides})
+
+
+def target_embeddings(target_dir: str | Path) -> torch.Tensor:
+    """The language model's input embedding matrix [vocab, hidden] of a local HF target."""
+    target_dir = Path(target_dir)
+    with safetensors.safe_open(target_dir / SAFETENSORS_FILE, "pt") as f:
+        names = [k for k in f.keys() if k.endswith("embed_tokens.weight") and "vision" not in k]
+        if len(names) != 1:
+            raise ValueError(f"cannot tell the text embedding of {target_dir} among {names}")
+        return f.get_tensor(names[0])
+
+
+def build_tiny_draft(
+    target_dir: str | Path, dst: str | Path, seed: int = 0, num_q: int = 2, echo: bool = False
+) -> Path:
+    """A plugin-format ViSpec draft for a local target, with the target's embeddings.
+
+    ``echo`` adds the identity to the hidden-state half of ``fc``: the draft then mostly
+    returns the target's hidden state and so proposes the token the target chose last, which a
+    tiny random target that loops on a token accepts. Tests use it to exercise acceptance.
+    """
+    cfg = draft_config_for_target(target_dir, num_q=num_q)
+    tensors = random_tensors(cfg, seed, target_embeddings(target_dir))
+    if echo:
+        h = cfg.hidden_size
+        tensors["fc.weight"][:, h:] += torch.eye(h)
+    return save_draft(dst, cfg, tensors, {"converted_from": f"random (seed {seed})"})

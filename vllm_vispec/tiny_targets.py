@@ -1,0 +1,575 @@
+"""Tiny random vision-language targets, built locally from configs (no model hub).
+
+Tests, the demo and the benchmarks need real VLM checkpoints that both HF transformers and vLLM
+load, but these machines have no internet and two CPU cores. The builders here write complete
+HF folders (config, safetensors weights, locally trained tokenizer, image processor, processor
+and chat template) for the two target architectures ViSpec is tested on:
+
+* :func:`build_tiny_qwen2_5_vl`: ``Qwen2_5_VLForConditionalGeneration`` (M-RoPE, window
+  attention vision tower, byte-level BPE tokenizer, Qwen chat template). A 224x224 image becomes
+  64 ``<|image_pad|>`` tokens.
+* :func:`build_tiny_llava_next`: ``LlavaNextForConditionalGeneration`` (Llama text model, CLIP
+  tower, AnyRes tiling, Llama-style sentencepiece-like BPE with byte fallback, vicuna chat
+  template). A 224x224 image becomes 88 ``<image>`` tokens.
+
+Both text models use head_dim 32 (the CPU attention backend needs head sizes that are multiples of
+32) and float32 weights, so that vLLM and transformers agree token for token under greedy
+decoding. Builds are deterministic: the same seed gives byte-identical files.
+
+:func:`make_test_image` draws deterministic synthetic images and :func:`cpu_engine_kwargs` returns
+``vllm.LLM`` keyword arguments that start a small engine quickly on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "LLAVA_IMAGE_TOKEN",
+    "QWEN_IMAGE_TOKEN",
+    "QWEN_SPECIAL_TOKENS",
+    "VOCAB_SIZE",
+    "build_tiny_llava_next",
+    "build_tiny_qwen2_5_vl",
+    "cpu_engine_kwargs",
+    "make_test_image",
+]
+
+VOCAB_SIZE = 512
+"""Tokenizer size == config ``vocab_size`` for both targets (no unused embedding rows)."""
+
+INIT_STD = 0.1
+"""Weight init std. HF's default 0.02 leaves a 2-layer random model almost a bigram table: greedy
+output falls into 2-token loops. 0.1 gives varied, image-dependent output with larger top-1/top-2
+logit margins (measured min 1e-3..3e-3 over 96 greedy steps, vs 3e-4), so float32 vLLM and HF
+agree token for token."""
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_IMAGE_TOKEN = "<|image_pad|>"
+LLAVA_IMAGE_TOKEN = "<image>"
+
+# Qwen2-VL style: a default system turn, image/video parts become vision_start/pad/end.
+# Accepts HF-style parts ({"type": "image"}) and OpenAI-style ones ("image_url").
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or content['type'] == 'image_url' or 'image' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or content['type'] == 'video_url' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Vicuna v1 style (llava-v1.6-vicuna): "<s>SYSTEM USER: <image>\ntext ASSISTANT: reply</s>".
+# The template emits BOS itself; vLLM's chat path and HF processors then add no second one.
+LLAVA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set sys = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'] | map(attribute='text') | join(' ') %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}"
+    "{% set sys = 'A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human\\'s questions.' %}"
+    "{% set loop_messages = messages %}"
+    "{% endif %}"
+    "{{ sys }}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %} USER: {% else %} ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or content['type'] == 'image_url' or 'image' in content %}"
+    "<image>\n{% endif %}{% endfor %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer corpus
+
+
+_COLOURS = ("red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey", "pink")
+_SHAPES = ("circle", "square", "triangle", "line", "box", "dot", "star", "ring", "cross", "stripe")
+_PLACES = ("left", "right", "top", "bottom", "centre", "corner", "middle", "edge")
+_VERBS = ("shows", "contains", "has", "depicts", "displays", "holds")
+_NOUNS = tuple(
+    "person woman man child dog cat horse bird car bus train bicycle boat tree flower house "
+    "building window door table chair plate bottle phone laptop book clock street river mountain "
+    "beach kitchen garden field sky cloud road bridge sign umbrella kite".split()
+)
+_ADJECTIVES = tuple(
+    "small large bright dark round tall short wooden metal old new happy quiet busy empty crowded "
+    "sunny cloudy striped shiny".split()
+)
+_PHRASES = (
+    "Describe the image in detail.",
+    "What is shown in this picture?",
+    "How many objects are there?",
+    "The image is a photo of a cat sitting on a table next to a cup of coffee.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "You are a helpful assistant. Please answer the question about the picture.",
+    "There are two people walking along the street in the rain with umbrellas.",
+    "Speculative decoding drafts several tokens and the target model verifies them at once.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 12 16 32 64 128 256 512 1024.",
+    "USER: ASSISTANT: system user assistant Picture Video",
+)
+
+
+def _corpus(seed: int = 1234) -> list[str]:
+    """A few thousand deterministic English-like lines about pictures (tokenizer training)."""
+    rng = random.Random(seed)
+    lines = list(_PHRASES)
+    for _ in range(2000):
+        lines.append(
+            f"The {rng.choice(('image', 'picture', 'photo', 'scene'))} {rng.choice(_VERBS)} "
+            f"a {rng.choice(_ADJECTIVES)} {rng.choice(_COLOURS)} {rng.choice(_NOUNS)} in the "
+            f"{rng.choice(_PLACES)}, and {rng.randint(2, 99)} {rng.choice(_COLOURS)} "
+            f"{rng.choice(_SHAPES)}s near the {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}."
+        )
+        lines.append(
+            f"Is there a {rng.choice(_NOUNS)} on the {rng.choice(_PLACES)}? Yes, "
+            f"{rng.randint(1, 9)} {rng.choice(_NOUNS)}s are {rng.choice(_ADJECTIVES)} and "
+            f"{rng.choice(_COLOURS)}."
+        )
+    return lines
+
+
+def _train_bpe(pre_tokenizer: Any, vocab_size: int, alphabet: list[str]) -> tuple[dict, list]:
+    """Train a BPE model on the built-in corpus; returns (vocab, merges) in id order."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False, min_frequency=2
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    if len(vocab) != vocab_size:
+        raise RuntimeError(f"BPE training gave {len(vocab)} tokens, wanted {vocab_size}")
+    return vocab, merges
+
+
+def _qwen_tokenizer() -> Any:
+    """Byte-level BPE like Qwen2's: 504 trained tokens, then the 8 special tokens (ids 504-511)."""
+    from tokenizers import AddedToken, Regex, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    n_trained = VOCAB_SIZE - len(QWEN_SPECIAL_TOKENS)
+    vocab, merges = _train_bpe(pre, n_trained, pre_tokenizers.ByteLevel.alphabet())
+    for i, token in enumerate(QWEN_SPECIAL_TOKENS):
+        vocab[token] = n_trained + i
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+        errors="replace",
+    )
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS]
+    )
+    _check_ids(tokenizer, {t: n_trained + i for i, t in enumerate(QWEN_SPECIAL_TOKENS)})
+    return tokenizer
+
+
+def _llama_tokenizer() -> Any:
+    """Llama/sentencepiece-style BPE: <unk> <s> </s>, 256 byte-fallback tokens, trained pieces
+    with the ``▁`` word prefix, and ``<image>`` as the last id (511)."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import LlamaTokenizer
+
+    specials = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    n_fixed = len(specials) + 256
+    n_trained = VOCAB_SIZE - n_fixed - 1
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trained, merges = _train_bpe(pre, n_trained, [])
+    vocab = dict(specials)
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
+    vocab.update({tok: n_fixed + i for i, tok in enumerate(trained)})
+    vocab[LLAVA_IMAGE_TOKEN] = VOCAB_SIZE - 1
+    tokenizer = LlamaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        add_bos_token=True,
+        add_eos_token=False,
+        pad_token="<unk>",
+        model_max_length=4096,
+        legacy=False,
+    )
+    tokenizer.add_tokens([AddedToken(LLAVA_IMAGE_TOKEN, special=True, normalized=False)])
+    _check_ids(tokenizer, {**specials, LLAVA_IMAGE_TOKEN: VOCAB_SIZE - 1})
+    return tokenizer
+
+
+def _check_ids(tokenizer: Any, expected: dict[str, int]) -> None:
+    if len(tokenizer) != VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {VOCAB_SIZE}")
+    for token, idx in expected.items():
+        got = tokenizer.convert_tokens_to_ids(token)
+        if got != idx:
+            raise RuntimeError(f"{token!r} has id {got}, expected {idx}")
+
+
+# --------------------------------------------------------------------------------------------
+# Weights and folders
+
+
+def _save_model(
+    model_cls: Any,
+    config: Any,
+    path: pathlib.Path,
+    seed: int,
+    never_generated: list[int],
+    renames: tuple = (),
+) -> None:
+    """Initialise with HF's own init under a private RNG and save float32 safetensors.
+
+    ``never_generated`` token ids (image/video placeholders, ...) get an all-zero ``lm_head`` row:
+    their logit is then exactly 0 while the greedy winner among hundreds of random logits is always
+    clearly positive, so, like a real VLM, the model never emits a placeholder greedily (a
+    generated ``<image>`` would look like an image span to anything that scans token ids).
+
+    ``renames`` are (old prefix, new prefix) pairs applied to the saved tensor names: transformers
+    5 writes some checkpoints in a layout that only transformers 5 reads back (see
+    :func:`build_tiny_llava_next`), while vLLM expects the published checkpoints' names.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).to(torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.weight[never_generated] = 0.0
+    model.save_pretrained(path)
+    if renames:
+        file = path / "model.safetensors"
+        tensors = load_file(file)
+        renamed = {}
+        for name, tensor in tensors.items():
+            for old, new in renames:
+                if name.startswith(old) and not name.startswith(new):
+                    name = new + name[len(old) :]
+            renamed[name] = tensor
+        save_file(dict(sorted(renamed.items())), file, metadata={"format": "pt"})
+
+
+def _finish(path: pathlib.Path) -> pathlib.Path:
+    """Drop non-deterministic metadata so rebuilds are byte-identical."""
+    for name in ("config.json", "generation_config.json"):
+        file = path / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            data.pop("transformers_version", None)
+            file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def build_tiny_qwen2_5_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random Qwen2.5-VL HF folder at ``path`` and return it.
+
+    Text: hidden 128, 2 layers, 4 heads (head_dim 32), 2 KV heads, vocab 512, M-RoPE sections
+    [4, 6, 6] (summing to head_dim / 2 as in the real model). Vision: depth 2, hidden 64, 2 heads,
+    patch 14, merge 2, one window-attention and one full-attention block, out_hidden 128, so a
+    224x224 image gives a 16x16 patch grid -> 64 image tokens. Images are resized to at most
+    448x448 pixels (256 tokens) to keep vLLM's encoder profiling cheap.
+    """
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "hidden_act": "silu",
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "initializer_range": INIT_STD,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [4, 6, 6],
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": False,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": 2,
+            "dtype": "float32",
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "hidden_act": "silu",
+            "in_channels": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "out_hidden_size": 128,
+            "tokens_per_second": 2,
+            "initializer_range": INIT_STD,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    vision_tokens = [ids[t] for t in QWEN_SPECIAL_TOKENS if "vision" in t or "pad" in t]
+    _save_model(Qwen2_5_VLForConditionalGeneration, config, path, seed, vision_tokens)
+    GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    ).save_pretrained(path)
+
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}
+    image_processor = Qwen2VLImageProcessor(
+        size=pixels, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        size=pixels, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    return _finish(path)
+
+
+def build_tiny_llava_next(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random LLaVA-1.6 (LLaVA-NeXT) HF folder at ``path`` and return it.
+
+    Text: Llama, hidden 128, 2 layers, 4 heads (head_dim 32), 2 KV heads, vocab 512 with
+    ``<image>`` = 511. Vision: CLIP ViT, image 56, patch 14 (4x4 patches + CLS), hidden 64,
+    2 heads, 2 layers; feature layer -2, CLS dropped ("default" strategy). AnyRes grid pinpoints
+    are multiples of 56 up to 112x112, so a 224x224 image -> 2x2 tiles -> 8x8 unpadded features
+    + 8 newline tokens + 16 base tokens = 88 image tokens.
+    """
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _llama_tokenizer()
+    image_size, patch_size = 56, 14
+    pinpoints = [[56, 112], [112, 56], [112, 112], [56, 168], [168, 56]]
+
+    text_config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        initializer_range=INIT_STD,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=64,
+        hidden_act="quick_gelu",
+        initializer_range=INIT_STD,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=VOCAB_SIZE - 1,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=False,
+        image_seq_length=(image_size // patch_size) ** 2,
+    )
+    config.architectures = ["LlavaNextForConditionalGeneration"]
+    config.dtype = "float32"
+    # transformers 5 drops CLIP's ``vision_model.`` level on save; published llava-hf checkpoints
+    # (and vLLM's loader) have ``vision_tower.vision_model.*``, which transformers 5 also reads.
+    _save_model(
+        LlavaNextForConditionalGeneration,
+        config,
+        path,
+        seed,
+        # <unk>, <s>, <image> and the non-ASCII byte-fallback pieces (lone ones are invalid
+        # UTF-8: vLLM's incremental detokenizer would log a warning per request).
+        [0, 1, config.image_token_index, *range(3 + 0x80, 3 + 0x100)],
+        renames=(("vision_tower.", "vision_tower.vision_model."),),
+    )
+    generation = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False)
+    generation.save_pretrained(path)
+
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        do_center_crop=True,
+        do_pad=True,
+    )
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        image_token=LLAVA_IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+    return _finish(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Images and engines
+
+
+def make_test_image(seed: int, size: tuple[int, int] = (224, 224)) -> Image.Image:
+    """A deterministic synthetic RGB picture: a tinted background with a few random shapes.
+
+    Different seeds give visibly different images, so tests can check that outputs depend on
+    the picture and that image caches key on content.
+    """
+    rng = random.Random(seed)
+    width, height = size
+    background = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 7)):
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        x0, x1 = sorted(rng.randrange(width) for _ in range(2))
+        y0, y1 = sorted(rng.randrange(height) for _ in range(2))
+        box = (x0, y0, max(x1, x0 + 4), max(y1, y0 + 4))
+        kind = rng.choice(("rectangle", "ellipse", "line"))
+        if kind == "rectangle":
+            draw.rectangle(box, fill=colour)
+        elif kind == "ellipse":
+            draw.ellipse(box, fill=colour)
+        else:
+            draw.line(box, fill=colour, width=rng.randint(1, 6))
+    return image
+
+
+def cpu_engine_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a small, fast-starting ``vllm.LLM`` test engine on CPU.
+
+    - float32: tiny random models have small logit margins; float32 keeps vLLM and HF greedy
+      tokens identical.
+    - block_size 32: the CPU attention backend wants multiples of 32 (its default is 128).
+    - kv_cache_memory_bytes: otherwise vLLM sizes the KV cache from free RAM and refuses to start
+      on a 24 GiB machine. (The legacy ``VLLM_CPU_KVCACHE_SPACE`` env var, when set, wins.)
+    - enforce_eager: no torch.compile / graph capture, the engine starts in seconds.
+    - max_num_seqs / max_num_batched_tokens small: cheaper dummy-run profiling.
+    - "uni" executor: in-process worker (needs ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` for a fully
+      in-process engine; otherwise vLLM switches CPU to "mp" itself).
+    Pass ``model=...`` and any override (e.g. ``speculative_config``) as keyword arguments.
+    """
+    kwargs: dict[str, Any] = {
+        "dtype": "float32",
+        "block_size": 32,
+        "kv_cache_memory_bytes": 256 * 1024**2,
+        "max_model_len": 2048,
+        "max_num_seqs": 8,
+        "max_num_batched_tokens": 2048,
+        "enforce_eager": True,
+        "limit_mm_per_prompt": {"image": 2, "video": 0},
+        "distributed_executor_backend": "uni",
+        "seed": 0,
+    }
+    kwargs.update(overrides)
+    return kwargs

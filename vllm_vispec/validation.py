@@ -1,0 +1,85 @@
+"""Start-up checks of a speculative config that names a ViSpec draft.
+
+They run while vLLM builds its config (before any weights load or request arrives), so a bad
+set-up stops the engine with one message that says what to do.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from vllm_vispec import checkpoint
+from vllm_vispec.config import DRAFT_ARCHITECTURE
+
+SUPPORTED_TARGETS = ("Qwen2_5_VLForConditionalGeneration", "LlavaNextForConditionalGeneration")
+MAX_SPECULATIVE_TOKENS = 8
+
+
+class ViSpecConfigError(ValueError):
+    """A ViSpec speculative config that cannot work; the message says how to fix it."""
+
+
+def is_vispec_draft(speculative_config: Any) -> bool:
+    """True when vLLM's speculative config selects a (converted) ViSpec draft."""
+    draft = getattr(speculative_config, "draft_model_config", None)
+    if draft is None:
+        return False
+    return DRAFT_ARCHITECTURE in (getattr(draft.hf_config, "architectures", None) or [])
+
+
+def validate(vllm_config: Any) -> None:
+    """Raise :class:`ViSpecConfigError` when the ViSpec set-up cannot run."""
+    spec = vllm_config.speculative_config
+    if spec is None:
+        return
+    draft_path = getattr(spec, "model", None)
+    if not is_vispec_draft(spec):
+        if spec.method in ("eagle", "eagle3") and draft_path and pathlib.Path(draft_path).is_dir():
+            if "imadpt.q" in checkpoint.tensor_names(pathlib.Path(draft_path)):
+                raise ViSpecConfigError(
+                    f"{draft_path} is an official ViSpec checkpoint that has not been converted; "
+                    f"run `vllm-vispec convert {draft_path} DST` and pass DST as the draft model"
+                )
+        return
+    if spec.method != "eagle":
+        raise ViSpecConfigError(
+            f"ViSpec drafts run with method 'eagle', not {spec.method!r}; set "
+            '"method": "eagle" in --speculative-config'
+        )
+    target = vllm_config.model_config.hf_config
+    archs = getattr(target, "architectures", None) or []
+    if not any(a in SUPPORTED_TARGETS for a in archs):
+        raise ViSpecConfigError(
+            f"ViSpec drafts support targets {', '.join(SUPPORTED_TARGETS)}; the target model is "
+            f"{', '.join(archs) or 'unknown'}"
+        )
+    draft_cfg = checkpoint.check_draft(draft_path)
+    text = target.get_text_config()
+    if draft_cfg.hidden_size != text.hidden_size:
+        raise ViSpecConfigError(
+            f"draft hidden size {draft_cfg.hidden_size} does not match the target's "
+            f"{text.hidden_size}: this draft was trained for another model"
+        )
+    if draft_cfg.vocab_size != text.vocab_size:
+        raise ViSpecConfigError(
+            f"draft vocab size {draft_cfg.vocab_size} does not match the target's "
+            f"{text.vocab_size}: this draft was trained for another model"
+        )
+    k = spec.num_speculative_tokens
+    if not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+        raise ViSpecConfigError(
+            f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for ViSpec "
+            f"drafts (got {k}); 3-5 is usually best"
+        )
+    if spec.disable_padded_drafter_batch:
+        raise ViSpecConfigError(
+            "ViSpec drafts need vLLM's padded drafter batch; remove "
+            "disable_padded_drafter_batch from the speculative config"
+        )
+    cache_dtype = spec.kv_cache_dtype or vllm_config.cache_config.cache_dtype
+    if str(cache_dtype).startswith("fp8"):
+        raise ViSpecConfigError(
+            "ViSpec drafts need a 16- or 32-bit draft KV cache (hidden image slots are marked "
+            'in the cache); set "kv_cache_dtype": "auto" in the speculative config'
+        )
