@@ -13,8 +13,18 @@ setup(
     python_requires=">=3.10",
     # Triton kernels live in the top-level kernels/ folder but are only importable as
     # vllm_vispec.kernels (a bare top-level `kernels` would clash with a PyPI package).
-    packages=["vllm_vispec", "vllm_vispec.kernels"],
-    package_dir={"vllm_vispec": "vllm_vispec", "vllm_vispec.kernels": "kernels"},
+    packages=[
+        "vllm_vispec",
+        "vllm_vispec.kernels",
+        "vllm_vispec.kernels.adaptor",
+        "vllm_vispec.kernels.attention",
+    ],
+    package_dir={
+        "vllm_vispec": "vllm_vispec",
+        "vllm_vispec.kernels": "kernels",
+        "vllm_vispec.kernels.adaptor": "kernels/adaptor",
+        "vllm_vispec.kernels.attention": "kernels/attention",
+    },
     install_requires=[
         "torch",
         "transformers>=5",

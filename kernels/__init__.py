@@ -1,4 +1,22 @@
 """Triton kernels with readable PyTorch references (``naive.py`` beside each kernel).
 
-Importable only as ``vllm_vispec.kernels`` (setup.py maps this folder there).
+Importable only as ``vllm_vispec.kernels`` (setup.py maps this folder there). Each op's
+``__init__`` dispatches to Triton for CUDA tensors and to PyTorch otherwise; Triton itself is
+imported only when a kernel is launched.
+
+- ``adaptor``: the vision adaptor with k_proj absorbed into its queries (x read without
+  projecting it).
+- ``attention``: the draft's paged attention that skips hidden image positions.
 """
+
+from .adaptor import absorb_queries, naive_vision_adaptor, vision_adaptor
+from .attention import draft_paged_attention, naive_draft_paged_attention, split_kv_cache
+
+__all__ = [
+    "absorb_queries",
+    "draft_paged_attention",
+    "naive_draft_paged_attention",
+    "naive_vision_adaptor",
+    "split_kv_cache",
+    "vision_adaptor",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 # In-process engines start in seconds instead of ~20 s; the KV cache must be bounded on CPU.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -10,6 +11,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
 
 
 def _guard_triton_dispatcher() -> None:
@@ -32,11 +35,7 @@ _guard_triton_dispatcher()
 
 
 # --------------------------------------------------------------------------------------------
-# Tiny local VLM targets, built once per pytest run (a few seconds each).
-
-import pathlib  # noqa: E402
-
-import pytest  # noqa: E402
+# Tiny local VLM targets and ViSpec drafts, built once per pytest run (a few seconds each).
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +52,22 @@ def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from vllm_vispec.tiny_targets import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava_next"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen_draft(qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen2.5-VL target."""
+    from vllm_vispec.tiny_drafts import build_tiny_draft
+
+    return build_tiny_draft(qwen_target, tmp_path_factory.mktemp("qwen-draft") / "d", echo=True)
+
+
+@pytest.fixture(scope="session")
+def llava_draft(
+    llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """Plugin-format ViSpec draft (num_q 3, echo) for the tiny LLaVA-1.6 target."""
+    from vllm_vispec.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("llava-draft") / "d"
+    return build_tiny_draft(llava_target, folder, num_q=3, echo=True)

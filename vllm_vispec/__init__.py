@@ -22,7 +22,7 @@ def register() -> None:
     import vllm
     from vllm.logger import init_logger
 
-    logger = init_logger(__name__)
+    logger = init_logger(f"vllm.{__name__}")
     installed = getattr(vllm, "__version__", "unknown")
     if not installed.startswith(SUPPORTED_VLLM + "."):
         logger.warning(

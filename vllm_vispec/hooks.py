@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from vllm_vispec.validation import is_vispec_draft, validate
+from vllm_vispec.validation import is_vispec_draft, precheck, validate
 
 
 def install() -> None:
@@ -50,6 +50,7 @@ def _patch_engine_args(module: Any) -> None:
     create = module.EngineArgs.create_engine_config
 
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        precheck(self.speculative_config)
         config = create(self, *args, **kwargs)
         validate(config)
         return config

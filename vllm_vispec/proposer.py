@@ -27,13 +27,13 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 from vllm_vispec.model import EagleViSpecForCausalLM, VisionContext
 from vllm_vispec.spans import draft_layout
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")
 
 # Adaptor outputs kept for prefix-cache hits: num_q * H values per image (28 KiB at 7B, bf16).
 FEATURE_CACHE_IMAGES = 8192
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class ImageSpan:
     """One image (or video) of a request: tokens [start, end) of the target sequence."""
 
@@ -115,6 +115,30 @@ class ViSpecProposer(EagleProposer):
             )
         finally:
             self.draft.set_vision_context(None)
+
+    def prepare_next_token_ids_padded(
+        self, sampled_token_ids, requests, gpu_input_batch, discard_request_mask
+    ):
+        """Pair a partial prefill chunk's last position with the next prompt token.
+
+        vLLM pairs it with the prompt's last token: harmless for the output (that draft is
+        discarded) but the draft KV written there then differs from a whole-prompt pass, and
+        every later position attends to it. ViSpec's semantics (and the reference) need the
+        true next token.
+        """
+        next_ids, valid = super().prepare_next_token_ids_padded(
+            sampled_token_ids, requests, gpu_input_batch, discard_request_mask
+        )
+        partial = np.nonzero(self.runner.discard_request_mask.np[: gpu_input_batch.num_reqs])[0]
+        if len(partial):
+            seq_lens = self.runner.optimistic_seq_lens_cpu
+            tokens = [
+                requests[gpu_input_batch.req_ids[i]].get_token_id(int(seq_lens[i])) for i in partial
+            ]
+            next_ids[torch.from_numpy(partial).to(next_ids.device)] = torch.tensor(
+                tokens, dtype=next_ids.dtype
+            ).to(next_ids.device)
+        return next_ids, valid
 
     def set_inputs_first_pass(self, *args, **kwargs):
         out = super().set_inputs_first_pass(*args, **kwargs)

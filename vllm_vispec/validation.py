@@ -6,11 +6,12 @@ set-up stops the engine with one message that says what to do.
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
 from vllm_vispec import checkpoint
-from vllm_vispec.config import DRAFT_ARCHITECTURE
+from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
 
 SUPPORTED_TARGETS = ("Qwen2_5_VLForConditionalGeneration", "LlavaNextForConditionalGeneration")
 MAX_SPECULATIVE_TOKENS = 8
@@ -35,12 +36,8 @@ def validate(vllm_config: Any) -> None:
         return
     draft_path = getattr(spec, "model", None)
     if not is_vispec_draft(spec):
-        if spec.method in ("eagle", "eagle3") and draft_path and pathlib.Path(draft_path).is_dir():
-            if "imadpt.q" in checkpoint.tensor_names(pathlib.Path(draft_path)):
-                raise ViSpecConfigError(
-                    f"{draft_path} is an official ViSpec checkpoint that has not been converted; "
-                    f"run `vllm-vispec convert {draft_path} DST` and pass DST as the draft model"
-                )
+        # Whatever the method: without one, vLLM runs the folder as a standalone draft model.
+        _refuse_unconverted(draft_path)
         return
     if spec.method != "eagle":
         raise ViSpecConfigError(
@@ -77,9 +74,51 @@ def validate(vllm_config: Any) -> None:
             "ViSpec drafts need vLLM's padded drafter batch; remove "
             "disable_padded_drafter_batch from the speculative config"
         )
+    if vllm_config.use_v2_model_runner:
+        raise ViSpecConfigError(
+            "ViSpec drafts run on vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER (or set "
+            "it to 0)"
+        )
     cache_dtype = spec.kv_cache_dtype or vllm_config.cache_config.cache_dtype
     if str(cache_dtype).startswith("fp8"):
         raise ViSpecConfigError(
             "ViSpec drafts need a 16- or 32-bit draft KV cache (hidden image slots are marked "
             'in the cache); set "kv_cache_dtype": "auto" in the speculative config'
         )
+
+
+def precheck(speculative_config: Any) -> None:
+    """Checks of the raw speculative config that must run before vLLM builds its own.
+
+    vLLM parses the draft's config.json and safetensors header and resolves its architecture
+    while it builds ``SpeculativeConfig``; a broken ViSpec draft or a wrong method would
+    otherwise stop it with vLLM's own error (wrapped by pydantic, without the file or the fix).
+    """
+    if not isinstance(speculative_config, dict):
+        return
+    draft_path = speculative_config.get("model")
+    if not isinstance(draft_path, str) or not pathlib.Path(draft_path).is_dir():
+        return
+    try:
+        d = json.loads((pathlib.Path(draft_path) / checkpoint.CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # not a checkpoint folder vLLM can use either; vLLM says so
+    if not (isinstance(d, dict) and is_plugin_config(d)):
+        _refuse_unconverted(draft_path)
+        return
+    method = speculative_config.get("method")
+    if method is not None and method != "eagle":
+        raise ViSpecConfigError(
+            f"ViSpec drafts run with method 'eagle', not {method!r}; set "
+            '"method": "eagle" in --speculative-config'
+        )
+    checkpoint.check_draft(draft_path)
+
+
+def _refuse_unconverted(draft_path: Any) -> None:
+    if draft_path and pathlib.Path(draft_path).is_dir():
+        if "imadpt.q" in checkpoint.tensor_names(pathlib.Path(draft_path)):
+            raise ViSpecConfigError(
+                f"{draft_path} is an official ViSpec checkpoint that has not been converted; "
+                f"run `vllm-vispec convert {draft_path} DST` and pass DST as the draft model"
+            )

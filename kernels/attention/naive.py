@@ -1,0 +1,66 @@
+"""Readable reference of the draft's paged attention with hidden image positions (CPU path).
+
+Per request: gather the K/V of its visible raw positions through the block table, then causal
+softmax attention. Hidden positions are never gathered, so they get exactly zero weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def naive_draft_paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    hidden_start: torch.Tensor,
+    hidden_end: torch.Tensor,
+    cu_hidden: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of the scheduled queries over the paged cache, hidden intervals skipped.
+
+    Args:
+        q: [T, nh, hd], requests back to back (``query_start_loc`` [B + 1]); the queries of
+            request b are its last q_len raw positions, seq_len - q_len ... seq_len - 1.
+        k_cache, v_cache: [num_blocks, block_size, nkv, hd], any strides; nh % nkv == 0.
+        seq_lens: [B] tokens in the KV cache per request, the scheduled ones included.
+        block_table: [B, max_blocks] physical block of each logical block.
+        hidden_start, hidden_end, cu_hidden: request b hides raw positions
+            [hidden_start[i], hidden_end[i]) for i in cu_hidden[b] ... cu_hidden[b+1]-1.
+        scale: softmax scale, usually hd ** -0.5.
+
+    Returns:
+        [T, nh, hd] in q's dtype; a query that sees no visible key (all earlier positions hidden)
+        gets zeros.
+    """
+    num_heads, head_dim = q.shape[1:]
+    block_size, num_kv_heads = k_cache.shape[1:3]
+    group = num_heads // num_kv_heads
+    compute = torch.promote_types(q.dtype, torch.float32)
+    out = torch.zeros_like(q)
+    starts, lens, cu = query_start_loc.tolist(), seq_lens.tolist(), cu_hidden.tolist()
+    hs, he = hidden_start.tolist(), hidden_end.tolist()
+    for b, seq_len in enumerate(lens):
+        q_lo, q_hi = starts[b], starts[b + 1]
+        if q_hi == q_lo:
+            continue
+        visible = torch.ones(seq_len, dtype=torch.bool)
+        for i in range(cu[b], cu[b + 1]):
+            visible[hs[i] : he[i]] = False
+        kv_pos = torch.arange(seq_len)[visible]
+        blocks = block_table[b].long()[kv_pos // block_size]
+        k = k_cache[blocks, kv_pos % block_size].to(compute)  # [n_kv, nkv, hd]
+        v = v_cache[blocks, kv_pos % block_size].to(compute)
+        q_pos = torch.arange(seq_len - (q_hi - q_lo), seq_len)
+        qb = q[q_lo:q_hi].to(compute).view(-1, num_kv_heads, group, head_dim)
+        scores = torch.einsum("qkgd,nkd->kgqn", qb, k) * scale
+        causal = kv_pos[None, :] <= q_pos[:, None]  # [n_q, n_kv]
+        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        probs = torch.where(causal.any(dim=-1)[:, None], probs, 0.0)  # all-hidden rows: 0, not NaN
+        attn = torch.einsum("kgqn,nkd->qkgd", probs, v)
+        out[q_lo:q_hi] = attn.reshape(-1, num_heads, head_dim).to(q.dtype)
+    return out

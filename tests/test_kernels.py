@@ -1,0 +1,294 @@
+"""Kernel PyTorch paths against independent references, and the Triton kernels via a subprocess.
+
+The Triton tests live in test_kernels_triton.py and need TRITON_INTERPRET=1 before Triton is
+imported, which other test modules (vLLM) do first; ``test_triton_kernels_interpreted`` runs that
+file in a fresh interpreter. The case builders below are shared with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from vllm_vispec.kernels import (
+    absorb_queries,
+    draft_paged_attention,
+    naive_draft_paged_attention,
+    naive_vision_adaptor,
+    split_kv_cache,
+    vision_adaptor,
+)
+
+# Max error relative to the output's scale, vs a float64 reference on the same inputs.
+TOLERANCE = {torch.float32: 5e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = list(TOLERANCE)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Max abs error over max(1, |ref|_inf) within the dtype's tolerance; NaN never passes."""
+    assert out.shape == ref.shape
+    err = (out.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    assert err / scale <= TOLERANCE[dtype], f"{dtype}: max error {err:.3g} at scale {scale:.3g}"
+
+
+def cu_from_lens(lens: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32)
+
+
+def make_adaptor(
+    hidden: int, num_heads: int, num_q: int, bias: bool, seed: int = 0
+) -> dict[str, torch.Tensor | None]:
+    """Random adaptor weights in float64, scaled so scores and outputs are O(1)."""
+    gen = torch.Generator().manual_seed(seed)
+    head_dim = hidden // num_heads
+
+    def rand(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
+
+    return {
+        "q": rand(num_q, num_heads, head_dim, std=2.0),
+        "k_weight": rand(hidden, hidden, std=hidden**-0.5),
+        "v_weight": rand(hidden, hidden, std=hidden**-0.5),
+        "o_weight": rand(hidden, hidden, std=hidden**-0.5),
+        "k_bias": rand(hidden) if bias else None,
+        "v_bias": rand(hidden) if bias else None,
+    }
+
+
+def cast(weights: dict[str, torch.Tensor | None], dtype: torch.dtype) -> dict:
+    return {k: None if v is None else v.to(dtype) for k, v in weights.items()}
+
+
+def make_images(lens: list[int], hidden: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(sum(lens), hidden, generator=gen, dtype=torch.float64), cu_from_lens(lens)
+
+
+def absorbed_adaptor(x: torch.Tensor, cu: torch.Tensor, weights: dict, **kw) -> torch.Tensor:
+    w = absorb_queries(weights["q"], weights["k_weight"])
+    return vision_adaptor(
+        x, cu, w, weights["v_weight"], weights["o_weight"], weights["v_bias"], **kw
+    )
+
+
+def make_paged_case(
+    q_lens: list[int],
+    seq_lens: list[int],
+    hidden: list[list[tuple[int, int]]],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> dict:
+    """A batch over a shuffled paged cache whose hidden and unused slots hold NaN.
+
+    Logical blocks without a visible position point to a physical block id far past the cache,
+    so a kernel that loaded them would read out of bounds instead of passing.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(seq_lens)
+    max_blocks = max(-(-s // block_size) for s in seq_lens) + 1
+    num_blocks = batch * max_blocks + 2
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype)
+    table = torch.randperm(num_blocks, generator=gen)[: batch * max_blocks].view(batch, max_blocks)
+    for b, seq_len in enumerate(seq_lens):
+        visible = torch.ones(max_blocks * block_size, dtype=torch.bool)
+        visible[seq_len:] = False
+        for start, end in hidden[b]:
+            visible[start:end] = False
+        pos = visible.nonzero().squeeze(1)
+        blocks, slots = table[b, pos // block_size], pos % block_size
+        for cache in (k_cache, v_cache):
+            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
+            cache[blocks, slots] = values.to(dtype)
+        table[b, ~visible.view(max_blocks, block_size).any(dim=1)] = num_blocks * 1000
+    return {
+        "q": torch.randn(sum(q_lens), num_heads, head_dim, generator=gen).to(dtype),
+        "k_cache": k_cache,
+        "v_cache": v_cache,
+        "query_start_loc": cu_from_lens(q_lens),
+        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
+        "block_table": table.to(torch.int32),
+        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
+        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
+        "cu_hidden": cu_from_lens([len(h) for h in hidden]),
+        "scale": head_dim**-0.5,
+    }
+
+
+def reference_attention(case: dict) -> torch.Tensor:
+    """The PyTorch path on float64 copies of the inputs."""
+    wide = {
+        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in case.items()
+    }
+    return naive_draft_paged_attention(**wide)
+
+
+# Batches mixing decode (q_len 1) and prefill chunks; hidden spans cross block boundaries, some
+# cover whole blocks, one hides the query's own position, one leaves early queries nothing.
+PAGED_BATCH = {
+    "q_lens": [1, 7, 40, 1, 5],
+    "seq_lens": [30, 77, 100, 300, 5],
+    "hidden": [
+        [(3, 20)],
+        [(0, 2), (16, 48), (50, 51), (72, 74)],
+        [],
+        [(10, 150), (160, 200), (200, 201), (230, 299)],
+        [(0, 3)],
+    ],
+}
+
+
+# --------------------------------------------------------------------------- vision adaptor
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("num_q", [1, 2, 3])
+def test_absorbed_adaptor_matches_naive(dtype: torch.dtype, bias: bool, num_q: int) -> None:
+    weights = make_adaptor(hidden=96, num_heads=3, num_q=num_q, bias=bias)
+    x, cu = make_images([5, 1, 130, 64, 63], hidden=96)
+    ref = naive_vision_adaptor(x, cu, **weights)
+    out = absorbed_adaptor(x.to(dtype), cu, cast(weights, dtype))
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype)
+
+
+def test_absorbed_adaptor_long_image() -> None:
+    weights = make_adaptor(hidden=128, num_heads=4, num_q=2, bias=True)
+    x, cu = make_images([4096, 3], hidden=128)
+    ref = naive_vision_adaptor(x, cu, **weights)
+    assert_close(absorbed_adaptor(x.float(), cu, cast(weights, torch.float32)), ref, torch.float32)
+
+
+def test_adaptor_empty_batch() -> None:
+    weights = cast(make_adaptor(hidden=64, num_heads=2, num_q=2, bias=True), torch.float32)
+    x, cu = torch.empty(0, 64), torch.zeros(1, dtype=torch.int32)
+    assert naive_vision_adaptor(x, cu, **weights).shape == (0, 2, 64)
+    assert absorbed_adaptor(x, cu, weights).shape == (0, 2, 64)
+
+
+def test_k_bias_cancels() -> None:
+    """The absorbed path takes no k_bias: the naive output must not depend on it either."""
+    weights = make_adaptor(hidden=64, num_heads=2, num_q=2, bias=True)
+    x, cu = make_images([9, 17], hidden=64)
+    unbiased = naive_vision_adaptor(x, cu, **{**weights, "k_bias": None})
+    torch.testing.assert_close(naive_vision_adaptor(x, cu, **weights), unbiased)
+
+
+# ------------------------------------------------------------------------ draft attention
+
+
+def dense_reference(case: dict) -> torch.Tensor:
+    """Independent oracle: un-page each request in order, mask, and call SDPA per request."""
+    q, k_cache, v_cache = case["q"].double(), case["k_cache"].double(), case["v_cache"].double()
+    block_size, num_kv_heads = k_cache.shape[1:3]
+    group = q.shape[1] // num_kv_heads
+    starts, cu = case["query_start_loc"].tolist(), case["cu_hidden"].tolist()
+    outs = []
+    for b, seq_len in enumerate(case["seq_lens"].tolist()):
+        pos = torch.arange(seq_len)
+        blocks = case["block_table"][b].long()[pos // block_size].clamp(max=k_cache.shape[0] - 1)
+        k = k_cache[blocks, pos % block_size].nan_to_num().transpose(0, 1)  # [nkv, L, hd]
+        v = v_cache[blocks, pos % block_size].nan_to_num().transpose(0, 1)
+        visible = torch.ones(seq_len, dtype=torch.bool)
+        for i in range(cu[b], cu[b + 1]):
+            visible[case["hidden_start"][i] : case["hidden_end"][i]] = False
+        qb = q[starts[b] : starts[b + 1]].transpose(0, 1)  # [nh, n_q, hd]
+        mask = visible[None, :] & (pos[None, :] <= pos[seq_len - qb.shape[1] :, None])
+        attn = F.scaled_dot_product_attention(
+            qb,
+            k.repeat_interleave(group, 0),
+            v.repeat_interleave(group, 0),
+            attn_mask=mask,
+            scale=case["scale"],
+        )
+        outs.append(torch.where(mask.any(-1)[None, :, None], attn, 0.0).transpose(0, 1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "block_size"), [(4, 4, 16), (8, 2, 32)])
+def test_naive_attention_matches_dense(num_heads: int, num_kv_heads: int, block_size: int) -> None:
+    case = make_paged_case(
+        **PAGED_BATCH,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=32,
+        block_size=block_size,
+        dtype=torch.float64,
+    )
+    out = draft_paged_attention(**case)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, dense_reference(case))
+    assert out[-5:-2].abs().max() == 0  # queries whose earlier positions are all hidden
+
+
+def test_split_kv_cache_gpu_layout() -> None:
+    """vLLM 0.32 GPU backends: [num_blocks, nkv, block_size, 2 * hd], K then V in the last dim."""
+    kv = torch.randn(3, 2, 16, 2 * 32)
+    k, v = split_kv_cache(kv)
+    assert k.shape == v.shape == (3, 16, 2, 32)
+    torch.testing.assert_close(k[1, 5, 0], kv[1, 0, 5, :32])
+    torch.testing.assert_close(v[2, 7, 1], kv[2, 1, 7, 32:])
+
+
+@pytest.mark.parametrize(("isa", "block_size"), [("vec", 32), ("vec16", 16)])
+def test_split_kv_cache_cpu_layout(isa: str, block_size: int) -> None:
+    """Write through vLLM's own CPU cache op, read back through the views."""
+    ops = pytest.importorskip("vllm._custom_ops")
+    if not hasattr(torch.ops._C, "cpu_attn_reshape_and_cache"):
+        pytest.skip("vLLM CPU build not installed")
+    num_blocks, num_kv_heads, head_dim = 4, 2, 64
+    kv = torch.zeros(num_blocks, num_kv_heads, block_size, 2 * head_dim)
+    k_raw, v_raw = kv.view(num_blocks, num_kv_heads, 2 * block_size, head_dim).chunk(2, dim=2)
+    key, value = torch.randn(5, num_kv_heads, head_dim), torch.randn(5, num_kv_heads, head_dim)
+    slots = torch.tensor([0, 5, block_size + 3, 2 * block_size - 1, 3 * block_size])
+    ops.cpu_attn_reshape_and_cache(
+        key, value, k_raw, v_raw, slots, isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto"
+    )
+    k, v = split_kv_cache(kv, cpu_isa=isa)
+    torch.testing.assert_close(k[slots // block_size, slots % block_size], key)
+    torch.testing.assert_close(v[slots // block_size, slots % block_size], value)
+    with pytest.raises(NotImplementedError):
+        split_kv_cache(kv, cpu_isa="amx")
+
+
+# ------------------------------------------------------------------------------- Triton
+
+
+def test_triton_kernels_interpreted() -> None:
+    """Run test_kernels_triton.py under TRITON_INTERPRET=1 in a fresh interpreter."""
+    pytest.importorskip("triton")
+    path = pathlib.Path(__file__).with_name("test_kernels_triton.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--noconftest",
+        "-o",
+        "addopts=",
+        str(path),
+    ]
+    proc = subprocess.run(
+        cmd, env=env, cwd=path.parent.parent, capture_output=True, text=True, timeout=600
+    )
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, tail
+    assert re.search(r"\d+ passed", tail) and "skipped" not in tail, tail
