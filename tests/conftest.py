@@ -71,3 +71,15 @@ def llava_draft(
 
     folder = tmp_path_factory.mktemp("llava-draft") / "d"
     return build_tiny_draft(llava_target, folder, num_q=3, echo=True)
+
+
+@pytest.fixture(scope="session")
+def qwen_eagle_draft(
+    qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """A same-size plain EAGLE-1 draft (vLLM's built-in format) for the tiny Qwen2.5-VL."""
+    from vllm_vispec.tiny_drafts import build_tiny_eagle_draft
+
+    return build_tiny_eagle_draft(
+        qwen_target, tmp_path_factory.mktemp("qwen-eagle") / "d", echo=True
+    )

@@ -40,10 +40,15 @@ def runner(llm: LLM) -> Any:
 
 
 def counters(llm: LLM) -> dict[str, Any]:
-    """vLLM's metrics by name (counters are process-wide: compare before/after)."""
-    out = {}
+    """vLLM's counters and vectors by name (process-wide: compare before/after)."""
+    from vllm.v1.metrics.reader import Counter, Vector
+
+    out: dict[str, Any] = {}
     for m in llm.get_metrics():
-        out[m.name] = getattr(m, "value", None) if hasattr(m, "value") else m.values
+        if isinstance(m, Counter):
+            out[m.name] = m.value
+        elif isinstance(m, Vector):
+            out[m.name] = list(m.values)
     return out
 
 

