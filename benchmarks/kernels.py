@@ -47,17 +47,34 @@ def parse_args() -> argparse.Namespace:
         "model computes once), so its figures are an upper bound.",
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--tokens", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096],
-                        help="image tokens of the single image per measurement")
+    parser.add_argument(
+        "--tokens",
+        nargs="+",
+        type=int,
+        default=[256, 512, 1024, 2048, 4096],
+        help="image tokens of the single image per measurement",
+    )
     parser.add_argument("--num-q", type=int, default=2, help="adaptor queries (ViSpec: 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
-                        help="default: bfloat16 with CUDA, float32 on CPU")
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
-                        help="folder for kernels.json, kernels.md, kernels.png")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 gives steadier "
-                        "numbers when other processes share the cores")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default=None,
+        help="default: bfloat16 with CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=RESULTS,
+        help="folder for kernels.json, kernels.md, kernels.png",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 gives steadier "
+        "numbers when other processes share the cores",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -107,8 +124,9 @@ def adaptor_fns(inp: dict, tokens: int, use_triton: bool) -> dict[str, Callable[
 
     def absorbed() -> torch.Tensor:
         w_now = absorb_queries(inp["q"], inp["k_weight"])
-        return vision_adaptor(inp["x"], inp["cu_seqlens"], w_now, *v_args, max_seqlen=tokens,
-                              use_triton=use_triton)
+        return vision_adaptor(
+            inp["x"], inp["cu_seqlens"], w_now, *v_args, max_seqlen=tokens, use_triton=use_triton
+        )
 
     return {
         "naive": lambda: naive_vision_adaptor(**inp),
@@ -116,8 +134,9 @@ def adaptor_fns(inp: dict, tokens: int, use_triton: bool) -> dict[str, Callable[
         "absorbed_w_cached": lambda: vision_adaptor(
             inp["x"], inp["cu_seqlens"], w, *v_args, max_seqlen=tokens, use_triton=use_triton
         ),
-        "pool_only": lambda: pool_images(inp["x"], inp["cu_seqlens"], w, max_seqlen=tokens,
-                                         use_triton=use_triton),
+        "pool_only": lambda: pool_images(
+            inp["x"], inp["cu_seqlens"], w, max_seqlen=tokens, use_triton=use_triton
+        ),
     }
 
 
@@ -150,9 +169,11 @@ def cuda_section(args: argparse.Namespace, dtype: torch.dtype) -> dict:
             if backend == "torch":
                 row["naive_ms"] = triton.testing.do_bench(fns["naive"], return_mode="median")
             row[f"{backend}_absorbed_ms"] = triton.testing.do_bench(
-                fns["absorbed_w_cached"], return_mode="median")
+                fns["absorbed_w_cached"], return_mode="median"
+            )
             row[f"{backend}_pool_ms"] = triton.testing.do_bench(
-                fns["pool_only"], return_mode="median")
+                fns["pool_only"], return_mode="median"
+            )
         x_bytes = inp["x"].numel() * inp["x"].element_size()
         # Bandwidth as if x were read once; the two-launch kernel reads it twice (2nd from L2
         # when it fits), so 0.5 is the ceiling when both reads come from HBM.
@@ -164,8 +185,14 @@ def cuda_section(args: argparse.Namespace, dtype: torch.dtype) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -243,11 +270,11 @@ def plot(path: pathlib.Path, result: dict) -> None:
         tokens = [r["tokens"] for r in rows]
         color = f"C{i}"
         ax_t.plot(tokens, [r["naive_ms"] for r in rows], "o-", color=color, label=f"{model} naive")
-        ax_t.plot(tokens, [r["absorbed_ms"] for r in rows], "s--", color=color,
-                  label=f"{model} absorbed")
+        ax_t.plot(
+            tokens, [r["absorbed_ms"] for r in rows], "s--", color=color, label=f"{model} absorbed"
+        )
         ax_s.plot(tokens, [r["speedup"] for r in rows], "o-", color=color, label=model)
-        ax_s.plot(tokens, [r["naive_gflop"] / r["absorbed_gflop"] for r in rows], ":",
-                  color=color)
+        ax_s.plot(tokens, [r["naive_gflop"] / r["absorbed_gflop"] for r in rows], ":", color=color)
     for ax in (ax_t, ax_s):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("image tokens")
@@ -260,8 +287,10 @@ def plot(path: pathlib.Path, result: dict) -> None:
     ax_s.set_ylabel("naive / absorbed (measured)")
     ax_s.legend(fontsize=7)
     cfg = result["config"]
-    fig.suptitle(f"Vision adaptor on CPU ({cfg['dtype']}, num_q={cfg['num_q']}): "
-                 f"{result['machine']['cpu']}", fontsize=10)
+    fig.suptitle(
+        f"Vision adaptor on CPU ({cfg['dtype']}, num_q={cfg['num_q']}): {result['machine']['cpu']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -276,8 +305,13 @@ def main() -> None:
     result = {
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "machine": machine(),
-        "config": {"num_q": args.num_q, "dtype": str(dtype).removeprefix("torch."),
-                   "elem_bytes": elem, "repeats": args.repeats, "seed": args.seed},
+        "config": {
+            "num_q": args.num_q,
+            "dtype": str(dtype).removeprefix("torch."),
+            "elem_bytes": elem,
+            "repeats": args.repeats,
+            "seed": args.seed,
+        },
         "cpu": [],
         "cuda": None,
         "load_average": [os.getloadavg()[0]],
@@ -287,16 +321,23 @@ def main() -> None:
         hidden, heads = MODELS[model]
         inp = make_inputs(tokens, hidden, heads, args.num_q, dtype, "cpu", args.seed)
         fns = adaptor_fns(inp, tokens, use_triton=False)
-        row = {"model": model, "hidden": hidden, "heads": heads, "tokens": tokens,
-               **analytic(tokens, hidden, heads, args.num_q, elem)}
+        row = {
+            "model": model,
+            "hidden": hidden,
+            "heads": heads,
+            "tokens": tokens,
+            **analytic(tokens, hidden, heads, args.num_q, elem),
+        }
         timed = ("naive", "absorbed", "absorbed_w_cached")
         medians = cpu_medians_ms({name: fns[name] for name in timed}, args.repeats)
         row.update({f"{name}_ms": ms for name, ms in medians.items()})
         row["speedup"] = row["naive_ms"] / row["absorbed_ms"]
         row["speedup_w_cached"] = row["naive_ms"] / row["absorbed_w_cached_ms"]
         result["cpu"].append(row)
-        tqdm.write(f"{model:>14} {tokens:>5} tokens: naive {row['naive_ms']:9.1f} ms, "
-                   f"absorbed {row['absorbed_ms']:7.2f} ms, {row['speedup']:6.1f}x")
+        tqdm.write(
+            f"{model:>14} {tokens:>5} tokens: naive {row['naive_ms']:9.1f} ms, "
+            f"absorbed {row['absorbed_ms']:7.2f} ms, {row['speedup']:6.1f}x"
+        )
 
     if has_cuda:
         result["cuda"] = cuda_section(args, dtype)

@@ -54,17 +54,9 @@ class FirstPassRecorder:
                 self._split(out[0])
             return out
 
-        def recording_propose(
-            num_speculative_tokens,
-            target_token_ids,
-            target_positions,
-            target_hidden_states,
-            *args,
-            **kwargs,
-        ):
-            cad = kwargs.get("common_attn_metadata", args[3] if len(args) > 3 else None)
-            self._qsl = cad.query_start_loc_cpu.tolist()
-            self._split(target_hidden_states, into=self.hidden)
+        def recording_propose(**kwargs):
+            self._qsl = kwargs["common_attn_metadata"].query_start_loc_cpu.tolist()
+            self._split(kwargs["target_hidden_states"], into=self.hidden)
             self.encoder.update({k: v.clone() for k, v in self.runner.encoder_cache.items()})
             batch = self.runner.input_batch
             for r, req_id in enumerate(batch.req_ids):
@@ -73,14 +65,7 @@ class FirstPassRecorder:
                 features = sorted(state_.mm_features, key=lambda f: f.mm_position.offset)
                 self.requests[req_id] = (list(state_.prompt_token_ids), features)
             state["first"] = True
-            return propose(
-                num_speculative_tokens,
-                target_token_ids,
-                target_positions,
-                target_hidden_states,
-                *args,
-                **kwargs,
-            )
+            return propose(**kwargs)
 
         self.drafter.propose = recording_propose
         self.drafter.draft.forward = recording_forward

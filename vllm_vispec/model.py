@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -58,11 +59,13 @@ def padded_head_size(head_dim: int) -> int:
 class VisionContext:
     """Per-row vision inputs of one draft forward (rows = tokens, or requests in later steps).
 
-    ``features`` holds every vector the rows refer to; row 0 is all zeros (no image yet).
+    ``features`` holds every vector the rows refer to: compressed image tokens as the adaptor
+    gave them, global features already projected by img_fc's image half; row 0 is all zeros
+    (no image yet).
     """
 
     features: torch.Tensor  # [M, H]
-    global_index: torch.Tensor  # [n] int64: row of the global image feature for img_fc
+    global_index: torch.Tensor  # [n] int64: row of the projected global feature (img_fc's W_g g)
     # [n] int64: feature row that replaces fc's output (a compressed image token), -1 = none
     compressed_index: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # [n] bool: position invisible to the draft's attention
@@ -103,12 +106,9 @@ class ViSpecAttention(nn.Module):
             prefix=f"{prefix}.attn",
         )
 
-    def _pad(self, x: torch.Tensor, heads: int, mark: torch.Tensor | None) -> torch.Tensor:
-        x = x.view(x.shape[0], heads, self.head_dim)
-        pad = x.new_zeros(x.shape[0], heads, self.padded_dim - self.head_dim)
-        if mark is not None:
-            pad[:, :, 0] = mark[:, None]
-        return torch.cat([x, pad], dim=-1).flatten(1)
+    def _pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """[n, heads * hd] -> [n, heads, padded_dim], the extra channels zero."""
+        return F.pad(x.view(x.shape[0], heads, self.head_dim), (0, self.padded_dim - self.head_dim))
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor | None
@@ -118,14 +118,15 @@ class ViSpecAttention(nn.Module):
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q, k = self.rotary_emb(positions, q, k)
-        k_mark = x.new_zeros(n)
-        if hidden is not None:
-            k_mark = k_mark.masked_fill(hidden, -HIDDEN_SCORE)
-        out = self.attn(
-            self._pad(q, self.num_heads, x.new_ones(n)),
-            self._pad(k, self.num_kv_heads, k_mark),
-            self._pad(v, self.num_kv_heads, None),
+        q, k, v = (
+            self._pad(q, self.num_heads),
+            self._pad(k, self.num_kv_heads),
+            self._pad(v, self.num_kv_heads),
         )
+        q[:, :, self.head_dim] = 1.0
+        if hidden is not None:
+            k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
+        out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
         out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
         return self.o_proj(out.flatten(1))[0]
 
@@ -175,6 +176,36 @@ class VisionAdaptor(nn.Module):
         )
 
 
+class ImageFeatureFc(nn.Module):
+    """Official ``img_fc`` (Linear 2H -> H over ``cat(h, g)``) kept as its two halves.
+
+    ``img_fc(cat(h, g)) = W_h h + b + W_g g``: the ``W_g g`` term is the same for every token
+    after an image, so the proposer projects each image's global feature once
+    (:meth:`project_global`) and tokens pay for an H -> H product, not 2H -> H.
+    """
+
+    def __init__(self, hidden_size: int, bias: bool) -> None:
+        super().__init__()
+        self.weight_h = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_g = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(hidden_size)) if bias else None
+
+    def load_official(self, name: str, tensor: torch.Tensor) -> None:
+        if name.endswith("bias"):
+            self.bias.data.copy_(tensor)
+        else:
+            h = self.weight_h.shape[1]
+            self.weight_h.data.copy_(tensor[:, :h])
+            self.weight_g.data.copy_(tensor[:, h:])
+
+    def project_global(self, g: torch.Tensor) -> torch.Tensor:
+        return F.linear(g, self.weight_g)
+
+    def forward(self, h: torch.Tensor, projected_g: torch.Tensor | None) -> torch.Tensor:
+        out = F.linear(h, self.weight_h, self.bias)
+        return out if projected_g is None else out + projected_g
+
+
 class ViSpecModel(nn.Module):
     def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
@@ -186,7 +217,7 @@ class ViSpecModel(nn.Module):
             [ViSpecDecoderLayer(cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"))]
         )
         self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
-        self.img_fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
+        self.img_fc = ImageFeatureFc(h, cfg.fc_bias)
         self.imadpt = VisionAdaptor(cfg)
 
 
@@ -220,8 +251,12 @@ class EagleViSpecForCausalLM(nn.Module):
         self._context = context
 
     def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Adaptor outputs [B, num_q, H] for B images whose embeddings are back to back in x."""
-        return self.model.imadpt(x, cu_seqlens)
+        """Per image [num_q, H]: num_q - 1 compressed tokens, then the projected global feature.
+
+        ``x`` holds the embeddings of B images back to back; returns [B, num_q, H].
+        """
+        out = self.model.imadpt(x, cu_seqlens)
+        return torch.cat([out[:, :-1], self.model.img_fc.project_global(out[:, -1:])], dim=1)
 
     def embed_input_ids(
         self,
@@ -247,13 +282,9 @@ class EagleViSpecForCausalLM(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = m.embed_tokens(input_ids)
         ctx = self._context
-        if ctx is None:
-            g = hidden_states.new_zeros(hidden_states.shape)
-            hidden = None
-        else:
-            g = ctx.features[ctx.global_index[:n]].to(hidden_states.dtype)
-            hidden = None if ctx.hidden is None else ctx.hidden[:n]
-        x = m.fc(torch.cat([inputs_embeds, m.img_fc(torch.cat([hidden_states, g], dim=-1))], -1))
+        g = None if ctx is None else ctx.features[ctx.global_index[:n]]
+        hidden = None if ctx is None or ctx.hidden is None else ctx.hidden[:n]
+        x = m.fc(torch.cat([inputs_embeds, m.img_fc(hidden_states, g)], dim=-1))
         if ctx is not None and ctx.compressed_index is not None:
             index = ctx.compressed_index[:n]
             compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
@@ -266,30 +297,34 @@ class EagleViSpecForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load official ViSpec tensor names (q/k/v and gate/up are stacked by vLLM)."""
-        stacked = {
-            ".q_proj.": (".qkv_proj.", "q"),
-            ".k_proj.": (".qkv_proj.", "k"),
-            ".v_proj.": (".qkv_proj.", "v"),
-            ".gate_proj.": (".gate_up_proj.", 0),
-            ".up_proj.": (".gate_up_proj.", 1),
-        }
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
             name = "model." + name
-            if ".self_attn." in name or ".mlp." in name:
-                for old, (new, shard) in stacked.items():
-                    if old in name:
-                        param = params[name.replace(old, new)]
-                        param.weight_loader(param, tensor, shard)
-                        loaded.add(name.replace(old, new))
-                        break
-                else:
-                    param = params[name]
-                    getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-                    loaded.add(name)
+            if name.startswith("model.img_fc."):
+                self.model.img_fc.load_official(name, tensor)
+                loaded.update(n for n in params if n.startswith("model.img_fc."))
                 continue
+            shard = None
+            for old, (new, shard_id) in _STACKED.items():
+                if old in name:
+                    name, shard = name.replace(old, new), shard_id
+                    break
             param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            if shard is None:
+                loader(param, tensor)
+            else:
+                loader(param, tensor, shard)
             loaded.add(name)
         return loaded
+
+
+# Official (HF Llama) projection names -> vLLM's stacked parameters and their shard ids.
+_STACKED = {
+    ".self_attn.q_proj.": (".self_attn.qkv_proj.", "q"),
+    ".self_attn.k_proj.": (".self_attn.qkv_proj.", "k"),
+    ".self_attn.v_proj.": (".self_attn.qkv_proj.", "v"),
+    ".mlp.gate_proj.": (".mlp.gate_up_proj.", 0),
+    ".mlp.up_proj.": (".mlp.gate_up_proj.", 1),
+}

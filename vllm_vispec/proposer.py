@@ -71,6 +71,7 @@ class ViSpecProposer(EagleProposer):
         self.target_uses_mrope = vllm_config.model_config.uses_mrope
         self.features = FeatureCache(FEATURE_CACHE_IMAGES)
         self._step_context: VisionContext | None = None
+        self._spans: dict[str, list[ImageSpan]] = {}
 
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
@@ -81,38 +82,15 @@ class ViSpecProposer(EagleProposer):
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 
-    def propose(
-        self,
-        num_speculative_tokens,
-        target_token_ids,
-        target_positions,
-        target_hidden_states,
-        next_token_ids,
-        token_indices_to_sample,
-        common_attn_metadata,
-        sampling_metadata,
-        mm_embed_inputs=None,
-        num_rejected_tokens_gpu=None,
-        slot_mappings=None,
-    ) -> torch.Tensor:
+    def propose(self, **kwargs) -> torch.Tensor:
+        """vLLM's propose (the runner passes every argument by keyword) with vision inputs."""
         first, self._step_context = self._vision_contexts(
-            common_attn_metadata.query_start_loc_cpu.numpy(), target_token_ids.shape[0]
+            kwargs["common_attn_metadata"].query_start_loc_cpu.numpy(),
+            kwargs["target_token_ids"].shape[0],
         )
         self.draft.set_vision_context(first)
         try:
-            return super().propose(
-                num_speculative_tokens,
-                target_token_ids,
-                target_positions,
-                target_hidden_states,
-                next_token_ids,
-                token_indices_to_sample,
-                common_attn_metadata,
-                sampling_metadata,
-                mm_embed_inputs=mm_embed_inputs,
-                num_rejected_tokens_gpu=num_rejected_tokens_gpu,
-                slot_mappings=slot_mappings,
-            )
+            return super().propose(**kwargs)
         finally:
             self.draft.set_vision_context(None)
 
@@ -159,13 +137,19 @@ class ViSpecProposer(EagleProposer):
     # -- image bookkeeping ------------------------------------------------------------------
 
     def _request_spans(self, req_id: str) -> list[ImageSpan]:
-        features = self.runner.requests[req_id].mm_features
-        return sorted(
-            ImageSpan(
-                f.mm_position.offset, f.mm_position.offset + f.mm_position.length, f.identifier
+        """A request's images, sorted; cached per request id (its features never change)."""
+        spans = self._spans.get(req_id)
+        if spans is None:
+            if len(self._spans) > 2 * len(self.runner.requests) + 64:
+                self._spans = {r: s for r, s in self._spans.items() if r in self.runner.requests}
+            features = self.runner.requests[req_id].mm_features
+            spans = self._spans[req_id] = sorted(
+                ImageSpan(
+                    f.mm_position.offset, f.mm_position.offset + f.mm_position.length, f.identifier
+                )
+                for f in features
             )
-            for f in features
-        )
+        return spans
 
     def _adapt(self, spans: list[ImageSpan]) -> None:
         """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
@@ -197,7 +181,7 @@ class ViSpecProposer(EagleProposer):
 
     def _vision_contexts(
         self, query_start_loc: np.ndarray, num_tokens: int
-    ) -> tuple[VisionContext, VisionContext]:
+    ) -> tuple[VisionContext | None, VisionContext | None]:
         """Vision contexts of the first pass (a row per token) and later steps (per request)."""
         batch = self.runner.input_batch
         windows = []  # (token rows lo..hi, first draft position, spans) of requests with images
@@ -206,6 +190,8 @@ class ViSpecProposer(EagleProposer):
             if spans:
                 lo, hi = int(query_start_loc[r]), int(query_start_loc[r + 1])
                 windows.append((lo, hi, int(batch.num_computed_tokens_cpu[r]), spans))
+        if not windows:  # text only: no image feature anywhere (the model uses zeros)
+            return None, None
         self._adapt(
             [
                 s

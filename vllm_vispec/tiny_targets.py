@@ -313,8 +313,19 @@ def _finish(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def build_tiny_qwen2_5_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+def _mrope_section(head_dim: int) -> list[int]:
+    """Temporal/height/width split of head_dim / 2 in Qwen2.5-VL's proportions (16/24/24)."""
+    t = head_dim // 8
+    return [t, (head_dim // 2 - t) // 2, head_dim // 2 - t - (head_dim // 2 - t) // 2]
+
+
+def build_tiny_qwen2_5_vl(
+    path: str | pathlib.Path, seed: int = 0, hidden_size: int = 128, num_heads: int = 4
+) -> pathlib.Path:
     """Write a tiny random Qwen2.5-VL HF folder at ``path`` and return it.
+
+    ``hidden_size`` / ``num_heads`` widen the text model for benchmarks (head_dim must be a
+    multiple of 32 for vLLM's CPU attention); the defaults are what the tests use.
 
     Text: hidden 128, 2 layers, 4 heads (head_dim 32), 2 KV heads, vocab 512, M-RoPE sections
     [4, 6, 6] (summing to head_dim / 2 as in the real model). Vision: depth 2, hidden 64, 2 heads,
@@ -339,11 +350,11 @@ def build_tiny_qwen2_5_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": VOCAB_SIZE,
-            "hidden_size": 128,
-            "intermediate_size": 256,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_heads // 2,
             "hidden_act": "silu",
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-6,
@@ -351,7 +362,7 @@ def build_tiny_qwen2_5_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 1000000.0,
-                "mrope_section": [4, 6, 6],
+                "mrope_section": _mrope_section(hidden_size // num_heads),
             },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
@@ -374,7 +385,7 @@ def build_tiny_qwen2_5_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
             "temporal_patch_size": 2,
             "window_size": 112,
             "fullatt_block_indexes": [1],
-            "out_hidden_size": 128,
+            "out_hidden_size": hidden_size,
             "tokens_per_second": 2,
             "initializer_range": INIT_STD,
         },
