@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check vllm_vispec kernels tests benchmarks examples tools
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q tests
