@@ -282,11 +282,11 @@ class EagleViSpecForCausalLM(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = m.embed_tokens(input_ids)
         ctx = self._context
-        g = None if ctx is None else ctx.features[ctx.global_index[:n]]
-        hidden = None if ctx is None or ctx.hidden is None else ctx.hidden[:n]
+        g = None if ctx is None else ctx.features[_fit(ctx.global_index, n, 0)]
+        hidden = None if ctx is None or ctx.hidden is None else _fit(ctx.hidden, n, False)
         x = m.fc(torch.cat([inputs_embeds, m.img_fc(hidden_states, g)], dim=-1))
         if ctx is not None and ctx.compressed_index is not None:
-            index = ctx.compressed_index[:n]
+            index = _fit(ctx.compressed_index, n, -1)
             compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
             x = torch.where((index >= 0)[:, None], compressed, x)
         out = m.layers[0](positions, x, hidden)
@@ -318,6 +318,13 @@ class EagleViSpecForCausalLM(nn.Module):
                 loader(param, tensor, shard)
             loaded.add(name)
         return loaded
+
+
+def _fit(rows: torch.Tensor, n: int, fill: int | bool) -> torch.Tensor:
+    """The first n rows; rows past the real tokens (CUDA-graph padding) get ``fill``."""
+    if rows.shape[0] >= n:
+        return rows[:n]
+    return torch.cat([rows, rows.new_full((n - rows.shape[0],), fill)])
 
 
 # Official (HF Llama) projection names -> vLLM's stacked parameters and their shard ids.
