@@ -20,14 +20,12 @@ import shutil
 from typing import Any
 
 import pytest
-import safetensors.torch
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
 from vllm_vispec.checkpoint import CONVERT_COMMAND, CheckpointError
 from vllm_vispec.tiny_drafts import (
     draft_config_for_target,
-    official_config_dict,
     random_official_checkpoint,
     random_tensors,
 )
@@ -108,22 +106,6 @@ def official_draft(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.Pat
 
 
 @pytest.fixture(scope="module")
-def plain_eagle_draft(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
-    """A plain EAGLE-1 draft (official ViSpec layout minus the vision adaptor): not ViSpec."""
-    cfg = draft_config_for_target(qwen_target)
-    path = work / "plain-eagle"
-    path.mkdir()
-    tensors = {
-        name: tensor
-        for name, tensor in random_tensors(cfg).items()
-        if not name.startswith(("imadpt.", "img_fc."))
-    }
-    (path / "config.json").write_text(json.dumps(official_config_dict(cfg)))
-    safetensors.torch.save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def text_only_target(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
     """A tiny text-only Qwen2ForCausalLM with the Qwen2.5-VL target's sizes and tokenizer.
 
@@ -195,10 +177,10 @@ def test_ngram_config_is_untouched(qwen_target: pathlib.Path) -> None:
 
 
 def test_plain_eagle_draft_is_untouched(
-    qwen_target: pathlib.Path, plain_eagle_draft: pathlib.Path
+    qwen_target: pathlib.Path, qwen_eagle_draft: pathlib.Path
 ) -> None:
     """A non-ViSpec EAGLE draft passes (the plugin validates ViSpec drafts only)."""
-    config = _create_config(qwen_target, _spec(plain_eagle_draft))
+    config = _create_config(qwen_target, _spec(qwen_eagle_draft))
     assert config.speculative_config.method == "eagle"
     assert not is_vispec_draft(config.speculative_config)
 
