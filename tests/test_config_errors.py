@@ -23,9 +23,8 @@ import pytest
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
-from vllm_vispec.checkpoint import CONVERT_COMMAND, CheckpointError
+from vllm_vispec.checkpoint import CONVERT_COMMAND, CheckpointError, draft_config_for_target
 from vllm_vispec.tiny_drafts import (
-    draft_config_for_target,
     random_official_checkpoint,
     random_tensors,
 )

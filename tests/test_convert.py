@@ -22,13 +22,14 @@ from vllm_vispec.checkpoint import (
     BIN_FILE,
     SAFETENSORS_FILE,
     CheckpointError,
+    draft_config_for_target,
     expected_shapes,
     load_draft,
     load_official,
 )
 from vllm_vispec.cli import main
 from vllm_vispec.config import ViSpecConfig, is_plugin_config
-from vllm_vispec.tiny_drafts import draft_config_for_target, random_official_checkpoint
+from vllm_vispec.tiny_drafts import random_official_checkpoint
 
 QWEN = ViSpecConfig(
     hidden_size=64,

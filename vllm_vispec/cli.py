@@ -1,4 +1,4 @@
-"""``vllm-vispec``: one command with a subcommand per job (convert, demo; train and bench later)."""
+"""``vllm-vispec``: one command with a subcommand per job (convert, train, bench, demo)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from vllm_vispec import convert, demo
+    from vllm_vispec import bench, convert, demo
+    from vllm_vispec.train import trainer
 
     convert.add_parser(sub)
+    trainer.add_parser(sub)
+    bench.add_parser(sub)
     demo.add_parser(sub)
     return parser
 

@@ -268,23 +268,28 @@ class ViSpecDraft(nn.Module):
             raise RuntimeError("ViSpecDraft needs the target's lm_head weight to give logits")
         return F.linear(hidden, self.lm_head_weight)
 
-    def forward(self, inputs: list[DraftInput]) -> list[DraftOutput]:
-        """Draft logits and hidden states at every draft position of several requests."""
+    def outputs(self, inputs: list[DraftInput]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Output hidden states [L, H] (zeros at hidden positions) and the visible mask [L] of
+        several requests; training takes logits only where it needs them."""
         rows, positions = zip(*(self.layer_inputs(inp)[:2] for inp in inputs), strict=True)
         x = nn.utils.rnn.pad_sequence(rows, batch_first=True)
         out = self.decode(x, nn.utils.rnn.pad_sequence(positions, batch_first=True))
-        logits = self.logits(out)
         results = []
         for b, (inp, pos) in enumerate(zip(inputs, positions, strict=True)):
             # Draft position t is row t, so the visible rows are indexed by their positions.
             hidden = out.new_zeros(inp.hidden_states.shape)
             hidden[pos] = out[b, : len(pos)]
-            full_logits = logits.new_zeros(hidden.shape[0], logits.shape[-1])
-            full_logits[pos] = logits[b, : len(pos)]
             visible = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
             visible[pos] = True
-            results.append(DraftOutput(full_logits, hidden, visible))
+            results.append((hidden, visible))
         return results
+
+    def forward(self, inputs: list[DraftInput]) -> list[DraftOutput]:
+        """Draft logits and hidden states at every draft position of several requests."""
+        return [
+            DraftOutput(self.logits(hidden) * visible[:, None], hidden, visible)
+            for hidden, visible in self.outputs(inputs)
+        ]
 
     @torch.no_grad()
     def greedy_chain(self, inp: DraftInput, k: int) -> list[int]:

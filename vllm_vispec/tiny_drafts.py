@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import safetensors.torch
 import torch
@@ -17,36 +17,17 @@ from vllm_vispec.checkpoint import (
     BIN_FILE,
     CONFIG_FILE,
     SAFETENSORS_FILE,
+    VISION_PREFIXES,
+    draft_config_for_target,
     expected_shapes,
-    load_target_text_config,
+    official_config_dict,
     save_draft,
+    save_eagle_draft,
+    target_embeddings,
 )
 from vllm_vispec.config import ViSpecConfig
 
 INIT_STD = 0.02
-
-
-def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:
-    """The Llama-style ``config.json`` of a released ViSpec draft: no ``num_q``, no vispec block."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "num_hidden_layers": 1,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "vocab_size": cfg.vocab_size,
-        "qkv_bias": cfg.qkv_bias,
-        "pretraining_tp": 1,
-        "bias": cfg.fc_bias,
-        "torch_dtype": "float32",
-    }
 
 
 def random_tensors(
@@ -100,42 +81,6 @@ def random_official_checkpoint(
     return path
 
 
-def draft_config_for_target(
-    target_dir: str | Path, num_q: int = 2, **overrides: Any
-) -> ViSpecConfig:
-    """A draft config sized for a target, following the released ViSpec configs.
-
-    Draft heads equal the target's, with plain multi-head attention (kv heads = heads) even on a
-    grouped-query target; q/k/v biases follow the target family (Qwen has them, Llama does not).
-    """
-    text = load_target_text_config(target_dir)
-    rope = getattr(text, "rope_parameters", None) or {}
-    fields: dict[str, Any] = {
-        "hidden_size": text.hidden_size,
-        "intermediate_size": text.intermediate_size,
-        "num_attention_heads": text.num_attention_heads,
-        "num_key_value_heads": text.num_attention_heads,
-        "vocab_size": text.vocab_size,
-        "rms_norm_eps": text.rms_norm_eps,
-        "rope_theta": rope.get("rope_theta", getattr(text, "rope_theta", 10000.0)),
-        "max_position_embeddings": text.max_position_embeddings,
-        "qkv_bias": text.model_type.startswith("qwen")
-        or bool(getattr(text, "attention_bias", False)),
-        "num_q": num_q,
-    }
-    return ViSpecConfig(**{**fields, **overrides})
-
-
-def target_embeddings(target_dir: str | Path) -> torch.Tensor:
-    """The language model's input embedding matrix [vocab, hidden] of a local HF target."""
-    target_dir = Path(target_dir)
-    with safetensors.safe_open(target_dir / SAFETENSORS_FILE, "pt") as f:
-        names = [k for k in f.keys() if k.endswith("embed_tokens.weight") and "vision" not in k]
-        if len(names) != 1:
-            raise ValueError(f"cannot tell the text embedding of {target_dir} among {names}")
-        return f.get_tensor(names[0])
-
-
 def build_tiny_draft(
     target_dir: str | Path, dst: str | Path, seed: int = 0, num_q: int = 2, echo: bool = False
 ) -> Path:
@@ -159,23 +104,15 @@ def build_tiny_eagle_draft(
     """A same-size plain EAGLE-1 draft in vLLM's built-in format (text-only draft inputs).
 
     The baseline ViSpec is measured against: the ViSpec draft without ``img_fc`` and the
-    adaptor, loaded by vLLM's own ``EagleLlamaForCausalLM`` (its ``fc`` has no bias, and q/k/v
-    biases follow the target family as vLLM's Llama reads ``attention_bias``).
+    adaptor, loaded by vLLM's own ``EagleLlamaForCausalLM``.
     """
     cfg = draft_config_for_target(target_dir, fc_bias=False)
     tensors = {
         name: value
         for name, value in random_tensors(cfg, seed, target_embeddings(target_dir)).items()
-        if not name.startswith(("imadpt.", "img_fc."))
+        if not name.startswith(VISION_PREFIXES)
     }
     if echo:
         h = cfg.hidden_size
         tensors["fc.weight"][:, h:] += torch.eye(h)
-    config = {**official_config_dict(cfg), "attention_bias": cfg.qkv_bias}
-    for key in ("qkv_bias", "bias"):
-        config.pop(key)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    safetensors.torch.save_file(tensors, dst / SAFETENSORS_FILE, metadata={"format": "pt"})
-    return dst
+    return save_eagle_draft(dst, cfg, tensors)

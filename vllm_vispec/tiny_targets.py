@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -168,8 +169,10 @@ def _corpus(seed: int = 1234) -> list[str]:
     return lines
 
 
-def _train_bpe(pre_tokenizer: Any, vocab_size: int, alphabet: list[str]) -> tuple[dict, list]:
-    """Train a BPE model on the built-in corpus; returns (vocab, merges) in id order."""
+def _train_bpe(
+    pre_tokenizer: Any, vocab_size: int, alphabet: list[str], extra: Sequence[str] = ()
+) -> tuple[dict, list]:
+    """Train a BPE model on the built-in corpus (+ ``extra`` lines); (vocab, merges) in id order."""
     from tokenizers import Tokenizer, models, normalizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -178,7 +181,7 @@ def _train_bpe(pre_tokenizer: Any, vocab_size: int, alphabet: list[str]) -> tupl
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False, min_frequency=2
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator([*_corpus(), *extra], trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -187,7 +190,7 @@ def _train_bpe(pre_tokenizer: Any, vocab_size: int, alphabet: list[str]) -> tupl
     return vocab, merges
 
 
-def _qwen_tokenizer() -> Any:
+def _qwen_tokenizer(extra_corpus: Sequence[str] = ()) -> Any:
     """Byte-level BPE like Qwen2's: 504 trained tokens, then the 8 special tokens (ids 504-511)."""
     from tokenizers import AddedToken, Regex, pre_tokenizers
     from transformers import Qwen2Tokenizer
@@ -200,7 +203,7 @@ def _qwen_tokenizer() -> Any:
         ]
     )
     n_trained = VOCAB_SIZE - len(QWEN_SPECIAL_TOKENS)
-    vocab, merges = _train_bpe(pre, n_trained, pre_tokenizers.ByteLevel.alphabet())
+    vocab, merges = _train_bpe(pre, n_trained, pre_tokenizers.ByteLevel.alphabet(), extra_corpus)
     for i, token in enumerate(QWEN_SPECIAL_TOKENS):
         vocab[token] = n_trained + i
     tokenizer = Qwen2Tokenizer(
@@ -320,12 +323,20 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def build_tiny_qwen2_5_vl(
-    path: str | pathlib.Path, seed: int = 0, hidden_size: int = 128, num_heads: int = 4
+    path: str | pathlib.Path,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    extra_corpus: Sequence[str] = (),
+    init_std: float = INIT_STD,
 ) -> pathlib.Path:
     """Write a tiny random Qwen2.5-VL HF folder at ``path`` and return it.
 
-    ``hidden_size`` / ``num_heads`` widen the text model for benchmarks (head_dim must be a
-    multiple of 32 for vLLM's CPU attention); the defaults are what the tests use.
+    ``hidden_size`` / ``num_heads`` / ``num_layers`` size the text model for benchmarks and the
+    toy world (head_dim must be a multiple of 32 for vLLM's CPU attention); ``extra_corpus``
+    lines join the tokenizer's training text (the toy world's descriptions, so they tokenize
+    compactly) and ``init_std`` suits a model that will be trained. The defaults are the tests'.
 
     Text: hidden 128, 2 layers, 4 heads (head_dim 32), 2 KV heads, vocab 512, M-RoPE sections
     [4, 6, 6] (summing to head_dim / 2 as in the real model). Vision: depth 2, hidden 64, 2 heads,
@@ -344,7 +355,7 @@ def build_tiny_qwen2_5_vl(
 
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _qwen_tokenizer()
+    tokenizer = _qwen_tokenizer(extra_corpus)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
 
     config = Qwen2_5_VLConfig(
@@ -352,13 +363,13 @@ def build_tiny_qwen2_5_vl(
             "vocab_size": VOCAB_SIZE,
             "hidden_size": hidden_size,
             "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": num_layers,
             "num_attention_heads": num_heads,
             "num_key_value_heads": num_heads // 2,
             "hidden_act": "silu",
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-6,
-            "initializer_range": INIT_STD,
+            "initializer_range": init_std,
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 1000000.0,
@@ -370,7 +381,7 @@ def build_tiny_qwen2_5_vl(
             "tie_word_embeddings": False,
             "use_sliding_window": False,
             "sliding_window": None,
-            "max_window_layers": 2,
+            "max_window_layers": num_layers,
             "dtype": "float32",
         },
         vision_config={
@@ -387,7 +398,7 @@ def build_tiny_qwen2_5_vl(
             "fullatt_block_indexes": [1],
             "out_hidden_size": hidden_size,
             "tokens_per_second": 2,
-            "initializer_range": INIT_STD,
+            "initializer_range": init_std,
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

@@ -1,0 +1,282 @@
+"""The toy world end to end: train a target that looks at images, train ViSpec and EAGLE-1
+drafts against it with equal budgets, and measure acceptance in vLLM on held-out images.
+
+    python benchmarks/toy_world.py            # reuses models/toy/ when present
+    python benchmarks/toy_world.py --retrain  # everything from scratch (about an hour on 2 CPUs)
+
+Writes benchmarks/results/toy_world.{md,json,png}. The trained target and the final drafts go to
+models/toy/ (target/, vispec/, eagle/), which `vllm-vispec demo` uses. Mean acceptance length
+is vLLM's: 1 + accepted draft tokens per verification step (ViSpec's tau + 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import sys
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models" / "toy"
+RESULTS = ROOT / "benchmarks" / "results"
+EVAL_SEED = 10_000  # held out: the target trains on seed 2, the drafts on seed 3
+DRAFT_SEED = 3
+IMAGE_SIZE = 168
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Draft training: one unit is ``unit_steps`` steps of ``batch_size`` conversations."""
+
+    units: tuple[int, ...] = (1, 2, 4, 8)
+    unit_steps: int = 50
+    batch_size: int = 8
+    samples: int = 2000
+    lr: float = 2e-3
+
+
+def _prompts(n: int, work: pathlib.Path) -> list[tuple[dict, Any]]:
+    """Held-out (record, chat) pairs: image + question, the description kept for scoring."""
+    from PIL import Image
+
+    from vllm_vispec.toy_world import make_samples
+
+    images = work / "eval_images"
+    records = make_samples(n, EVAL_SEED, images, IMAGE_SIZE)
+    out = []
+    for r in records:
+        question = r["conversations"][0]["value"].replace("<image>", "").strip()
+        image = Image.open(images / r["image"]).convert("RGB")
+        parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": question}]
+        out.append((r, [{"role": "user", "content": parts}]))
+    return out
+
+
+def generate(
+    target: pathlib.Path, chats: list, max_tokens: int, spec: dict | None
+) -> tuple[list[list[int]], list[str], dict[str, Any]]:
+    """Greedy answers of one engine, and its spec-decode acceptance over the run."""
+    from vllm import LLM, SamplingParams
+
+    from vllm_vispec.bench import acceptance, offline_counters
+    from vllm_vispec.tiny_targets import cpu_engine_kwargs
+
+    extra = {"speculative_config": spec} if spec else {}
+    llm = LLM(
+        model=str(target),
+        disable_log_stats=False,
+        **cpu_engine_kwargs(max_num_seqs=len(chats), **extra),
+    )
+    try:
+        before = offline_counters(llm)
+        outputs = llm.chat(chats, SamplingParams(temperature=0, max_tokens=max_tokens))
+        after = offline_counters(llm)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    ids = [list(o.outputs[0].token_ids) for o in outputs]
+    texts = [o.outputs[0].text for o in outputs]
+    return ids, texts, acceptance(before, after) if after else {}
+
+
+def train_drafts(
+    target: pathlib.Path, work: pathlib.Path, budget: Budget
+) -> dict[tuple[str, int], pathlib.Path]:
+    """ViSpec and EAGLE-1 drafts for every budget, same data, steps, batch and recipe."""
+    from vllm_vispec.toy_world import make_samples
+    from vllm_vispec.train.trainer import TrainConfig, train
+
+    images = work / "draft_images"
+    data = work / "draft_data.json"
+    data.write_text(json.dumps(make_samples(budget.samples, DRAFT_SEED, images, IMAGE_SIZE)))
+    drafts = {}
+    for kind in ("vispec", "eagle"):
+        for units in budget.units:
+            out = work / "drafts" / f"{kind}-{units}u"
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"training the {kind} draft for {units} unit(s) ...", flush=True)
+            drafts[kind, units] = train(
+                TrainConfig(
+                    target=target,
+                    data=[data],
+                    image_root=images,
+                    out=out,
+                    draft=kind,
+                    max_steps=units * budget.unit_steps,
+                    batch_size=budget.batch_size,
+                    lr=budget.lr,
+                    warmup_ratio=0.1,
+                )
+            )
+    return drafts
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from vllm_vispec.toy_target import TargetRecipe, train_toy_target
+    from vllm_vispec.toy_world import scene_from_dict, score
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    target = MODELS / "target"
+    started = time.perf_counter()
+    if args.retrain or not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        train_toy_target(target, work, TargetRecipe())
+    prompts = _prompts(args.prompts, work)
+    chats = [c for _, c in prompts]
+    base_ids, base_texts, _ = generate(target, chats, args.max_tokens, None)
+    scenes = [scene_from_dict(r["scene"]) for r, _ in prompts]
+    scores = [score(scene, text) for scene, text in zip(scenes, base_texts, strict=True)]
+    result: dict[str, Any] = {
+        "target_accuracy": sum(scores) / len(scores),
+        "sample_answer": base_texts[0],
+        "sample_reference": prompts[0][0]["conversations"][1]["value"],
+    }
+    print(f"target accuracy on {len(scores)} held-out images: {result['target_accuracy']:.3f}")
+    if args.accuracy_only:
+        return result
+
+    budget = Budget()
+    if args.retrain or not all((MODELS / k / "config.json").exists() for k in ("vispec", "eagle")):
+        drafts = train_drafts(target, work, budget)
+        for kind in ("vispec", "eagle"):
+            shutil.rmtree(MODELS / kind, ignore_errors=True)
+            final = drafts[kind, max(budget.units)]
+            shutil.copytree(final, MODELS / kind, ignore=shutil.ignore_patterns("trainer_state"))
+    else:
+        drafts = {(k, max(budget.units)): MODELS / k for k in ("vispec", "eagle")}
+
+    rows = []
+
+    def measure(method: str, k: int, units: int | None, spec: dict) -> None:
+        ids, _, acc = generate(
+            target, chats, args.max_tokens, {**spec, "num_speculative_tokens": k}
+        )
+        rows.append(
+            {
+                "method": method,
+                "k": k,
+                "units": units,
+                "mean_acceptance_length": acc.get("mean_acceptance_length"),
+                "acceptance_per_pos": acc.get("acceptance_per_pos"),
+                "lossless": ids == base_ids,
+            }
+        )
+        print(rows[-1], flush=True)
+
+    ngram = {"method": "ngram", "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    for k in (3, 5):
+        measure("ngram", k, None, ngram)
+        for kind in ("eagle", "vispec"):
+            draft = drafts[kind, max(budget.units)]
+            measure(kind, k, max(budget.units), {"method": "eagle", "model": str(draft)})
+    for (kind, units), draft in sorted(drafts.items()):
+        if units != max(budget.units):
+            measure(kind, 3, units, {"method": "eagle", "model": str(draft)})
+    result.update(
+        rows=rows,
+        budget=dataclasses.asdict(budget),
+        prompts=args.prompts,
+        max_tokens=args.max_tokens,
+        seconds=round(time.perf_counter() - started),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+        command=shlex.join(["python", *sys.argv]),
+        date=datetime.date.today().isoformat(),
+    )
+    return result
+
+
+def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
+    """toy_world.json, a Markdown table and the training-budget plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "toy_world.json").write_text(json.dumps(result, indent=1) + "\n")
+    rows = result["rows"]
+    full = max(result["budget"]["units"])
+
+    def mal(method: str, k: int, units: int | None) -> float:
+        row = next(r for r in rows if (r["method"], r["k"], r["units"]) == (method, k, units))
+        return row["mean_acceptance_length"] or 1.0
+
+    lines = [
+        "# Toy world: acceptance of ViSpec vs EAGLE-1 vs ngram in vLLM",
+        "",
+        f"Command: `{result['command']}` ({result['date']}, {result['machine']}, "
+        f"{result['seconds']} s). Held-out images: {result['prompts']}, greedy, up to "
+        f"{result['max_tokens']} tokens each.",
+        "",
+        f"Target accuracy (fraction of scene facts its greedy descriptions get right): "
+        f"**{result['target_accuracy']:.3f}**",
+        "",
+        "| method | K | training units | mean acceptance length | per position | lossless |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_pos = "/".join(f"{p:.2f}" for p in r["acceptance_per_pos"] or [])
+        lines.append(
+            f"| {r['method']} | {r['k']} | {r['units'] or '-'} | "
+            f"{r['mean_acceptance_length'] or 1.0:.2f} | {per_pos} | {r['lossless']} |"
+        )
+    ratios = {k: mal("vispec", k, full) / mal("eagle", k, full) for k in (3, 5)}
+    lines += [
+        "",
+        f"ViSpec / EAGLE-1 mean acceptance length at equal budget ({full} units): "
+        f"K=3 **{ratios[3]:.2f}x**, K=5 **{ratios[5]:.2f}x** (goal: 1.2x).",
+        "",
+        "![acceptance vs training budget](toy_world.png)",
+        "",
+    ]
+    (out / "toy_world.md").write_text("\n".join(lines))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for kind in ("vispec", "eagle"):
+        units = sorted(r["units"] for r in rows if r["method"] == kind and r["k"] == 3)
+        ax.plot(units, [mal(kind, 3, u) for u in units], marker="o", label=kind)
+    ax.axhline(mal("ngram", 3, None), color="grey", linestyle="--", label="ngram")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training budget (units)")
+    ax.set_ylabel("mean acceptance length (K=3)")
+    ax.set_title("Toy world: acceptance vs training budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "toy_world.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--retrain", action="store_true", help="retrain target and drafts")
+    parser.add_argument("--accuracy-only", action="store_true", help="only score the target")
+    parser.add_argument("--prompts", type=int, default=16, help="held-out images (default 16)")
+    parser.add_argument("--max-tokens", type=int, default=192, help="per answer (default 192)")
+    parser.add_argument(
+        "--work",
+        type=pathlib.Path,
+        default=pathlib.Path.home() / ".cache" / "vllm-vispec" / "toy-world",
+        help="scratch folder for images, data and draft runs",
+    )
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    result = run(args)
+    if not args.accuracy_only:
+        write_results(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``vllm-vispec bench`` end to end on the tiny Qwen2.5-VL: every method, both modes, the report.
+
+The figures of tiny random models mean nothing; what is checked is that every method and batch
+size gets a row with sane numbers, that speculation stays lossless under greedy decoding, that
+acceptance is read for the speculative methods, that the report files are written, and that user
+mistakes end with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from vllm_vispec import bench, cli
+
+
+def _bench(out: pathlib.Path, target: pathlib.Path, *args: str) -> dict:
+    assert cli.main(["bench", "--target", str(target), "--out", str(out), *args]) == 0
+    for name in ("speedup.png", "acceptance.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| method | batch | tok/s |" in (out / "bench.md").read_text()
+    return json.loads((out / "bench.json").read_text())
+
+
+def _check_rows(result: dict, mode: str, methods: list[str], batches: list[int]) -> None:
+    rows = [r for r in result["rows"] if r["mode"] == mode]
+    assert [(r["method"], r["batch"]) for r in rows] == [(m, b) for m in methods for b in batches]
+    for r in rows:
+        where = f"{mode} {r['method']} batch {r['batch']}"
+        assert r["tok_per_s"] > 0 and r["latency_s"] > 0 and r["tpot_ms"] > 0, where
+        assert r["lossless"] is True, f"{where}: requests {r['differing_requests']} differ"
+        if r["method"] == bench.BASELINE:
+            assert r["speedup"] == 1.0 and "drafts" not in r, where
+            continue
+        assert r["speedup"] > 0, where
+        assert len(r["accepted_per_pos"]) == 3, where
+        assert 0 <= r["accepted_tokens"] <= r["draft_tokens"], where
+        if r["method"] != "ngram":  # ngram only drafts when the output repeats the prompt
+            assert r["drafts"] > 0 and r["mean_acceptance_length"] >= 1.0, where
+            assert len(r["acceptance_per_pos"]) == 3, where
+    assert result["machine"]["cores"] and result["machine"]["vllm"].startswith("0.32")
+
+
+@pytest.mark.slow
+def test_bench_offline_all_methods(
+    qwen_target: pathlib.Path,
+    qwen_draft: pathlib.Path,
+    qwen_eagle_draft: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    result = _bench(
+        tmp_path,
+        qwen_target,
+        "--vispec-draft", str(qwen_draft),
+        "--eagle-draft", str(qwen_eagle_draft),
+        "--modes", "offline",
+        "--batch-sizes", "1", "2",
+        "--max-tokens", "16",
+    )  # fmt: skip
+    _check_rows(result, "offline", ["no-spec", "ngram", "eagle", "vispec"], [1, 2])
+
+
+@pytest.mark.slow
+def test_bench_serve(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    result = _bench(
+        tmp_path,
+        qwen_target,
+        "--vispec-draft", str(qwen_draft),
+        "--methods", "vispec",
+        "--modes", "serve",
+        "--batch-sizes", "2",
+        "--max-tokens", "8",
+    )  # fmt: skip
+    _check_rows(result, "serve", ["no-spec", "vispec"], [2])
+    assert "EagleViSpecForCausalLM" in (tmp_path / "serve_vispec.log").read_text(errors="replace")
+
+
+def test_prompt_sets() -> None:
+    photos = bench.load_prompts("photos", 16)
+    assert {p.image_name for p in photos} == {"grace_hopper.jpg"} and len(photos) >= 2
+    toy = bench.load_prompts("toy", 3)
+    assert len(toy) == 3 and all(p.image.size[0] > 0 and "<image>" not in p.question for p in toy)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "{tmp}/missing"], "no such folder"),
+        (["--target", "{tmp}/model", "--vispec-draft", "{tmp}"], "--vispec-draft"),
+        (["--target", "{tmp}/model", "--prompts", "coco"], "unknown prompt set"),
+        (["--target", "{tmp}/model", "--methods", "eagle"], "needs --eagle-draft"),
+        (["--target", "{tmp}/model", "--engine-arg", "seed"], "KEY=VALUE"),
+    ],
+)
+def test_user_mistakes_give_one_error_line(
+    args: list[str], message: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    argv = ["bench", *(a.format(tmp=tmp_path) for a in args), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "out").exists()
