@@ -14,26 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-
-def _guard_triton_dispatcher() -> None:
-    """Work around a vLLM 0.32 bug with several in-process engines in one interpreter.
-
-    ``vllm.triton_utils.dispatcher`` scans ``vars()`` of every module attribute; once numba /
-    llvmlite is imported (vLLM's ngram proposer does) one of those objects returns a ``__dict__``
-    without ``.get`` and the next engine fails to start. Give the scan a ``vars`` that skips them.
-    """
-    from vllm.triton_utils import dispatcher
-
-    def safe_vars(obj: object) -> dict:
-        found = vars(obj)
-        return found if isinstance(found, dict) else {}
-
-    dispatcher.vars = safe_vars
-
-
-_guard_triton_dispatcher()
-
-
 # --------------------------------------------------------------------------------------------
 # Tiny local VLM targets and ViSpec drafts, built once per pytest run (a few seconds each).
 

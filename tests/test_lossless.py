@@ -15,6 +15,8 @@ correct sampler the values are i.i.d. uniform, which a Kolmogorov-Smirnov test c
 from __future__ import annotations
 
 import math
+import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -120,18 +122,10 @@ def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None
     assert [list(o.outputs[0].token_ids) for o in outputs[::2]] == [list(t) for t in expected]
 
 
-@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec"])
-def test_sampling_follows_the_target_distribution(
-    method: str, request: pytest.FixtureRequest
-) -> None:
-    target = request.getfixturevalue("qwen_target")
-    speculative_config = {
-        "ngram": {"method": "ngram", "prompt_lookup_max": 2, "prompt_lookup_min": 1},
-        "eagle": {"method": "eagle", "model": str(request.getfixturevalue("qwen_eagle_draft"))},
-        "vispec": {"method": "eagle", "model": str(request.getfixturevalue("qwen_draft"))},
-    }[method]
+def _sampled_pit(target, speculative_config: dict, conversations: list) -> tuple[float, int]:
+    """KS p-value of the randomised PIT of every token sampled at temperature 1, and how many
+    draft tokens were accepted."""
     vocab = 512
-    conversations = [chat([(s % 3, (224, 224))]) if s % 2 else chat([]) for s in range(96)]
     params = [
         SamplingParams(temperature=1.0, max_tokens=24, seed=1000 + i, logprobs=vocab)
         for i in range(len(conversations))
@@ -154,5 +148,42 @@ def test_sampling_follows_the_target_distribution(
             k = int(np.searchsorted(ids, token))
             pit.append(probs[:k].sum() + rng.uniform() * probs[k])
     assert len(pit) >= 2000
-    result = stats.kstest(pit, "uniform")
-    assert result.pvalue > 1e-3, f"sampled tokens do not follow the target: {result}"
+    accepted = "vllm:spec_decode_num_accepted_tokens"
+    return stats.kstest(pit, "uniform").pvalue, after[accepted] - before.get(accepted, 0)
+
+
+@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec"])
+def test_sampling_follows_the_target_distribution(
+    method: str, request: pytest.FixtureRequest
+) -> None:
+    target = request.getfixturevalue("qwen_target")
+    speculative_config = {
+        "ngram": {"method": "ngram", "prompt_lookup_max": 2, "prompt_lookup_min": 1},
+        "eagle": {"method": "eagle", "model": str(request.getfixturevalue("qwen_eagle_draft"))},
+        "vispec": {"method": "eagle", "model": str(request.getfixturevalue("qwen_draft"))},
+    }[method]
+    conversations = [chat([(s % 3, (224, 224))]) if s % 2 else chat([]) for s in range(96)]
+    pvalue, _ = _sampled_pit(target, speculative_config, conversations)
+    assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
+
+
+def test_sampling_with_a_trained_draft_follows_the_target() -> None:
+    """The toy world's trained target is peaked and its trained draft is often accepted, so this
+    covers the accept branch of rejection sampling, which the random tiny models above (flat
+    distributions) mostly skip."""
+    from PIL import Image
+
+    from vllm_vispec.toy_world import make_samples
+
+    toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
+    conversations = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for record in make_samples(96, 30_000, pathlib.Path(tmp)):
+            image = Image.open(pathlib.Path(tmp) / record["image"]).convert("RGB")
+            text = record["conversations"][0]["value"].replace("<image>", "").strip()
+            parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": text}]
+            conversations.append([{"role": "user", "content": parts}])
+    spec = {"method": "eagle", "model": str(toy / "vispec")}
+    pvalue, accepted = _sampled_pit(toy / "target", spec, conversations)
+    assert accepted > 500, f"only {accepted} draft tokens accepted: the accept path is untested"
+    assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"

@@ -21,7 +21,6 @@ CACHE = (
 )
 TOY_MODELS = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
 TOY_SEED = 20_000  # held out from the toy target's and drafts' training seeds
-TOY_IMAGE_SIZE = 168
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def _conversations(n: int, work: pathlib.Path) -> list[tuple[str, list[dict]]]:
         return [{"role": "user", "content": parts}]
 
     named = []
-    for record in make_samples(n, TOY_SEED, work, TOY_IMAGE_SIZE):
+    for record in make_samples(n, TOY_SEED, work):
         question = record["conversations"][0]["value"].replace("<image>", "").strip()
         image = Image.open(work / record["image"]).convert("RGB")
         named.append((f"toy picture {record['image']}", chat(image, question)))

@@ -17,22 +17,22 @@ from pathlib import Path
 
 import torch
 
-from vllm_vispec.toy_world import QUESTIONS, describe, make_samples, random_scene
+from vllm_vispec.toy_world import IMAGE_SIZE, QUESTIONS, describe, make_samples, random_scene
 
 
 @dataclasses.dataclass(frozen=True)
 class TargetRecipe:
-    """Size and training budget of the toy target (defaults: ~10 minutes on 2 CPU cores)."""
+    """Size and training budget of the toy target (defaults: about 15 minutes on 2 CPU cores)."""
 
     hidden_size: int = 128
     num_heads: int = 4
     num_layers: int = 2
-    samples: int = 6000
-    image_size: int = 168
+    samples: int = 20000
+    image_size: int = IMAGE_SIZE
     batch_size: int = 8
     lr: float = 2e-3
-    max_steps: int = 3000
-    max_minutes: float = 10.0
+    max_steps: int = 6000
+    max_minutes: float = 15.0
     seed: int = 0
 
 

@@ -96,6 +96,8 @@ QUESTIONS = (
 )
 """User prompts that all ask for a long description, so the answer is always the same kind."""
 
+IMAGE_SIZE = 168
+"""Side of the training images in pixels: 12x12 patches of 14, 36 Qwen2.5-VL image tokens."""
 MAX_OBJECTS = 4
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _PLURAL = {"cross": "crosses"}
@@ -574,7 +576,7 @@ def describe(scene: Scene, rng: random.Random) -> str:
 
 
 def make_samples(
-    n: int, seed: int, image_dir: pathlib.Path, size: int = 224
+    n: int, seed: int, image_dir: pathlib.Path, size: int = IMAGE_SIZE
 ) -> list[dict[str, Any]]:
     """Write ``n`` PNG images (``size`` pixels square) to ``image_dir`` and return LLaVA-style
     conversation records.
