@@ -10,7 +10,7 @@ import shutil
 import pytest
 import safetensors.torch
 import torch
-from engines import MIXED_BATCH, counters, engine, greedy
+from engines import MIXED_BATCH, counters, engine, greedy, runner
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -124,6 +124,10 @@ def test_eagle_baseline_trains_with_mtp_and_loads_in_vllm(
         expected = greedy(llm, MIXED_BATCH[:2], max_tokens=16)
     with engine(qwen_target, out / "final") as llm:
         assert greedy(llm, MIXED_BATCH[:2], max_tokens=16) == expected
+        # vLLM builds the layer the checkpoint describes: q/k/v biases, none on o_proj (which
+        # `attention_bias` would add, left uninitialised: garbage drafts, zero acceptance).
+        attn = runner(llm).drafter.model.model.layers[0].self_attn
+        assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
 
 
 def test_answer_masks_cover_exactly_the_answers(

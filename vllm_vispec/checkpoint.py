@@ -220,8 +220,7 @@ def save_eagle_draft(
     """Write a plain EAGLE-1 draft in vLLM's built-in format (``EagleLlamaForCausalLM``).
 
     The baseline ViSpec is measured against: the same decoder layer and ``fc`` (no bias, as
-    vLLM's EAGLE-1 Llama draft has none) without ``img_fc`` and the adaptor; q/k/v biases are
-    announced through ``attention_bias``, which vLLM's Llama layer reads.
+    vLLM's EAGLE-1 Llama draft has none) without ``img_fc`` and the adaptor.
     """
     if cfg.fc_bias:
         raise CheckpointError(
@@ -233,9 +232,10 @@ def save_eagle_draft(
             f"EAGLE draft to save: tensors {_few(sorted(set(tensors) ^ expected))} do not match "
             f"the EAGLE-1 layout"
         )
-    config = {**official_config_dict(cfg), "attention_bias": cfg.qkv_bias, "written_by": WRITTEN_BY}
-    for key in ("qkv_bias", "bias"):  # ViSpec-only keys
-        config.pop(key)
+    # vLLM's Llama layer gives o_proj a bias when `attention_bias` (or `bias`) is set, and this
+    # draft has none: announce the q/k/v biases through `qkv_bias` alone.
+    config = {**official_config_dict(cfg), "attention_bias": False, "written_by": WRITTEN_BY}
+    config.pop("bias")
     return _write_folder(dst, config, tensors, overwrite)
 
 
