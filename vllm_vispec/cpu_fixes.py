@@ -21,6 +21,8 @@ overrides are used), and logs one line.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 EXPAND_KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"
@@ -43,7 +45,9 @@ def expand_kernel(
 
 
 def _module_vars(obj: object) -> dict:
-    found = vars(obj)
+    with warnings.catch_warnings():  # the scan touches deprecated aliases (torch.distributed)
+        warnings.simplefilter("ignore", FutureWarning)
+        found = vars(obj)
     return found if isinstance(found, dict) else {}
 
 
