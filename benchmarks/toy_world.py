@@ -43,21 +43,25 @@ class Budget:
     lr: float = 2e-3
 
 
-def _prompts(n: int, work: pathlib.Path) -> list[tuple[dict, Any]]:
+def _prompts(n: int) -> list[tuple[dict, Any]]:
     """Held-out (record, chat) pairs: image + question, the description kept for scoring."""
-    from PIL import Image
+    from vllm_vispec.toy_world import prompts
 
-    from vllm_vispec.toy_world import make_samples
-
-    images = work / "eval_images"
-    records = make_samples(n, EVAL_SEED, images)
-    out = []
-    for r in records:
-        question = r["conversations"][0]["value"].replace("<image>", "").strip()
-        image = Image.open(images / r["image"]).convert("RGB")
-        parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": question}]
-        out.append((r, [{"role": "user", "content": parts}]))
-    return out
+    return [
+        (
+            record,
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_pil", "image_pil": image},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ],
+        )
+        for record, image, question in prompts(n, EVAL_SEED)
+    ]
 
 
 def generate(
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.retrain or not (target / "config.json").exists():
         shutil.rmtree(target, ignore_errors=True)
         train_toy_target(target, work, TargetRecipe())
-    prompts = _prompts(args.prompts, work)
+    prompts = _prompts(args.prompts)
     chats = [c for _, c in prompts]
     base_ids, base_texts, _ = generate(target, chats, args.max_tokens, None)
     scenes = [scene_from_dict(r["scene"]) for r, _ in prompts]

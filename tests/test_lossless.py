@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import tempfile
 
 import numpy as np
 import pytest
@@ -171,18 +170,21 @@ def test_sampling_with_a_trained_draft_follows_the_target() -> None:
     """The toy world's trained target is peaked and its trained draft is often accepted, so this
     covers the accept branch of rejection sampling, which the random tiny models above (flat
     distributions) mostly skip."""
-    from PIL import Image
-
-    from vllm_vispec.toy_world import make_samples
+    from vllm_vispec.toy_world import prompts
 
     toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
-    conversations = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for record in make_samples(96, 30_000, pathlib.Path(tmp)):
-            image = Image.open(pathlib.Path(tmp) / record["image"]).convert("RGB")
-            text = record["conversations"][0]["value"].replace("<image>", "").strip()
-            parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": text}]
-            conversations.append([{"role": "user", "content": parts}])
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_pil", "image_pil": image},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]
+        for _, image, question in prompts(96, 30_000)
+    ]
     spec = {"method": "eagle", "model": str(toy / "vispec")}
     pvalue, accepted = _sampled_pit(toy / "target", spec, conversations)
     assert accepted > 500, f"only {accepted} draft tokens accepted: the accept path is untested"

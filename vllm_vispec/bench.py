@@ -49,7 +49,6 @@ import pathlib
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -382,25 +381,9 @@ def _photos() -> list[Prompt]:
 
 
 def _toy(n: int) -> list[Prompt]:
-    from PIL import Image
+    from vllm_vispec import toy_world
 
-    try:
-        from vllm_vispec import toy_world
-    except ModuleNotFoundError as e:
-        if e.name != "vllm_vispec.toy_world":
-            raise
-        raise BenchError(
-            "--prompts toy needs vllm_vispec.toy_world, which this install does not have yet; "
-            "use --prompts photos"
-        ) from None
-    with tempfile.TemporaryDirectory(prefix="vispec-bench-toy-") as tmp:
-        records = toy_world.make_samples(n, TOY_SEED, pathlib.Path(tmp))
-        prompts = []
-        for record in records:
-            image = Image.open(pathlib.Path(tmp) / record["image"]).convert("RGB")
-            question = record["conversations"][0]["value"].replace("<image>", "").strip()
-            prompts.append(Prompt(record["image"], image, question))
-    return prompts
+    return [Prompt(r["image"], image, q) for r, image, q in toy_world.prompts(n, TOY_SEED)]
 
 
 def _cycle(prompts: list[Prompt], n: int) -> list[Prompt]:

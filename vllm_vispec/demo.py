@@ -59,20 +59,17 @@ def _photo() -> Any:
         return Image.open(f).convert("RGB").resize((224, 280))
 
 
-def _conversations(n: int, work: pathlib.Path) -> list[tuple[str, list[dict]]]:
-    from PIL import Image
-
-    from vllm_vispec.toy_world import make_samples
+def _conversations(n: int) -> list[tuple[str, list[dict]]]:
+    from vllm_vispec.toy_world import prompts
 
     def chat(image: Any, text: str) -> list[dict]:
         parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": text}]
         return [{"role": "user", "content": parts}]
 
-    named = []
-    for record in make_samples(n, TOY_SEED, work):
-        question = record["conversations"][0]["value"].replace("<image>", "").strip()
-        image = Image.open(work / record["image"]).convert("RGB")
-        named.append((f"toy picture {record['image']}", chat(image, question)))
+    named = [
+        (f"toy picture {record['image']}", chat(image, question))
+        for record, image, question in prompts(n, TOY_SEED)
+    ]
     named.append(("photo grace_hopper.jpg", chat(_photo(), "Describe the image in detail.")))
     return named
 
@@ -113,16 +110,13 @@ def _run_engine(target: pathlib.Path, conversations: list, params: Any, spec: di
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
     from vllm_vispec.bench import acceptance
 
     target, draft, trained = _models(args)
-    with tempfile.TemporaryDirectory(prefix="vispec-demo-") as tmp:
-        named = _conversations(args.images, pathlib.Path(tmp))
+    named = _conversations(args.images)
     conversations = [c for _, c in named]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": args.k}

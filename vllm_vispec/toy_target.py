@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ def train_toy_target(out: Path, work: Path, recipe: TargetRecipe = TargetRecipe(
     )
 
     from vllm_vispec.tiny_targets import build_tiny_qwen2_5_vl
-    from vllm_vispec.train.data import build_examples, collate
+    from vllm_vispec.train.data import batch_indices, build_examples, collate
 
     torch.manual_seed(recipe.seed)
     build_tiny_qwen2_5_vl(
@@ -73,16 +72,13 @@ def train_toy_target(out: Path, work: Path, recipe: TargetRecipe = TargetRecipe(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 100, recipe.max_steps)
-    per_epoch = math.ceil(len(examples) / recipe.batch_size)
     model.train()
     started = time.perf_counter()
     log = []
     bar = tqdm(total=recipe.max_steps, desc="training the toy target", unit="step")
     for step in range(recipe.max_steps):
-        epoch, index = divmod(step, per_epoch)
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(epoch))
-        chosen = order[index * recipe.batch_size : (index + 1) * recipe.batch_size]
-        batch = collate(processor, [examples[i] for i in chosen.tolist()])
+        chosen = batch_indices(len(examples), step, recipe.batch_size, recipe.seed)
+        batch = collate(processor, [examples[i] for i in chosen])
         mask = batch.pop("loss_mask")
         labels = batch["input_ids"].masked_fill(~mask, -100)
         loss = model(**batch, labels=labels).loss

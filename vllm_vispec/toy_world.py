@@ -19,6 +19,7 @@ import math
 import pathlib
 import random
 import re
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "cell_box",
     "describe",
     "make_samples",
+    "prompts",
     "random_scene",
     "render",
     "scene_from_dict",
@@ -606,6 +608,22 @@ def make_samples(
             }
         )
     return records
+
+
+def prompts(n: int, seed: int) -> list[tuple[dict[str, Any], Image.Image, str]]:
+    """``n`` (record, image, question) triples for asking a model about fresh scenes.
+
+    The images are loaded into memory (the PNG files are temporary); the record keeps the scene
+    and the reference description for scoring.
+    """
+    out = []
+    with tempfile.TemporaryDirectory(prefix="toy-world-") as tmp:
+        for record in make_samples(n, seed, pathlib.Path(tmp)):
+            with Image.open(pathlib.Path(tmp) / record["image"]) as image:
+                rgb = image.convert("RGB")
+            question = record["conversations"][0]["value"].replace("<image>", "").strip()
+            out.append((record, rgb, question))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,15 @@ def build_examples(
         examples.append(example)
         report.kept += 1
     return examples, report
+
+
+def batch_indices(num_examples: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """The examples of training step ``step``: consecutive batches of a seeded shuffle that is
+    drawn anew each epoch, so a run resumed at any step sees exactly the same batches."""
+    per_epoch = math.ceil(num_examples / batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[index * batch_size : (index + 1) * batch_size].tolist()
 
 
 def collate(processor: Any, examples: list[Example]) -> dict[str, torch.Tensor]:

@@ -118,16 +118,17 @@ class Distiller(nn.Module):
             # feature target), which predicts token t + 2: train where that is an answer token.
             targets.append(out.hidden[b, 1:length])
             wanted.append(torch.cat((loss_mask[b, 2:length], loss_mask.new_zeros(1))))
-        total, parts = 0.0, {}
+        total, parts, rows = 0.0, {}, None
         for step in range(1 + self.cfg.mtp_steps):
             outputs = self._outputs(inputs, positions)
-            rows = [w & visible for w, (_, visible) in zip(wanted, outputs, strict=True)]
+            if rows is None:  # visibility depends on the tokens only: the same on every pass
+                rows = [w & visible for w, (_, visible) in zip(wanted, outputs, strict=True)]
+                teacher_h = torch.cat([t[r] for t, r in zip(targets, rows, strict=True)])
+                if teacher_h.shape[0] == 0:
+                    raise ValueError("a batch without answer tokens reached the draft")
+                teacher_logits = teacher.logits(teacher_h).float()
             draft_h = torch.cat([h[r] for (h, _), r in zip(outputs, rows, strict=True)])
-            teacher_h = torch.cat([t[r] for t, r in zip(targets, rows, strict=True)])
-            if draft_h.shape[0] == 0:
-                raise ValueError("a batch without answer tokens reached the draft")
             draft_logits = self.draft.logits(draft_h)
-            teacher_logits = teacher.logits(teacher_h).float()
             loss, terms = distill_loss(
                 draft_logits, draft_h, teacher_logits, teacher_h, self.cfg.weights
             )
@@ -223,7 +224,7 @@ def train(cfg: TrainConfig) -> Path:
     started = time.perf_counter()
     log = (cfg.out / LOG_FILE).open("a") if accelerator.is_main_process else None
     while step < total:
-        examples_b = _batch(examples, step, per_epoch, cfg, accelerator)
+        examples_b = _batch(examples, step, cfg, accelerator)
         batch = collate(teacher.processor, examples_b)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
@@ -303,13 +304,11 @@ def _build_draft(cfg: TrainConfig, teacher: Any) -> tuple[Any, ViSpecDraft]:
     return draft_cfg, draft.to(teacher.device)
 
 
-def _batch(
-    examples: list[Any], step: int, per_epoch: int, cfg: TrainConfig, accelerator: Any
-) -> list[Any]:
-    """Batch ``step`` of a seeded per-epoch shuffle, this process's share (resumable exactly)."""
-    epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-    chosen = order[index * cfg.batch_size : (index + 1) * cfg.batch_size].tolist()
+def _batch(examples: list[Any], step: int, cfg: TrainConfig, accelerator: Any) -> list[Any]:
+    """This process's share of step ``step``'s batch."""
+    from vllm_vispec.train.data import batch_indices
+
+    chosen = batch_indices(len(examples), step, cfg.batch_size, cfg.seed)
     share = chosen[accelerator.process_index :: accelerator.num_processes] or chosen[:1]
     return [examples[i] for i in share]
 
@@ -343,11 +342,12 @@ def _resume(accelerator: Any, cfg: TrainConfig) -> int:
     if not done:
         _log(accelerator, cfg, f"--resume: no checkpoint under {cfg.out}, starting afresh")
         return 0
-    latest = max(
-        done, key=lambda p: json.loads((p / "trainer_state/progress.json").read_text())["step"]
-    )
+    steps = {
+        p: json.loads((p / "trainer_state" / "progress.json").read_text())["step"] for p in done
+    }
+    latest = max(steps, key=steps.get)
     accelerator.load_state(str(latest / "trainer_state"))
-    step = json.loads((latest / "trainer_state" / "progress.json").read_text())["step"]
+    step = steps[latest]
     _log(accelerator, cfg, f"resuming from {latest} (step {step})")
     return step
 
