@@ -338,7 +338,11 @@ def _save(
 
 def _resume(accelerator: Any, cfg: TrainConfig) -> int:
     """Load the newest complete checkpoint under ``--out``; 0 when there is none."""
-    done = [p for p in cfg.out.glob("step-*") if (p / "trainer_state" / "progress.json").is_file()]
+    done = [
+        p
+        for p in [*cfg.out.glob("step-*"), cfg.out / "final"]
+        if (p / "trainer_state" / "progress.json").is_file()
+    ]
     if not done:
         _log(accelerator, cfg, f"--resume: no checkpoint under {cfg.out}, starting afresh")
         return 0
