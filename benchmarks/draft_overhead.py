@@ -5,9 +5,10 @@ the ViSpec draft without img_fc and the adaptor, run by vLLM's own ``EaglePropos
 engines run in this process, one after the other, on the same tiny Qwen2.5-VL target, the
 same prompts (text-only, one and two images) and greedy decoding. Every ``propose`` call (the
 first pass over the scheduled tokens plus the K-1 single-token steps) is timed; the figure of
-merit is ViSpec / EAGLE, per round and then the median over rounds (goal: <= 1.10).
+merit is ViSpec / EAGLE, per round and then the median over rounds (goal: <= 1.10). ViSpec runs
+once per ``--attention`` (``VLLM_VISPEC_DRAFT_ATTENTION``: how hidden image slots are left out).
 
-    python benchmarks/draft_overhead.py --hidden 512 --out benchmarks/results
+    python benchmarks/draft_overhead.py --hidden 512 --attention mark torch --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--hidden", type=int, default=128, help="target (and draft) width")
     p.add_argument("--heads", type=int, default=4, help="attention heads (head_dim % 32 == 0)")
+    p.add_argument(
+        "--attention",
+        nargs="+",
+        default=["mark"],
+        choices=["mark", "torch"],
+        help="ViSpec draft attentions to time, one engine each (default: mark)",
+    )
     p.add_argument(
         "--out",
         type=pathlib.Path,
@@ -66,15 +74,15 @@ def main() -> int:
     from tqdm import tqdm
     from vllm import LLM, SamplingParams
 
+    from vllm_vispec.model import padded_head_size
     from vllm_vispec.tiny_drafts import build_tiny_draft, build_tiny_eagle_draft
     from vllm_vispec.tiny_targets import build_tiny_qwen2_5_vl, cpu_engine_kwargs, make_test_image
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="vispec-overhead-"))
     target = build_tiny_qwen2_5_vl(work / "target", hidden_size=args.hidden, num_heads=args.heads)
-    drafts = {
-        "vispec": build_tiny_draft(target, work / "vispec", echo=True),
-        "eagle": build_tiny_eagle_draft(target, work / "eagle", echo=True),
-    }
+    vispec = build_tiny_draft(target, work / "vispec", echo=True)
+    drafts = {f"vispec-{a}": vispec for a in args.attention}
+    drafts["eagle"] = build_tiny_eagle_draft(target, work / "eagle", echo=True)
 
     def conversation(i: int) -> list[dict]:
         images = [{"type": "image_pil", "image_pil": make_test_image(i + j)} for j in range(i % 3)]
@@ -91,6 +99,8 @@ def main() -> int:
     for r in tqdm(range(args.rounds), desc="rounds (one engine per proposer)"):
         for name in order if r % 2 == 0 else order[::-1]:
             spec = {"method": "eagle", "model": str(drafts[name]), "num_speculative_tokens": args.k}
+            if name.startswith("vispec-"):
+                os.environ["VLLM_VISPEC_DRAFT_ATTENTION"] = name.removeprefix("vispec-")
             llm = LLM(model=str(target), **cpu_engine_kwargs(speculative_config=spec))
             llm.chat(prompts[:2], params, use_tqdm=False)  # warm-up, untimed
             calls: list[float] = []
@@ -101,8 +111,8 @@ def main() -> int:
             outputs[name] = [o.outputs[0].token_ids for o in out]
             llm.llm_engine.engine_core.shutdown()
             del llm
-    if outputs["vispec"] != outputs["eagle"]:
-        print("error: the two engines generated different tokens", file=sys.stderr)
+    if any(out != outputs["eagle"] for out in outputs.values()):
+        print("error: the engines generated different tokens", file=sys.stderr)
         return 1
 
     stats = {
@@ -114,9 +124,13 @@ def main() -> int:
         }
         for name, t in times.items()
     }
-    # Paired by round: both engines of a round ran back to back under the same machine load.
-    ratios = [v / e for v, e in zip(round_medians["vispec"], round_medians["eagle"], strict=True)]
-    ratio = statistics.median(ratios)
+    # Paired by round: the engines of a round ran back to back under the same machine load.
+    ratios = {
+        name: [v / e for v, e in zip(medians, round_medians["eagle"], strict=True)]
+        for name, medians in round_medians.items()
+        if name != "eagle"
+    }
+    ratio = {name: statistics.median(r) for name, r in ratios.items()}
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     command = "python " + " ".join(sys.argv)
     record = {
@@ -126,20 +140,26 @@ def main() -> int:
         "stats": stats,
         "machine": machine,
         "command": command,
+        "hidden": args.hidden,
+        "heads": args.heads,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"h{args.hidden}"
-    record.update(hidden=args.hidden, heads=args.heads)
     (args.out / f"draft_overhead_{tag}.json").write_text(json.dumps(record, indent=2) + "\n")
     rows = "\n".join(
         f"| {name} ({s['proposer']}) | {s['calls']} | {s['median_ms']:.2f} | {s['mean_ms']:.2f} |"
         for name, s in stats.items()
     )
+    ratio_rows = "\n".join(
+        f"| {name} | **{ratio[name]:.3f}** | {', '.join(f'{r:.2f}' for r in ratios[name])} |"
+        for name in ratio
+    )
+    head_dim = args.hidden // args.heads
     (args.out / f"draft_overhead_{tag}.md").write_text(
         f"""# Per-step draft time: ViSpec proposer vs vLLM's EAGLE proposer
 
 Tiny Qwen2.5-VL target (hidden {args.hidden}, {args.heads} heads, head_dim
-{args.hidden // args.heads}), same-size drafts, K={args.k}, greedy, {args.requests}
+{head_dim}), same-size drafts, K={args.k}, greedy, {args.requests}
 prompts with 0-2 images per round, {args.rounds} rounds, one engine at a time in
 alternating order. Time of each `propose()` call
 (first pass + K-1 steps). Machine: {machine} (vLLM CPU build, in-process engine).
@@ -149,18 +169,24 @@ Command: `{command}`
 |---|---|---|---|
 {rows}
 
-**ViSpec / EAGLE: {ratio:.3f}** (median over rounds of the ratio of per-engine medians;
-per round: {", ".join(f"{r:.2f}" for r in ratios)}; goal <= 1.10). On this shared 2-core
-machine one engine's median moves by up to 30% between runs, hence the pairing.
+| ViSpec draft attention | ViSpec / EAGLE | per round |
+|---|---|---|
+{ratio_rows}
+
+ViSpec / EAGLE is the median over rounds of the ratio of per-engine medians (goal <= 1.10). On
+this shared 2-core machine one engine's median moves by up to 30% between runs, hence the
+pairing. Every engine generated the same tokens.
 
 What ViSpec adds per step: the per-token image bookkeeping (Python), img_fc's H x H product,
-and the hiding channel, which pads the draft's head size to the next size vLLM's CPU
-attention runs (32 -> 64, 128 -> 160).
+and the attention's way of leaving hidden image slots out. `mark` pads the draft's head size to
+the next size vLLM's CPU attention runs ({head_dim} -> {padded_head_size(head_dim)}); `torch`
+keeps the head size and gathers the visible slots per request in PyTorch (the CPU reference of
+the Triton kernel, which is the GPU path).
 """
     )
     print(
-        f"median per-step draft time: vispec {stats['vispec']['median_ms']:.2f} ms, "
-        f"eagle {stats['eagle']['median_ms']:.2f} ms, ratio {ratio:.3f}"
+        "ViSpec / EAGLE per-step draft time: "
+        + ", ".join(f"{name} {r:.3f}" for name, r in ratio.items())
     )
     return 0
 

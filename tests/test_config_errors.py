@@ -271,6 +271,34 @@ def test_fp8_draft_kv_cache(
     _assert_mentions(message, "KV cache", '"kv_cache_dtype": "auto"')
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("fast", ("VLLM_VISPEC_DRAFT_ATTENTION='fast'", "auto, mark, triton, torch")),
+        ("triton", ("needs a GPU", "'torch'", "TRITON_INTERPRET=1")),
+    ],
+)
+def test_draft_attention_that_cannot_run_here(
+    qwen_target: pathlib.Path,
+    qwen_draft: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    words: tuple[str, ...],
+) -> None:
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", value)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _assert_mentions(_refusal(qwen_target, _spec(qwen_draft)), *words)
+
+
+@pytest.mark.parametrize("value", ["mark", "torch", "Auto", ""])
+def test_draft_attention_that_runs_here_passes(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value
+) -> None:
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", value)
+    config = _create_config(qwen_target, _spec(qwen_draft))
+    assert config.speculative_config is not None
+
+
 def test_method_other_than_eagle(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     """Without "method", vLLM runs a draft folder as a standalone model ("draft_model")."""
     spec = {"model": str(qwen_draft), "num_speculative_tokens": 3}

@@ -8,15 +8,11 @@ file in a fresh interpreter. The case builders below are shared with it.
 from __future__ import annotations
 
 import itertools
-import os
-import pathlib
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from interpreted import run_interpreted
 from vllm_vispec.kernels import (
     absorb_queries,
     draft_paged_attention,
@@ -272,23 +268,4 @@ def test_split_kv_cache_cpu_layout(isa: str, block_size: int) -> None:
 def test_triton_kernels_interpreted() -> None:
     """Run test_kernels_triton.py under TRITON_INTERPRET=1 in a fresh interpreter."""
     pytest.importorskip("triton")
-    path = pathlib.Path(__file__).with_name("test_kernels_triton.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--noconftest",
-        "-o",
-        "addopts=",
-        str(path),
-    ]
-    proc = subprocess.run(
-        cmd, env=env, cwd=path.parent.parent, capture_output=True, text=True, timeout=600
-    )
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, tail
-    assert re.search(r"\d+ passed", tail) and "skipped" not in tail, tail
+    run_interpreted("test_kernels_triton.py", "--noconftest")

@@ -24,12 +24,16 @@ from scipy import stats
 from vllm import SamplingParams
 
 TARGETS = ["qwen", "llava"]
+# (target, VLLM_VISPEC_DRAFT_ATTENTION): both targets with the portable hiding channel, and the
+# attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
+CASES = [("qwen", "mark"), ("llava", "mark"), ("qwen", "torch")]
 # The smallest prefill budget per target that still fits both images of a prompt in vLLM's
 # encoder cache (see test_parity.py); each splits at least one image across chunks.
 CHUNK = {"qwen": 40, "llava": 160}
 
 
-def _models(name: str, request: pytest.FixtureRequest):
+def _models(name: str, request: pytest.FixtureRequest, attention: str = "mark"):
+    request.getfixturevalue("monkeypatch").setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
     return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
@@ -48,33 +52,40 @@ def _compare(target, draft, conversations, runs: int = 1, **overrides) -> dict[s
     return delta
 
 
-@pytest.mark.parametrize("name", TARGETS)
-def test_mixed_batch(name: str, request: pytest.FixtureRequest) -> None:
-    target, draft = _models(name, request)
+@pytest.mark.parametrize("name,attention", CASES)
+def test_mixed_batch(name: str, attention: str, request: pytest.FixtureRequest) -> None:
+    target, draft = _models(name, request, attention)
     _compare(target, draft, MIXED_BATCH)
 
 
-@pytest.mark.parametrize("name", TARGETS)
-def test_chunked_prefill_splitting_images(name: str, request: pytest.FixtureRequest) -> None:
-    target, draft = _models(name, request)
+@pytest.mark.parametrize("name,attention", CASES)
+def test_chunked_prefill_splitting_images(
+    name: str, attention: str, request: pytest.FixtureRequest
+) -> None:
+    target, draft = _models(name, request, attention)
     _compare(target, draft, MIXED_BATCH, max_num_batched_tokens=CHUNK[name])
 
 
-@pytest.mark.parametrize("name", TARGETS)
-def test_prefix_cache_hits_on_repeated_images(name: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("name,attention", CASES)
+def test_prefix_cache_hits_on_repeated_images(
+    name: str, attention: str, request: pytest.FixtureRequest
+) -> None:
     """The second pass over the same prompts hits the prefix cache on every image."""
-    target, draft = _models(name, request)
+    target, draft = _models(name, request, attention)
     delta = _compare(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
     assert delta["vllm:prefix_cache_hits"] > 0
 
 
-def test_prefix_cache_hit_drafts_like_a_cold_run(request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("attention", ["mark", "torch"])
+def test_prefix_cache_hit_drafts_like_a_cold_run(
+    attention: str, request: pytest.FixtureRequest
+) -> None:
     """A prefix-cache hit on an image (the encoder does not run) still gives the same drafts.
 
     The compressed image tokens come from cached draft KV and the global feature from the
     proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
     """
-    target, draft = _models("qwen", request)
+    target, draft = _models("qwen", request, attention)
     prompts = [chat([(7, (224, 224))]), chat([(8, (320, 200)), (9, (224, 224))])]
     with engine(target, draft, enable_prefix_caching=True) as llm:
         accepted = []
@@ -96,10 +107,10 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(request: pytest.FixtureRequest)
     assert features == 3  # one adaptor output per distinct image, computed once
 
 
-@pytest.mark.parametrize("name", TARGETS)
-def test_preemption(name: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("name,attention", CASES)
+def test_preemption(name: str, attention: str, request: pytest.FixtureRequest) -> None:
     """A KV cache of a few blocks forces vLLM to preempt and recompute requests."""
-    target, draft = _models(name, request)
+    target, draft = _models(name, request, attention)
     delta = _compare(target, draft, MIXED_BATCH * 2, num_gpu_blocks_override=16, max_model_len=448)
     assert delta["vllm:num_preemptions"] > 0
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pathlib
 
 import pytest
 import safetensors
 import torch
 from engines import chat, engine, runner
+from interpreted import run_interpreted
 from vllm import SamplingParams
 
 from vllm_vispec.checkpoint import load_draft
@@ -113,13 +115,29 @@ def _image_token(target: pathlib.Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "name,chunk",
+    "name,chunk,attention",
     # LLaVA's chunk must hold both of its images in vLLM's encoder cache (sized by the chunk):
     # with EAGLE's one-token lookahead, vLLM 0.32's scheduler otherwise stalls, draft or not.
-    [("qwen", None), ("qwen", 40), ("llava", None), ("llava", 160)],
-    ids=["qwen", "qwen-chunked", "llava", "llava-chunked"],
+    [
+        ("qwen", None, "mark"),
+        ("qwen", 40, "mark"),
+        ("llava", None, "mark"),
+        ("llava", 160, "mark"),
+        ("qwen", 40, "torch"),
+        ("llava", 160, "torch"),
+        ("qwen", 40, "triton"),
+        ("llava", 160, "triton"),
+    ],
+    ids=lambda v: {None: "whole", 40: "chunked", 160: "chunked"}.get(v, v),
 )
-def test_first_pass_matches_reference(name: str, chunk: int | None, request) -> None:
+def test_first_pass_matches_reference(
+    name: str, chunk: int | None, attention: str, request, monkeypatch
+) -> None:
+    """``attention``: how hidden slots are left out (``VLLM_VISPEC_DRAFT_ATTENTION``). The
+    ``triton`` cases run the kernel interpreted, in a subprocess (test_triton_draft_attention)."""
+    if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (run by test_triton_draft_attention)")
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
     target = request.getfixturevalue(f"{name}_target")
     draft = request.getfixturevalue(f"{name}_draft")
     # No prefix caching: every prompt position must pass through the draft once.
@@ -128,6 +146,7 @@ def test_first_pass_matches_reference(name: str, chunk: int | None, request) -> 
         overrides.update(max_num_batched_tokens=chunk, max_num_seqs=1)
     with engine(target, draft, **overrides) as llm:
         recorder = FirstPassRecorder(llm)
+        assert recorder.drafter.draft.model.layers[0].self_attn.mode == attention
         outputs = llm.chat(
             CONVERSATIONS, SamplingParams(temperature=0, max_tokens=2), use_tqdm=False
         )
@@ -149,3 +168,10 @@ def test_first_pass_matches_reference(name: str, chunk: int | None, request) -> 
         logits = vllm_out[visible] @ reference.lm_head_weight.T
         ldiff = (logits - ref.logits[visible]).abs().max().item()
         assert ldiff < ATOL, f"{len(inp.image_embeds)} images: logits differ by {ldiff:.3g}"
+
+
+def test_triton_draft_attention() -> None:
+    """The ``triton`` cases above: the Triton kernel as the engine's draft attention,
+    interpreted on CPU."""
+    pytest.importorskip("triton")
+    run_interpreted("test_parity.py", "-k", "first_pass and triton")

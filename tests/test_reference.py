@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.reference import DraftInput, ViSpecDraft
-from vllm_vispec.spans import check_spans, draft_layout, image_spans
+from vllm_vispec.spans import check_spans, draft_layout, hidden_intervals, image_spans
 
 H, V = 64, 128
 IMG, VID = 120, 121  # image and video placeholder ids
@@ -235,6 +235,20 @@ def test_spans_and_layout_exact_indices():
             full = draft_layout(spans, num_q=3, lo=0, hi=16)
             for field in ("positions", "image", "slot", "global_image"):
                 assert torch.equal(getattr(window, field), getattr(full, field)[lo:hi])
+
+
+@pytest.mark.parametrize("num_q", [1, 2, 3])
+def test_hidden_intervals_are_the_layouts_hidden_positions(num_q: int) -> None:
+    """The intervals the skipping attention uses hide exactly the layout's hidden positions,
+    including an image of exactly num_q - 1 tokens (nothing hidden) and back-to-back images."""
+    spans = [(2, 6), (8, 11), (12, 14), (14, 20)]
+    hi = 24
+    mask = torch.zeros(hi, dtype=torch.bool)
+    for lo_, hi_ in hidden_intervals(spans, num_q):
+        assert lo_ < hi_
+        mask[lo_:hi_] = True
+    assert torch.equal(mask, draft_layout(spans, num_q, 0, hi).is_hidden)
+    assert hidden_intervals([], num_q) == []
 
 
 def test_span_errors():

@@ -6,19 +6,25 @@ applies, which positions carry a compressed image token, which are hidden) are n
 vLLM's draft ``forward`` signature; the proposer hands them over with
 :meth:`EagleViSpecForCausalLM.set_vision_context` before each forward.
 
-Hiding image positions: the attention runs with one extra head channel. Queries carry a
-constant 1 there, keys carry 0 for visible positions and ``-HIDDEN_SCORE`` for hidden ones,
-values carry 0. A hidden slot therefore gets a score of about ``-HIDDEN_SCORE / sqrt(hd)``,
-whose softmax weight is exactly 0 in every float format vLLM caches in, on every attention
-backend, and the mark travels inside the KV cache itself: prefix-cached blocks and later
-prefill chunks see the same hidden slots without any side table. The head size is padded to
-the next size the attention backends accept; fp8 KV caches are refused (the mark does not
-survive e4m3's range).
+Hiding image positions, two ways (``VLLM_VISPEC_DRAFT_ATTENTION``, see :func:`draft_attention`):
+
+* ``mark``: any vLLM attention backend, with one extra head channel. Queries carry a constant 1
+  there, keys carry 0 for visible positions and ``-HIDDEN_SCORE`` for hidden ones, values carry
+  0. A hidden slot gets a score of about ``-HIDDEN_SCORE / sqrt(hd)``, whose softmax weight is
+  exactly 0 in every float format vLLM caches in, and the mark travels inside the KV cache
+  itself, so prefix-cached blocks and later prefill chunks see it. Costs: the head is padded to
+  the next size the backends accept, hidden slots are still read, fp8 KV caches are refused.
+* ``triton`` / ``torch``: vLLM's backend only writes the KV cache; the attention itself is
+  :func:`vllm_vispec.kernels.draft_paged_attention`, given each request's hidden intervals
+  (from its image spans, so prefix caching and chunking need no side table). No padding, and
+  the Triton kernel never loads pages that are wholly hidden. ``triton`` is the GPU fast path
+  (the default on CUDA); ``torch`` is its PyTorch reference, for checking the wiring on CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 
 import torch
@@ -26,6 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.attention.attention import (
+    get_attention_context,
+    unified_kv_cache_update,
+)
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import (
     QKVParallelLinear,
@@ -42,10 +52,43 @@ from vllm.platforms import current_platform
 
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.kernels.adaptor import absorb_queries, vision_adaptor
+from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
 
 HIDDEN_SCORE = 30000.0
 # Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
 _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+DRAFT_ATTENTION_ENV = "VLLM_VISPEC_DRAFT_ATTENTION"
+DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
+
+
+def draft_attention(head_dim: int) -> str:
+    """How this process hides image positions: ``mark``, ``triton`` or ``torch``.
+
+    ``auto`` (the default) is ``triton`` on CUDA/ROCm, where the draft's KV cache uses vLLM's
+    Triton attention backend (head sizes >= 32), and ``mark`` elsewhere. Raises ValueError for
+    a value that cannot run here.
+    """
+    choice = os.environ.get(DRAFT_ATTENTION_ENV, "auto").strip().lower() or "auto"
+    if choice not in DRAFT_ATTENTION_CHOICES:
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}={choice!r} is not one of {', '.join(DRAFT_ATTENTION_CHOICES)}"
+        )
+    gpu = current_platform.is_cuda_alike()
+    if choice == "auto":
+        return "triton" if gpu and head_dim >= 32 else "mark"
+    if choice == "triton" and not gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}=triton needs a GPU; on CPU use 'torch' (the same attention "
+            "in PyTorch) or 'mark', or set TRITON_INTERPRET=1 to run the kernel interpreted "
+            "(slow, for tests)"
+        )
+    if choice != "mark" and gpu and head_dim < 32:
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}={choice} needs head_dim >= 32 on GPUs (the draft has "
+            f"{head_dim}); use 'mark'"
+        )
+    return choice
 
 
 def padded_head_size(head_dim: int) -> int:
@@ -69,17 +112,22 @@ class VisionContext:
     # [n] int64: feature row that replaces fc's output (a compressed image token), -1 = none
     compressed_index: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # [n] bool: position invisible to the draft's attention
+    # Per request of the batch, the same raw positions as intervals (start [S], end [S],
+    # cu [B + 1], int32): what the ``triton``/``torch`` attentions skip. None: nothing hidden.
+    hidden_intervals: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class ViSpecAttention(nn.Module):
-    """Multi-head attention with 1-D RoPE at raw positions and the hiding channel."""
+    """Multi-head attention with 1-D RoPE at raw positions that leaves hidden positions out."""
 
     def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.padded_dim = padded_head_size(cfg.head_dim)
+        self.scale = self.head_dim**-0.5
+        self.mode = draft_attention(cfg.head_dim)
+        self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size,
             self.head_dim,
@@ -97,21 +145,36 @@ class ViSpecAttention(nn.Module):
             is_neox_style=True,
             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         )
+        backend = None
+        if self.mode != "mark" and current_platform.is_cuda_alike():
+            # The kernel reads the cache itself: pin a backend whose layout it knows.
+            from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
+
+            backend = TritonAttentionBackend
         self.attn = Attention(
             self.num_heads,
             self.padded_dim,
-            self.head_dim**-0.5,
+            self.scale,
             num_kv_heads=self.num_kv_heads,
             cache_config=vllm_config.cache_config,
             prefix=f"{prefix}.attn",
+            attn_backend=backend,
         )
+        if self.mode != "mark" and self.attn.attn_backend.forward_includes_kv_cache_update:
+            raise ValueError(
+                f"the {self.attn.attn_backend.get_name()} attention backend writes its KV cache "
+                f"inside its own attention; set {DRAFT_ATTENTION_ENV}=mark"
+            )
 
     def _pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """[n, heads * hd] -> [n, heads, padded_dim], the extra channels zero."""
-        return F.pad(x.view(x.shape[0], heads, self.head_dim), (0, self.padded_dim - self.head_dim))
+        x = x.view(x.shape[0], heads, self.head_dim)
+        return (
+            x if self.padded_dim == self.head_dim else F.pad(x, (0, self.padded_dim - x.shape[2]))
+        )
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor | None
+        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
     ) -> torch.Tensor:
         n = x.shape[0]
         qkv, _ = self.qkv_proj(x)
@@ -123,12 +186,54 @@ class ViSpecAttention(nn.Module):
             self._pad(k, self.num_kv_heads),
             self._pad(v, self.num_kv_heads),
         )
-        q[:, :, self.head_dim] = 1.0
-        if hidden is not None:
-            k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
-        out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
-        out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
+        if self.mode == "mark":
+            q[:, :, self.head_dim] = 1.0
+            if context is not None and context.hidden is not None:
+                hidden = _fit(context.hidden, n, False)
+                k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
+            out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
+            out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
+        else:
+            out = self._attend_skipping(q, k, v, context)
         return self.o_proj(out.flatten(1))[0]
+
+    def _attend_skipping(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: VisionContext | None,
+    ) -> torch.Tensor:
+        """vLLM's backend writes k/v to the paged cache; the kernel attends over the visible
+        slots only (eager: vLLM runs this draft outside torch.compile and CUDA graphs)."""
+        name = self.attn.layer_name
+        unified_kv_cache_update(k, v, name)
+        meta, layer, kv_cache, _ = get_attention_context(name)
+        if meta is None:  # profiling run: no cache yet
+            return torch.zeros_like(q)
+        k_cache, v_cache = split_kv_cache(kv_cache, getattr(layer, "isa", None))
+        batch = meta.seq_lens.shape[0]
+        if context is None or context.hidden_intervals is None:
+            start = end = meta.seq_lens.new_zeros(0)
+            cu = meta.seq_lens.new_zeros(batch + 1)
+        else:
+            start, end, cu = context.hidden_intervals
+            if cu.shape[0] < batch + 1:  # padded requests past the real ones hide nothing
+                cu = torch.cat([cu, cu[-1:].expand(batch + 1 - cu.shape[0])])
+        return draft_paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            meta.query_start_loc,
+            meta.seq_lens,
+            meta.block_table,
+            start,
+            end,
+            cu[: batch + 1],
+            self.scale,
+            max_query_len=meta.max_query_len,
+            use_triton=self.mode == "triton",
+        )
 
 
 class ViSpecDecoderLayer(nn.Module):
@@ -141,9 +246,9 @@ class ViSpecDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor | None
+        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
     ) -> torch.Tensor:
-        x = x + self.self_attn(positions, x, hidden)
+        x = x + self.self_attn(positions, x, context)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -246,6 +351,11 @@ class EagleViSpecForCausalLM(nn.Module):
     def num_q(self) -> int:
         return self.vispec_config.num_q
 
+    @property
+    def attends_by_intervals(self) -> bool:
+        """True when the attention needs ``VisionContext.hidden_intervals`` (not the mark)."""
+        return self.model.layers[0].self_attn.mode != "mark"
+
     def set_vision_context(self, context: VisionContext | None) -> None:
         """Vision inputs for the next forward calls (None: text only, no image feature)."""
         self._context = context
@@ -283,13 +393,12 @@ class EagleViSpecForCausalLM(nn.Module):
             inputs_embeds = m.embed_tokens(input_ids)
         ctx = self._context
         g = None if ctx is None else ctx.features[_fit(ctx.global_index, n, 0)]
-        hidden = None if ctx is None or ctx.hidden is None else _fit(ctx.hidden, n, False)
         x = m.fc(torch.cat([inputs_embeds, m.img_fc(hidden_states, g)], dim=-1))
         if ctx is not None and ctx.compressed_index is not None:
             index = _fit(ctx.compressed_index, n, -1)
             compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
             x = torch.where((index >= 0)[:, None], compressed, x)
-        out = m.layers[0](positions, x, hidden)
+        out = m.layers[0](positions, x, ctx)
         return out, out
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:

@@ -21,11 +21,12 @@ import dataclasses
 
 import numpy as np
 import torch
+from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
 from vllm.logger import init_logger
 from vllm.v1.spec_decode.eagle import EagleProposer
 
 from vllm_vispec.model import EagleViSpecForCausalLM, VisionContext
-from vllm_vispec.spans import draft_layout
+from vllm_vispec.spans import draft_layout, hidden_intervals
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -82,8 +83,20 @@ class ViSpecProposer(EagleProposer):
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 
+    def _run_eagerly(self) -> None:
+        """Undo vLLM's opt-in breakable CUDA-graph wrapper (VLLM_USE_BREAKABLE_CUDAGRAPH): a
+        captured graph would replay stale vision inputs, which are set per step from Python."""
+        if isinstance(self.model, BreakableCUDAGraphWrapper):
+            logger.info_once("ViSpec: the draft runs outside breakable CUDA graphs")
+            self.model = self.model.unwrap()
+
+    def dummy_run(self, *args, **kwargs):
+        self._run_eagerly()
+        return super().dummy_run(*args, **kwargs)
+
     def propose(self, **kwargs) -> torch.Tensor:
         """vLLM's propose (the runner passes every argument by keyword) with vision inputs."""
+        self._run_eagerly()
         first, self._step_context = self._vision_contexts(
             kwargs["common_attn_metadata"].query_start_loc_cpu.numpy(),
             kwargs["target_token_ids"].shape[0],
@@ -192,6 +205,11 @@ class ViSpecProposer(EagleProposer):
                 windows.append((lo, hi, int(batch.num_computed_tokens_cpu[r]), spans))
         if not windows:  # text only: no image feature anywhere (the model uses zeros)
             return None, None
+        intervals = (
+            self._hidden_intervals(len(query_start_loc) - 1)
+            if self.draft.attends_by_intervals
+            else None
+        )
         self._adapt(
             [
                 s
@@ -235,6 +253,27 @@ class ViSpecProposer(EagleProposer):
             features,
             global_index.to(self.device),
             compressed_index.to(self.device) if in_images else None,
-            hidden.to(self.device) if in_images else None,
+            hidden.to(self.device) if in_images and intervals is None else None,
+            intervals,
         )
-        return first_pass, VisionContext(features, step_index.to(self.device))
+        step = VisionContext(features, step_index.to(self.device), hidden_intervals=intervals)
+        return first_pass, step
+
+    def _hidden_intervals(self, num_reqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden raw positions of every request of the batch, for the attention that skips them.
+
+        All of a request's images count, also those of earlier chunks or prefix-cache hits: the
+        attention reads the whole cached context.
+        """
+        req_ids = self.runner.input_batch.req_ids
+        starts: list[int] = []
+        ends: list[int] = []
+        cu = [0]
+        for r in range(num_reqs):
+            spans = [(s.start, s.end) for s in self._request_spans(req_ids[r])]
+            for lo, hi in hidden_intervals(spans, self.num_q):
+                starts.append(lo)
+                ends.append(hi)
+            cu.append(len(starts))
+        table = torch.tensor([starts, ends], dtype=torch.int32).to(self.device)
+        return table[0], table[1], torch.tensor(cu, dtype=torch.int32).to(self.device)

@@ -128,3 +128,14 @@ def draft_layout(
     slot = torch.where(inside & (slot >= 0), slot, none)
     global_image = torch.searchsorted(stop, positions, right=True) - 1
     return DraftLayout(positions, image, slot, global_image)
+
+
+def hidden_intervals(spans: Sequence[Span], num_q: int) -> list[Span]:
+    """The hidden draft positions of a whole request as intervals ``[lo, hi)``, sorted.
+
+    Image ``[s, e)`` hides ``[s - 1, e - num_q)``: its shifted span minus the ``num_q - 1``
+    compressed positions at the end (the same positions :attr:`DraftLayout.is_hidden` marks).
+    Images exactly ``num_q - 1`` tokens long hide nothing and give no interval.
+    """
+    check_spans(spans, num_q)
+    return [(s - 1, e - num_q) for s, e in spans if e - num_q > s - 1]

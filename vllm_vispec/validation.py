@@ -82,9 +82,15 @@ def validate(vllm_config: Any) -> None:
     cache_dtype = spec.kv_cache_dtype or vllm_config.cache_config.cache_dtype
     if str(cache_dtype).startswith("fp8"):
         raise ViSpecConfigError(
-            "ViSpec drafts need a 16- or 32-bit draft KV cache (hidden image slots are marked "
-            'in the cache); set "kv_cache_dtype": "auto" in the speculative config'
+            "ViSpec drafts need a 16- or 32-bit draft KV cache (neither way of hiding image "
+            'slots reads fp8); set "kv_cache_dtype": "auto" in the speculative config'
         )
+    from vllm_vispec.model import draft_attention
+
+    try:
+        draft_attention(draft_cfg.head_dim)
+    except ValueError as e:
+        raise ViSpecConfigError(str(e)) from None
 
 
 def precheck(speculative_config: Any) -> None:
