@@ -353,3 +353,24 @@ def test_unconverted_official_checkpoint_without_method(
 def test_eagle3_method(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     message = _refusal(qwen_target, {**_spec(qwen_draft), "method": "eagle3"})
     _assert_mentions(message, '"method": "eagle"')
+
+
+@pytest.mark.parametrize("requested", ["auto", "triton"])
+def test_triton_attention_that_fails_its_startup_check(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, requested: str
+) -> None:
+    """On a GPU where the kernel does not compile or is wrong, ``auto`` falls back to the mark
+    and an explicit ``triton`` stops the start-up with the reason and the remedy."""
+    from vllm_vispec import model
+
+    def broken(*args) -> None:
+        raise RuntimeError("the Triton draft attention failed to run: no kernel")
+
+    monkeypatch.setattr(model, "check_triton_attention", broken)
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", requested)
+    if requested == "auto":
+        assert model._checked_triton(28, 4, 128, 16) == "mark"
+        assert "no kernel" in caplog.text and "mark instead" in caplog.text
+    else:
+        with pytest.raises(RuntimeError, match="no kernel; set VLLM_VISPEC_DRAFT_ATTENTION=mark"):
+            model._checked_triton(28, 4, 128, 16)

@@ -16,11 +16,11 @@ from interpreted import run_interpreted
 from vllm_vispec.kernels import (
     absorb_queries,
     draft_paged_attention,
-    naive_draft_paged_attention,
     naive_vision_adaptor,
     split_kv_cache,
     vision_adaptor,
 )
+from vllm_vispec.kernels.attention.selfcheck import CHECK_BATCH, paged_case
 
 # Max error relative to the output's scale, vs a float64 reference on the same inputs.
 TOLERANCE = {torch.float32: 5e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -75,77 +75,8 @@ def absorbed_adaptor(x: torch.Tensor, cu: torch.Tensor, weights: dict, **kw) -> 
     )
 
 
-def make_paged_case(
-    q_lens: list[int],
-    seq_lens: list[int],
-    hidden: list[list[tuple[int, int]]],
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    block_size: int,
-    dtype: torch.dtype,
-    seed: int = 0,
-) -> dict:
-    """A batch over a shuffled paged cache whose hidden and unused slots hold NaN.
-
-    Logical blocks without a visible position point to a physical block id far past the cache,
-    so a kernel that loaded them would read out of bounds instead of passing.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batch = len(seq_lens)
-    max_blocks = max(-(-s // block_size) for s in seq_lens) + 1
-    num_blocks = batch * max_blocks + 2
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=dtype)
-    v_cache = torch.full(shape, float("nan"), dtype=dtype)
-    table = torch.randperm(num_blocks, generator=gen)[: batch * max_blocks].view(batch, max_blocks)
-    for b, seq_len in enumerate(seq_lens):
-        visible = torch.ones(max_blocks * block_size, dtype=torch.bool)
-        visible[seq_len:] = False
-        for start, end in hidden[b]:
-            visible[start:end] = False
-        pos = visible.nonzero().squeeze(1)
-        blocks, slots = table[b, pos // block_size], pos % block_size
-        for cache in (k_cache, v_cache):
-            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
-            cache[blocks, slots] = values.to(dtype)
-        table[b, ~visible.view(max_blocks, block_size).any(dim=1)] = num_blocks * 1000
-    return {
-        "q": torch.randn(sum(q_lens), num_heads, head_dim, generator=gen).to(dtype),
-        "k_cache": k_cache,
-        "v_cache": v_cache,
-        "query_start_loc": cu_from_lens(q_lens),
-        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
-        "block_table": table.to(torch.int32),
-        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
-        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
-        "cu_hidden": cu_from_lens([len(h) for h in hidden]),
-        "scale": head_dim**-0.5,
-    }
-
-
-def reference_attention(case: dict) -> torch.Tensor:
-    """The PyTorch path on float64 copies of the inputs."""
-    wide = {
-        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
-        for k, v in case.items()
-    }
-    return naive_draft_paged_attention(**wide)
-
-
 # Batches mixing decode (q_len 1) and prefill chunks; hidden spans cross block boundaries, some
 # cover whole blocks, one hides the query's own position, one leaves early queries nothing.
-PAGED_BATCH = {
-    "q_lens": [1, 7, 40, 1, 5],
-    "seq_lens": [30, 77, 100, 300, 5],
-    "hidden": [
-        [(3, 20)],
-        [(0, 2), (16, 48), (50, 51), (72, 74)],
-        [],
-        [(10, 150), (160, 200), (200, 201), (230, 299)],
-        [(0, 3)],
-    ],
-}
 
 
 # --------------------------------------------------------------------------- vision adaptor
@@ -218,8 +149,8 @@ def dense_reference(case: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize(("num_heads", "num_kv_heads", "block_size"), [(4, 4, 16), (8, 2, 32)])
 def test_naive_attention_matches_dense(num_heads: int, num_kv_heads: int, block_size: int) -> None:
-    case = make_paged_case(
-        **PAGED_BATCH,
+    case = paged_case(
+        **CHECK_BATCH,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=32,

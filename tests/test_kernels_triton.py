@@ -17,18 +17,21 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 from test_kernels import (
     DTYPES,
-    PAGED_BATCH,
     absorbed_adaptor,
     assert_close,
     cast,
     make_adaptor,
     make_images,
-    make_paged_case,
-    reference_attention,
 )
 from vllm_vispec.kernels import absorb_queries, draft_paged_attention, naive_vision_adaptor
 from vllm_vispec.kernels.adaptor.absorbed import pool_images_torch
 from vllm_vispec.kernels.adaptor.pool import pool_images_triton
+from vllm_vispec.kernels.attention.selfcheck import (
+    CHECK_BATCH,
+    check_triton_attention,
+    paged_case,
+    reference_attention,
+)
 
 # --------------------------------------------------------------------------- vision adaptor
 
@@ -88,8 +91,8 @@ def test_adaptor_triton_strided_input() -> None:
 def test_attention_triton_matches_reference(
     dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int
 ) -> None:
-    case = make_paged_case(
-        **PAGED_BATCH,
+    case = paged_case(
+        **CHECK_BATCH,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
@@ -104,7 +107,7 @@ def test_attention_triton_matches_reference(
 @pytest.mark.parametrize("q_len", [1, 17])
 def test_attention_triton_without_hidden(q_len: int) -> None:
     """No image anywhere: plain causal paged attention (decode, then a prefill chunk)."""
-    case = make_paged_case(
+    case = paged_case(
         [q_len, q_len],
         [q_len, 45],
         [[], []],
@@ -122,7 +125,7 @@ def test_attention_triton_long_prefill_many_images() -> None:
     """A long chunk (several query blocks) over many small images, some inside one page."""
     spans = [(s, s + 9) for s in range(20, 1500, 37)]  # 9 hidden of every 37 positions
     spans += [(1500, 2000)]  # and a big image covering whole pages
-    case = make_paged_case(
+    case = paged_case(
         [300],
         [2100],
         [spans],
@@ -140,8 +143,8 @@ def test_attention_triton_on_vllm_cache_views() -> None:
     """K/V as strided views into vLLM 0.32's packed GPU-layout cache."""
     from vllm_vispec.kernels import split_kv_cache
 
-    case = make_paged_case(
-        **PAGED_BATCH, num_heads=4, num_kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32
+    case = paged_case(
+        **CHECK_BATCH, num_heads=4, num_kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32
     )
     packed = torch.cat([case["k_cache"], case["v_cache"]], dim=-1).transpose(1, 2).contiguous()
     case["k_cache"], case["v_cache"] = split_kv_cache(packed)
@@ -151,7 +154,7 @@ def test_attention_triton_on_vllm_cache_views() -> None:
 
 
 def test_attention_triton_empty_batch() -> None:
-    case = make_paged_case(
+    case = paged_case(
         [1], [3], [[]], num_heads=2, num_kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32
     )
     case.update(
@@ -162,3 +165,29 @@ def test_attention_triton_empty_batch() -> None:
         cu_hidden=case["cu_hidden"][:1],
     )
     assert draft_paged_attention(**case, use_triton=True).shape == (0, 2, 32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_startup_check_passes(dtype: torch.dtype) -> None:
+    check_triton_attention(8, 2, 64, 16, dtype, "cpu")
+
+
+def test_startup_check_catches_a_wrong_or_failing_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_vispec.kernels.attention import paged
+
+    right = paged.draft_paged_attention_triton
+
+    def reads_hidden_slots(**case):
+        case["cu_hidden"] = torch.zeros_like(case["cu_hidden"])
+        return right(**case)
+
+    monkeypatch.setattr(paged, "draft_paged_attention_triton", reads_hidden_slots)
+    with pytest.raises(RuntimeError, match="differs from its PyTorch reference by nan"):
+        check_triton_attention(4, 2, 32, 16, torch.float32, "cpu")
+
+    def fails(**case):
+        raise ValueError("no kernel for this GPU")
+
+    monkeypatch.setattr(paged, "draft_paged_attention_triton", fails)
+    with pytest.raises(RuntimeError, match="failed to run: no kernel for this GPU"):
+        check_triton_attention(4, 2, 32, 16, torch.float32, "cpu")

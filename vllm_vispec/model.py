@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from vllm.config import VllmConfig
+from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.attention.attention import (
     get_attention_context,
@@ -53,6 +54,9 @@ from vllm.platforms import current_platform
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.kernels.adaptor import absorb_queries, vision_adaptor
 from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
+from vllm_vispec.kernels.attention.selfcheck import check_triton_attention
+
+logger = init_logger(f"vllm.{__name__}")
 
 HIDDEN_SCORE = 30000.0
 # Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
@@ -62,6 +66,27 @@ DRAFT_ATTENTION_ENV = "VLLM_VISPEC_DRAFT_ATTENTION"
 DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
 
 
+def _requested_attention() -> str:
+    return os.environ.get(DRAFT_ATTENTION_ENV, "auto").strip().lower() or "auto"
+
+
+def _checked_triton(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> str:
+    """``triton`` if the kernel compiles and matches its reference for this draft here.
+
+    Otherwise ``auto`` falls back to ``mark`` with a warning, and an explicit ``triton`` stops
+    the start-up with the reason.
+    """
+    try:
+        dtype, device = torch.get_default_dtype(), current_platform.device_type
+        check_triton_attention(num_heads, num_kv_heads, head_dim, block_size, dtype, device)
+    except RuntimeError as e:
+        if _requested_attention() == "triton":
+            raise RuntimeError(f"{e}; set {DRAFT_ATTENTION_ENV}=mark") from e
+        logger.warning("ViSpec: %s; the draft hides image slots with the mark instead", e)
+        return "mark"
+    return "triton"
+
+
 def draft_attention(head_dim: int) -> str:
     """How this process hides image positions: ``mark``, ``triton`` or ``torch``.
 
@@ -69,7 +94,7 @@ def draft_attention(head_dim: int) -> str:
     Triton attention backend (head sizes >= 32), and ``mark`` elsewhere. Raises ValueError for
     a value that cannot run here.
     """
-    choice = os.environ.get(DRAFT_ATTENTION_ENV, "auto").strip().lower() or "auto"
+    choice = _requested_attention()
     if choice not in DRAFT_ATTENTION_CHOICES:
         raise ValueError(
             f"{DRAFT_ATTENTION_ENV}={choice!r} is not one of {', '.join(DRAFT_ATTENTION_CHOICES)}"
@@ -127,6 +152,11 @@ class ViSpecAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.scale = self.head_dim**-0.5
         self.mode = draft_attention(cfg.head_dim)
+        if self.mode == "triton":
+            block_size = vllm_config.cache_config.block_size or 16
+            self.mode = _checked_triton(
+                self.num_heads, self.num_kv_heads, self.head_dim, block_size
+            )
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size,

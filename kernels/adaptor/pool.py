@@ -171,8 +171,20 @@ def pool_images_triton(
     scores = torch.empty(n_tokens, r_pad, device=x.device, dtype=torch.float32)
     block_n, block_k = 64, 64
     _scores_kernel[(triton.cdiv(n_tokens, block_n),)](
-        x, w_hi, w_lo, scores, n_tokens, hidden, n_rows, x.stride(0), x.stride(1),
-        BLOCK_N=block_n, BLOCK_K=block_k, R_PAD=r_pad, SPLIT_W=not fp32, PRECISION=precision,
+        x,
+        w_hi,
+        w_lo,
+        scores,
+        n_tokens,
+        hidden,
+        n_rows,
+        x.stride(0),
+        x.stride(1),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        R_PAD=r_pad,
+        SPLIT_W=not fp32,
+        PRECISION=precision,
         UPCAST=upcast,
     )
 
@@ -187,8 +199,21 @@ def pool_images_triton(
     m = torch.empty(batch, num_splits, n_rows, device=x.device, dtype=torch.float32)
     denom = torch.empty_like(m)
     _pool_kernel[(batch, col_blocks, num_splits)](
-        x, scores, cu_seqlens, acc, m, denom, hidden, n_rows, x.stride(0), x.stride(1),
-        tiles_per_split, BLOCK_N=block_n, BLOCK_H=block_h, R_PAD=r_pad, PRECISION=precision,
+        x,
+        scores,
+        cu_seqlens,
+        acc,
+        m,
+        denom,
+        hidden,
+        n_rows,
+        x.stride(0),
+        x.stride(1),
+        tiles_per_split,
+        BLOCK_N=block_n,
+        BLOCK_H=block_h,
+        R_PAD=r_pad,
+        PRECISION=precision,
         UPCAST=upcast,
     )
     # Merge the splits' partial softmaxes (splits past an image's end hold m=-inf, l=0).

@@ -98,7 +98,9 @@ def _draft_attention_kernel(
                 pos = page * PAGE + offs
                 valid = (pos >= run_lo) & (pos < run_hi)
                 k = tl.load(
-                    k_head + block * stride_kb + offs[None, :] * stride_ks
+                    k_head
+                    + block * stride_kb
+                    + offs[None, :] * stride_ks
                     + dims[:, None] * stride_kd,
                     mask=valid[None, :] & d_mask[:, None],
                     other=0.0,
@@ -114,7 +116,9 @@ def _draft_attention_kernel(
                 alpha = tl.exp2(m_run - m_safe)
                 l_run = l_run * alpha + tl.sum(p, axis=1)
                 v = tl.load(
-                    v_head + block * stride_vb + offs[:, None] * stride_vs
+                    v_head
+                    + block * stride_vb
+                    + offs[:, None] * stride_vs
                     + dims[None, :] * stride_vd,
                     mask=valid[:, None] & d_mask[None, :],
                     other=0.0,
@@ -175,12 +179,31 @@ def draft_paged_attention_triton(
     q = q if q.stride(-1) == 1 else q.contiguous()
     grid = (batch, triton.cdiv(max_query_len, block_q), num_kv_heads)
     _draft_attention_kernel[grid](
-        q, k_cache, v_cache, out, query_start_loc, seq_lens, block_table,
-        hidden_start, hidden_end, cu_hidden,
+        q,
+        k_cache,
+        v_cache,
+        out,
+        query_start_loc,
+        seq_lens,
+        block_table,
+        hidden_start,
+        hidden_end,
+        cu_hidden,
         scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        head_dim, q.stride(0), q.stride(1),
-        *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1), block_table.stride(0),
-        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, HD_PAD=triton.next_power_of_2(head_dim),
-        PAGE=block_size, PRECISION=dot_precision(q.dtype), UPCAST=upcast_dot_operands(q.dtype),
+        head_dim,
+        q.stride(0),
+        q.stride(1),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        out.stride(0),
+        out.stride(1),
+        block_table.stride(0),
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        BLOCK_Q=block_q,
+        HD_PAD=triton.next_power_of_2(head_dim),
+        PAGE=block_size,
+        PRECISION=dot_precision(q.dtype),
+        UPCAST=upcast_dot_operands(q.dtype),
     )
     return out

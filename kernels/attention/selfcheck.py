@@ -1,0 +1,141 @@
+"""Random paged-attention cases, and a start-up check of the Triton kernel against PyTorch.
+
+The kernel has only been run under Triton's interpreter in CI. A draft that picks it on a GPU
+first runs :func:`check_triton_attention` for its own head layout, block size and dtype: a
+compile error or a wrong result shows up at start-up, not in the first request. The same cases
+drive the kernel tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from .naive import naive_draft_paged_attention
+
+# Max error relative to max(1, |reference|) (the GPU's exp2 is approximate, hence above the
+# interpreter tests' bounds).
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+# Decode rows and prefill chunks; hidden intervals covering whole pages, parts of pages, single
+# positions, the very start, and everything before some queries (their output is 0).
+CHECK_BATCH = {
+    "q_lens": [1, 7, 40, 1, 5],
+    "seq_lens": [30, 77, 100, 300, 5],
+    "hidden": [
+        [(3, 20)],
+        [(0, 2), (16, 48), (50, 51), (72, 74)],
+        [],
+        [(10, 150), (160, 200), (200, 201), (230, 299)],
+        [(0, 3)],
+    ],
+}
+
+
+def _cu(lens: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32)
+
+
+def paged_case(
+    q_lens: list[int],
+    seq_lens: list[int],
+    hidden: list[list[tuple[int, int]]],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Keyword arguments of :func:`~vllm_vispec.kernels.draft_paged_attention` for a batch over
+    a shuffled paged cache.
+
+    Hidden and unused slots hold NaN, and logical blocks without a visible position all point to
+    one NaN-filled physical block: a kernel that reads a hidden value returns NaN.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(seq_lens)
+    max_blocks = max(-(-s // block_size) for s in seq_lens) + 1
+    num_blocks = batch * max_blocks + 2
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype)
+    order = torch.randperm(num_blocks, generator=gen)
+    poison = order[-1]  # never holds a visible value
+    table = order[: batch * max_blocks].view(batch, max_blocks).clone()
+    for b, seq_len in enumerate(seq_lens):
+        visible = torch.ones(max_blocks * block_size, dtype=torch.bool)
+        visible[seq_len:] = False
+        for start, end in hidden[b]:
+            visible[start:end] = False
+        pos = visible.nonzero().squeeze(1)
+        blocks, slots = table[b, pos // block_size], pos % block_size
+        for cache in (k_cache, v_cache):
+            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
+            cache[blocks, slots] = values.to(dtype)
+        table[b, ~visible.view(max_blocks, block_size).any(dim=1)] = poison
+    case = {
+        "q": torch.randn(sum(q_lens), num_heads, head_dim, generator=gen).to(dtype),
+        "k_cache": k_cache,
+        "v_cache": v_cache,
+        "query_start_loc": _cu(q_lens),
+        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
+        "block_table": table.to(torch.int32),
+        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
+        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
+        "cu_hidden": _cu([len(h) for h in hidden]),
+        "scale": head_dim**-0.5,
+    }
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in case.items()}
+
+
+def reference_attention(case: dict) -> torch.Tensor:
+    """The PyTorch path on float64 CPU copies of a case."""
+    wide = {
+        k: (v.double() if v.is_floating_point() else v).cpu() if torch.is_tensor(v) else v
+        for k, v in case.items()
+    }
+    return naive_draft_paged_attention(**wide)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs error over max(1, |ref|_inf); NaN gives NaN (which no bound accepts)."""
+    if not ref.numel():
+        return 0.0
+    err = (out.double().cpu() - ref).abs().max().item()
+    return err / max(1.0, ref.abs().max().item())
+
+
+def check_triton_attention(
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> None:
+    """Run the Triton kernel on :data:`CHECK_BATCH`; raise RuntimeError if it fails or is off."""
+    from .paged import draft_paged_attention_triton
+
+    case = paged_case(
+        **CHECK_BATCH,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        block_size=block_size,
+        dtype=dtype,
+        device=device,
+    )
+    try:
+        out = draft_paged_attention_triton(**case)
+    except Exception as e:  # compile or launch failure: report it as the check's outcome
+        raise RuntimeError(f"the Triton draft attention failed to run: {e}") from e
+    err = relative_error(out, reference_attention(case))
+    if not err <= CHECK_TOLERANCE[dtype]:
+        raise RuntimeError(
+            f"the Triton draft attention differs from its PyTorch reference by {err:.3g} "
+            f"(allowed {CHECK_TOLERANCE[dtype]:g}) for heads {num_heads}/{num_kv_heads}, "
+            f"head_dim {head_dim}, block size {block_size}, {dtype}"
+        )
