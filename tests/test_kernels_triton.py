@@ -17,6 +17,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 from test_kernels import (
     DTYPES,
+    TOLERANCE,
     absorbed_adaptor,
     assert_close,
     cast,
@@ -91,17 +92,10 @@ def test_adaptor_triton_strided_input() -> None:
 def test_attention_triton_matches_reference(
     dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int
 ) -> None:
-    case = paged_case(
-        **CHECK_BATCH,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        block_size=block_size,
-        dtype=dtype,
+    """The start-up check the draft runs on GPUs, at the interpreter's tighter tolerance."""
+    check_triton_attention(
+        num_heads, num_kv_heads, head_dim, block_size, dtype, "cpu", tolerance=TOLERANCE[dtype]
     )
-    out = draft_paged_attention(**case, use_triton=True)
-    assert out.dtype == dtype and not out.isnan().any()
-    assert_close(out, reference_attention(case), dtype)
 
 
 @pytest.mark.parametrize("q_len", [1, 17])
@@ -165,11 +159,6 @@ def test_attention_triton_empty_batch() -> None:
         cu_hidden=case["cu_hidden"][:1],
     )
     assert draft_paged_attention(**case, use_triton=True).shape == (0, 2, 32)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_startup_check_passes(dtype: torch.dtype) -> None:
-    check_triton_attention(8, 2, 64, 16, dtype, "cpu")
 
 
 def test_startup_check_catches_a_wrong_or_failing_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
