@@ -236,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
             "temperature": args.temperature,
             "ignore_eos": args.ignore_eos,
             "engine_kwargs": _engine_kwargs(args, None, engine_args),
+            # How the ViSpec draft hides image slots (vllm_vispec.model.draft_attention).
+            "draft_attention": os.environ.get("VLLM_VISPEC_DRAFT_ATTENTION", "auto"),
         },
         "rows": rows,
     }
@@ -640,7 +642,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Target `{cfg['target']}`; prompts `{cfg['prompts']}` ({len(cfg['prompt_list'])} "
         f"distinct, cycled); {cfg['max_tokens']} output tokens per request"
         f"{' (ignore_eos)' if cfg['ignore_eos'] else ''}; K={cfg['k']}; temperature "
-        f"{cfg['temperature']:g}. Machine: {m['cpu']}, {m['cores']} cores, GPU: "
+        f"{cfg['temperature']:g}; VLLM_VISPEC_DRAFT_ATTENTION="
+        f"{cfg.get('draft_attention', 'auto')}. Machine: {m['cpu']}, {m['cores']} cores, GPU: "
         f"{m['gpu'] or 'none'}; vLLM {m['vllm']}, torch {m['torch']}; load average "
         f"{result['load_average'][0]:.2f} before, {result['load_average'][1]:.2f} after. "
         f"{result['date']}.",
