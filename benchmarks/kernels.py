@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vllm_vispec.kernels import absorb_queries, naive_vision_adaptor, vision_adaptor
 from vllm_vispec.kernels.adaptor import pool_images
 
-# Target LLM hidden size and ViSpec draft heads (vispec-reference.md, section 2).
+# Target LLM hidden size and ViSpec draft heads (the official checkpoints' config.json files).
 MODELS = {
     "qwen2.5-vl-3b": (2048, 16),
     "qwen2.5-vl-7b": (3584, 28),

@@ -45,7 +45,7 @@ class Budget:
 
 def _prompts(n: int) -> list[tuple[dict, Any]]:
     """Held-out (record, chat) pairs: image + question, the description kept for scoring."""
-    from vllm_vispec.toy_world import prompts
+    from vllm_vispec.toy.world import prompts
 
     return [
         (
@@ -70,8 +70,8 @@ def generate(
     """Greedy answers of one engine, and its spec-decode acceptance over the run."""
     from vllm import LLM, SamplingParams
 
-    from vllm_vispec.bench import acceptance, offline_counters
-    from vllm_vispec.tiny_targets import cpu_engine_kwargs
+    from vllm_vispec.bench.command import acceptance, offline_counters
+    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(
@@ -96,7 +96,7 @@ def train_drafts(
     target: pathlib.Path, work: pathlib.Path, budget: Budget
 ) -> dict[tuple[str, int], pathlib.Path]:
     """ViSpec and EAGLE-1 drafts for every budget, same data, steps, batch and recipe."""
-    from vllm_vispec.toy_world import make_samples
+    from vllm_vispec.toy.world import make_samples
     from vllm_vispec.train.trainer import TrainConfig, train
 
     images = work / "draft_images"
@@ -128,8 +128,8 @@ def train_drafts(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from vllm_vispec.toy_target import TargetRecipe, train_toy_target
-    from vllm_vispec.toy_world import scene_from_dict, score
+    from vllm_vispec.toy.target import TargetRecipe, train_toy_target
+    from vllm_vispec.toy.world import scene_from_dict, score
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

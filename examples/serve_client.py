@@ -9,7 +9,7 @@ examples/convert_checkpoint.sh or examples/train_draft.py):
                                "num_speculative_tokens": 3}'
 
 (On a CPU, with the tiny test models, add the small-engine flags of
-vllm_vispec.tiny_targets.cpu_engine_kwargs: --dtype float32 --block-size 32 --enforce-eager
+vllm_vispec.testing.tiny_targets.cpu_engine_kwargs: --dtype float32 --block-size 32 --enforce-eager
 --max-model-len 2048, and VLLM_CPU_KVCACHE_SPACE=1 in the environment.)
 
 Then, from anywhere that reaches the server:

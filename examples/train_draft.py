@@ -104,7 +104,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 def write_demo_data(folder: pathlib.Path) -> pathlib.Path:
     """Two toy-world records (a picture of shapes + a long description) in LLaVA format."""
-    from vllm_vispec.toy_world import make_samples
+    from vllm_vispec.toy.world import make_samples
 
     records = make_samples(2, seed=0, image_dir=folder / "images")
     for record in records:

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random Qwen2.5-VL (64 image tokens per 224x224 image)."""
-    from vllm_vispec.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), seed=0)
 
@@ -29,7 +29,7 @@ def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random LLaVA-1.6 (88 image tokens per 224x224 image)."""
-    from vllm_vispec.tiny_targets import build_tiny_llava_next
+    from vllm_vispec.testing.tiny_targets import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava_next"), seed=0)
 
@@ -37,7 +37,7 @@ def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def qwen_draft(qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen2.5-VL target."""
-    from vllm_vispec.tiny_drafts import build_tiny_draft
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
 
     return build_tiny_draft(qwen_target, tmp_path_factory.mktemp("qwen-draft") / "d", echo=True)
 
@@ -47,7 +47,7 @@ def llava_draft(
     llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 3, echo) for the tiny LLaVA-1.6 target."""
-    from vllm_vispec.tiny_drafts import build_tiny_draft
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("llava-draft") / "d"
     return build_tiny_draft(llava_target, folder, num_q=3, echo=True)
@@ -58,7 +58,7 @@ def qwen_eagle_draft(
     qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """A same-size plain EAGLE-1 draft (vLLM's built-in format) for the tiny Qwen2.5-VL."""
-    from vllm_vispec.tiny_drafts import build_tiny_eagle_draft
+    from vllm_vispec.testing.tiny_drafts import build_tiny_eagle_draft
 
     return build_tiny_eagle_draft(
         qwen_target, tmp_path_factory.mktemp("qwen-eagle") / "d", echo=True

@@ -10,7 +10,8 @@ from typing import Any
 
 from vllm import LLM, SamplingParams
 
-from vllm_vispec.tiny_targets import cpu_engine_kwargs, make_test_image
+from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.testing.tiny_targets import make_test_image
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ import pathlib
 
 import pytest
 
-from vllm_vispec import bench, cli
+from vllm_vispec import cli
+from vllm_vispec.bench import command as bench
 
 
 def _bench(out: pathlib.Path, target: pathlib.Path, *args: str) -> dict:

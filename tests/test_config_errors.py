@@ -20,15 +20,17 @@ import shutil
 from typing import Any
 
 import pytest
+import torch
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
+from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.checkpoint import CONVERT_COMMAND, CheckpointError, draft_config_for_target
-from vllm_vispec.tiny_drafts import (
+from vllm_vispec.feature_cache import FeatureCache
+from vllm_vispec.testing.tiny_drafts import (
     random_official_checkpoint,
     random_tensors,
 )
-from vllm_vispec.tiny_targets import cpu_engine_kwargs
 from vllm_vispec.validation import (
     MAX_SPECULATIVE_TOKENS,
     SUPPORTED_TARGETS,
@@ -290,6 +292,28 @@ def test_draft_attention_that_cannot_run_here(
     _assert_mentions(_refusal(qwen_target, _spec(qwen_draft)), *words)
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "lots"])
+def test_feature_cache_size_that_cannot_work(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value
+) -> None:
+    monkeypatch.setenv("VLLM_VISPEC_FEATURE_CACHE_MIB", value)
+    message = _refusal(qwen_target, _spec(qwen_draft))
+    _assert_mentions(message, f"VLLM_VISPEC_FEATURE_CACHE_MIB={value!r}", "positive number of MiB")
+
+
+def test_feature_cache_is_bounded_in_bytes() -> None:
+    """Oldest images go first once the bytes exceed the bound; the newest always stays."""
+    cache = FeatureCache(capacity_bytes=3 * 4 * 8)  # three [2, 4] fp32 features
+    for key in "abcd":
+        cache.put(key, torch.zeros(2, 4))
+    assert "a" not in cache and len(cache) == 3 and cache.nbytes == 96
+    cache.get("b")  # b becomes the newest
+    cache.put("e", torch.zeros(2, 4))
+    assert "c" not in cache and "b" in cache
+    cache.put("big", torch.zeros(100, 4))
+    assert len(cache) == 1 and "big" in cache
+
+
 @pytest.mark.parametrize("value", ["mark", "torch", "Auto", ""])
 def test_draft_attention_that_runs_here_passes(
     qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value
@@ -361,16 +385,18 @@ def test_triton_attention_that_fails_its_startup_check(
 ) -> None:
     """On a GPU where the kernel does not compile or is wrong, ``auto`` falls back to the mark
     and an explicit ``triton`` stops the start-up with the reason and the remedy."""
-    from vllm_vispec import model
+    from vllm_vispec.kernels.attention import selfcheck
+
+    from vllm_vispec.draft import attention_mode
 
     def broken(*args) -> None:
         raise RuntimeError("the Triton draft attention failed to run: no kernel")
 
-    monkeypatch.setattr(model, "check_triton_attention", broken)
+    monkeypatch.setattr(selfcheck, "check_triton_attention", broken)
     monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", requested)
     if requested == "auto":
-        assert model._checked_triton(28, 4, 128, 16) == "mark"
+        assert attention_mode.checked_triton(28, 4, 128, 16) == "mark"
         assert "no kernel" in caplog.text and "mark instead" in caplog.text
     else:
         with pytest.raises(RuntimeError, match="no kernel; set VLLM_VISPEC_DRAFT_ATTENTION=mark"):
-            model._checked_triton(28, 4, 128, 16)
+            attention_mode.checked_triton(28, 4, 128, 16)

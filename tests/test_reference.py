@@ -1,8 +1,9 @@
-"""The reference ViSpec draft pins vispec-reference.md section 1, rule by rule.
+"""The reference ViSpec draft pins the draft semantics of ViSpec (Kang et al., NeurIPS 2025; the
+rules as written in ``vllm_vispec.layout`` and ``vllm_vispec.reference``), rule by rule.
 
 Expected values come from independently written code: plain loops over positions, attention
 with an explicit mask, RoPE as a complex rotation and the adaptor through the per-head identity
-of section 1 (never by calling the module's own helpers).
+that folds k_proj into the queries (never by calling the module's own helpers).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from vllm_vispec.config import ViSpecConfig
+from vllm_vispec.layout import check_spans, draft_layout, hidden_intervals, image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
-from vllm_vispec.spans import check_spans, draft_layout, hidden_intervals, image_spans
 
 H, V = 64, 128
 IMG, VID = 120, 121  # image and video placeholder ids
@@ -146,7 +147,7 @@ def naive_vispec(
     raw_positions: bool = True,
     pooled: list[torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Draft outputs by visible position, read off section 1 position by position.
+    """Draft outputs by visible position, read off the draft rules position by position.
 
     ``compressed_at="start"`` and ``raw_positions=False`` are deliberately wrong variants that
     tests use to show the reference is sensitive to those rules.

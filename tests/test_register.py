@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 
 import vllm_vispec
+from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.config import DRAFT_ARCHITECTURE
-from vllm_vispec.tiny_targets import cpu_engine_kwargs
 
 EAGLE_MODULE = "vllm.v1.spec_decode.eagle"
+PATCHES = "vllm_vispec.patches"
 RESULT_MARK = "RESULT-JSON: "
 VISPEC_FEATURE = "ViSpec drafts (vllm-vispec)"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ from vllm.config.vllm import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
 
 patched = [EngineArgs.create_engine_config, VllmConfig._get_v2_model_runner_unsupported_features]
-out["patch_names"] = [f.__qualname__ for f in patched]
+out["patch_modules"] = [f.__module__ for f in patched]
 out["pending_finders"] = finders()
 vllm_vispec.register()
 vllm_vispec.register()
@@ -77,7 +78,7 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 
 new = EagleProposer.__new__
 vllm_vispec.register()
-out["eagle_new_name"] = new.__qualname__
+out["eagle_new_module"] = new.__module__
 out["eagle_new_unchanged"] = EagleProposer.__new__ is new
 out["pending_finders_at_end"] = finders()
 out["register_model_calls"] = calls
@@ -175,8 +176,8 @@ def test_register_is_idempotent_in_process(monkeypatch: pytest.MonkeyPatch) -> N
         EngineArgs.create_engine_config,
         VllmConfig._get_v2_model_runner_unsupported_features,
     )
-    owners = [f.__qualname__.split(".")[0] for f in patched]
-    assert owners == ["_patch_engine_args", "_patch_config"]
+    owners = [f.__module__ for f in patched]
+    assert owners == [f"{PATCHES}.startup_validation", f"{PATCHES}.runner_selection"]
     eagle = sys.modules.get(EAGLE_MODULE)
     eagle_new = eagle.EagleProposer.__new__ if eagle is not None else None
     finders = [f for f in sys.meta_path if type(f).__name__ == "_PatchOnImport"]
@@ -252,9 +253,9 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
     out = children["fresh"].result
     assert out["eagle_imported_by_register"] is False
     assert out["eagle_imported_after_repeat"] is False
-    assert [name.split(".")[0] for name in out["patch_names"]] == [
-        "_patch_engine_args",
-        "_patch_config",
+    assert out["patch_modules"] == [
+        f"{PATCHES}.startup_validation",
+        f"{PATCHES}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
     assert out["pending_finders"] == [EAGLE_MODULE]
@@ -265,7 +266,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
 
 def test_eagle_proposer_is_patched_on_first_import(children: dict[str, _Child]) -> None:
     out = children["fresh"].result
-    assert out["eagle_new_name"].startswith("_patch_eagle.")
+    assert out["eagle_new_module"] == f"{PATCHES}.proposer_selection"
     assert out["eagle_new_unchanged"] is True
     assert out["pending_finders_at_end"] == []
     assert out["proposer_for"] == {

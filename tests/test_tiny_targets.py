@@ -15,13 +15,13 @@ import pathlib
 import pytest
 import torch
 
-from vllm_vispec.tiny_targets import (
+from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.testing.tiny_targets import (
     LLAVA_IMAGE_TOKEN,
     QWEN_IMAGE_TOKEN,
     VOCAB_SIZE,
     build_tiny_llava_next,
     build_tiny_qwen2_5_vl,
-    cpu_engine_kwargs,
     make_test_image,
 )
 

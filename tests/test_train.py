@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from vllm_vispec.cli import main
-from vllm_vispec.toy_world import make_samples
+from vllm_vispec.toy.world import make_samples
 from vllm_vispec.train.data import build_examples, collate, load_records
 from vllm_vispec.train.losses import RECIPES, distill_loss, topk_ranking
 from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, train

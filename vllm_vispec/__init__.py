@@ -38,10 +38,9 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from vllm_vispec import cpu_fixes, hooks
+    from vllm_vispec import patches
     from vllm_vispec.config import DRAFT_ARCHITECTURE
 
-    ModelRegistry.register_model(DRAFT_ARCHITECTURE, "vllm_vispec.model:EagleViSpecForCausalLM")
-    hooks.install()
-    cpu_fixes.install()
+    ModelRegistry.register_model(DRAFT_ARCHITECTURE, f"{__name__}.draft.model:{DRAFT_ARCHITECTURE}")
+    patches.install()
     _registered = True

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from vllm_vispec import bench, convert, demo
+    from vllm_vispec import demo
+    from vllm_vispec.bench import command as bench
+    from vllm_vispec.checkpoint import convert
     from vllm_vispec.train import trainer
 
     convert.add_parser(sub)
@@ -33,9 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommand -> the extra that installs its dependencies (a serving install has none of them).
+EXTRAS = {"train": "train", "bench": "bench", "demo": "bench"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get(args.command)
+        if extra is None or e.name is None or e.name.split(".")[0] in ("vllm", "vllm_vispec"):
+            raise
+        print(
+            f"error: vllm-vispec {args.command} needs {e.name.split('.')[0]}, which a serving "
+            f"install leaves out; run: pip install 'vllm-vispec[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

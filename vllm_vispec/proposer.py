@@ -3,83 +3,78 @@
 vLLM's EAGLE loop (first pass over the scheduled tokens, then K-1 single-token steps) is reused
 as it is. Around it this class
 
-* finds each request's images from its multimodal features (offset, length, hash),
-* runs the vision adaptor once per image on the whole image's encoder output (the runner's
-  encoder cache, so an image split across prefill chunks works) and keeps the result in an
-  LRU keyed by the image hash, so a later prefix-cache hit on the image, which skips the
-  encoder, still finds the global feature,
-* tells the draft model, per token, which global feature applies, which positions carry a
-  compressed image token and which are hidden (:class:`~vllm_vispec.model.VisionContext`),
+* builds, once per ``propose()``, the draft's vision inputs for both kinds of pass
+  (:class:`~vllm_vispec.vision_inputs.VisionInputsBuilder`: each request's images from its
+  multimodal features, the adaptor run once per image on the whole encoder output, kept in a
+  byte-bounded cache keyed by the image hash so that prefix-cache hits still find it),
 * feeds the draft raw 1-D positions, also on M-RoPE targets, so that RoPE and KV slots follow
-  the raw token index (vLLM's default would use the M-RoPE temporal row).
+  the raw token index (vLLM's default would use the M-RoPE temporal row),
+* pairs a partial prefill chunk's last position with the true next prompt token.
+
+Every base method overridden here and every runner attribute read here is listed in the
+ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the installed vLLM.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
+from vllm.config import VllmConfig
 from vllm.logger import init_logger
+from vllm.v1.attention.backend import CommonAttentionMetadata
+from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.eagle import EagleProposer
 
-from vllm_vispec.model import EagleViSpecForCausalLM, VisionContext
-from vllm_vispec.spans import draft_layout, hidden_intervals
+from vllm_vispec.draft.model import EagleViSpecForCausalLM
+from vllm_vispec.feature_cache import FeatureCache, feature_cache_bytes
+from vllm_vispec.vision_inputs import VisionInputsBuilder
+
+if TYPE_CHECKING:
+    from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 logger = init_logger(f"vllm.{__name__}")
-
-# Adaptor outputs kept for prefix-cache hits: num_q * H values per image (28 KiB at 7B, bf16).
-FEATURE_CACHE_IMAGES = 8192
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class ImageSpan:
-    """One image (or video) of a request: tokens [start, end) of the target sequence."""
-
-    start: int
-    end: int
-    key: str  # the encoder-cache identifier (image hash)
-
-
-class FeatureCache:
-    """LRU of adaptor outputs [num_q, H] by image hash."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: torch.Tensor) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
 
 
 class ViSpecProposer(EagleProposer):
     """EagleProposer for ViSpec drafts; installed by the plugin only for those drafts."""
 
-    def __init__(self, vllm_config, device: torch.device, runner=None) -> None:
+    def __init__(
+        self, vllm_config: VllmConfig, device: torch.device, runner: GPUModelRunner | None = None
+    ) -> None:
         super().__init__(vllm_config, device, runner)
         self.runner = runner
         self.target_uses_mrope = vllm_config.model_config.uses_mrope
-        self.features = FeatureCache(FEATURE_CACHE_IMAGES)
-        self._step_context: VisionContext | None = None
-        self._spans: dict[str, list[ImageSpan]] = {}
+        # Images reach the draft through its adaptor (VisionInputs) only: vLLM's merge of the
+        # chunk's image embeddings into the draft's input embeddings would never be used.
+        self.supports_mm_inputs = False
 
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
         draft = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
-        self.num_q = draft.num_q
+        features = FeatureCache(feature_cache_bytes())
+        per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
+        logger.info(
+            "ViSpec: adaptor outputs of up to %d MiB of images are kept for prefix-cache hits "
+            "(%d bytes an image, about %d images; VLLM_VISPEC_FEATURE_CACHE_MIB)",
+            features.capacity_bytes >> 20,
+            per_image,
+            features.capacity_bytes // per_image,
+        )
+        self.vision = VisionInputsBuilder(
+            draft.num_q,
+            self.hidden_size,
+            self.dtype,
+            self.device,
+            draft.adapt_images,
+            features,
+            draft.attends_by_intervals,
+        )
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 
@@ -90,26 +85,70 @@ class ViSpecProposer(EagleProposer):
             logger.info_once("ViSpec: the draft runs outside breakable CUDA graphs")
             self.model = self.model.unwrap()
 
-    def dummy_run(self, *args, **kwargs):
+    def dummy_run(
+        self,
+        num_tokens: int,
+        use_cudagraphs: bool = True,
+        is_graph_capturing: bool = False,
+        slot_mappings: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self._run_eagerly()
-        return super().dummy_run(*args, **kwargs)
+        self.draft.set_vision_inputs(None)
+        super().dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
 
-    def propose(self, **kwargs) -> torch.Tensor:
-        """vLLM's propose (the runner passes every argument by keyword) with vision inputs."""
+    def propose(
+        self,
+        num_speculative_tokens: int,
+        target_token_ids: torch.Tensor,
+        target_positions: torch.Tensor,
+        target_hidden_states: torch.Tensor,
+        next_token_ids: torch.Tensor,
+        token_indices_to_sample: torch.Tensor | None,
+        common_attn_metadata: CommonAttentionMetadata,
+        sampling_metadata: SamplingMetadata,
+        mm_embed_inputs: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+        num_rejected_tokens_gpu: torch.Tensor | None = None,
+        slot_mappings: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """vLLM's propose, with the vision inputs of this step handed to the draft first."""
         self._run_eagerly()
-        first, self._step_context = self._vision_contexts(
-            kwargs["common_attn_metadata"].query_start_loc_cpu.numpy(),
-            kwargs["target_token_ids"].shape[0],
+        runner = self.runner
+        batch = runner.input_batch
+        self.vision.forget_finished(runner.requests)
+        self.draft.set_vision_inputs(
+            self.vision.build(
+                batch.req_ids,
+                batch.num_computed_tokens_cpu,
+                common_attn_metadata.query_start_loc_cpu.numpy(),
+                target_token_ids.shape[0],
+                lambda req_id: runner.requests[req_id].mm_features,
+                runner.encoder_cache,
+            )
         )
-        self.draft.set_vision_context(first)
         try:
-            return super().propose(**kwargs)
+            return super().propose(
+                num_speculative_tokens,
+                target_token_ids,
+                target_positions,
+                target_hidden_states,
+                next_token_ids,
+                token_indices_to_sample,
+                common_attn_metadata,
+                sampling_metadata,
+                mm_embed_inputs,
+                num_rejected_tokens_gpu,
+                slot_mappings,
+            )
         finally:
-            self.draft.set_vision_context(None)
+            self.draft.set_vision_inputs(None)
 
     def prepare_next_token_ids_padded(
-        self, sampled_token_ids, requests, gpu_input_batch, discard_request_mask
-    ):
+        self,
+        sampled_token_ids: torch.Tensor,
+        requests: dict[str, CachedRequestState],
+        gpu_input_batch: InputBatch,
+        discard_request_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair a partial prefill chunk's last position with the next prompt token.
 
         vLLM pairs it with the prompt's last token: harmless for the output (that draft is
@@ -131,149 +170,27 @@ class ViSpecProposer(EagleProposer):
             ).to(next_ids.device)
         return next_ids, valid
 
-    def set_inputs_first_pass(self, *args, **kwargs):
-        out = super().set_inputs_first_pass(*args, **kwargs)
+    def set_inputs_first_pass(
+        self,
+        target_token_ids: torch.Tensor,
+        next_token_ids: torch.Tensor,
+        target_positions: torch.Tensor,
+        target_hidden_states: torch.Tensor,
+        token_indices_to_sample: torch.Tensor | None,
+        cad: CommonAttentionMetadata,
+        num_rejected_tokens_gpu: torch.Tensor | None,
+    ) -> tuple[int, torch.Tensor, CommonAttentionMetadata]:
+        out = super().set_inputs_first_pass(
+            target_token_ids,
+            next_token_ids,
+            target_positions,
+            target_hidden_states,
+            token_indices_to_sample,
+            cad,
+            num_rejected_tokens_gpu,
+        )
         if self.target_uses_mrope:
             # The runner's 1-D positions are the raw token index; vLLM would take M-RoPE row 0.
             num_tokens = out[0]
             self.positions[:num_tokens] = self.runner.positions[:num_tokens]
         return out
-
-    def build_per_group_and_layer_attn_metadata(self, common_attn_metadata, draft_index=0):
-        if draft_index > 0:
-            # Steps after the first pass have one row per request.
-            self.draft.set_vision_context(self._step_context)
-        return super().build_per_group_and_layer_attn_metadata(
-            common_attn_metadata, draft_index=draft_index
-        )
-
-    # -- image bookkeeping ------------------------------------------------------------------
-
-    def _request_spans(self, req_id: str) -> list[ImageSpan]:
-        """A request's images, sorted; cached per request id (its features never change)."""
-        spans = self._spans.get(req_id)
-        if spans is None:
-            if len(self._spans) > 2 * len(self.runner.requests) + 64:
-                self._spans = {r: s for r, s in self._spans.items() if r in self.runner.requests}
-            features = self.runner.requests[req_id].mm_features
-            spans = self._spans[req_id] = sorted(
-                ImageSpan(
-                    f.mm_position.offset, f.mm_position.offset + f.mm_position.length, f.identifier
-                )
-                for f in features
-            )
-        return spans
-
-    def _adapt(self, spans: list[ImageSpan]) -> None:
-        """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
-        todo = {
-            s.key: self.runner.encoder_cache[s.key]
-            for s in spans
-            if self.features.get(s.key) is None and s.key in self.runner.encoder_cache
-        }
-        if not todo:
-            return
-        lengths = torch.tensor([0] + [e.shape[0] for e in todo.values()], device=self.device)
-        out = self.draft.adapt_images(
-            torch.cat(list(todo.values())), lengths.cumsum(0).to(torch.int32)
-        )
-        for key, value in zip(todo, out, strict=True):
-            self.features.put(key, value)
-
-    def _feature(self, span: ImageSpan) -> torch.Tensor:
-        value = self.features.get(span.key)
-        if value is None:
-            logger.warning_once(
-                "ViSpec: the adaptor output of a prefix-cached image was evicted from the "
-                "feature cache (%d images); the draft uses a zero image feature for it. Output "
-                "is unchanged, acceptance may drop.",
-                FEATURE_CACHE_IMAGES,
-            )
-            value = torch.zeros(self.num_q, self.hidden_size, device=self.device)
-        return value
-
-    def _vision_contexts(
-        self, query_start_loc: np.ndarray, num_tokens: int
-    ) -> tuple[VisionContext | None, VisionContext | None]:
-        """Vision contexts of the first pass (a row per token) and later steps (per request)."""
-        batch = self.runner.input_batch
-        windows = []  # (token rows lo..hi, first draft position, spans) of requests with images
-        for r in range(len(query_start_loc) - 1):
-            spans = self._request_spans(batch.req_ids[r])
-            if spans:
-                lo, hi = int(query_start_loc[r]), int(query_start_loc[r + 1])
-                windows.append((lo, hi, int(batch.num_computed_tokens_cpu[r]), spans))
-        if not windows:  # text only: no image feature anywhere (the model uses zeros)
-            return None, None
-        intervals = (
-            self._hidden_intervals(len(query_start_loc) - 1)
-            if self.draft.attends_by_intervals
-            else None
-        )
-        self._adapt(
-            [
-                s
-                for lo, hi, first, spans in windows
-                for s in spans
-                if first + hi - lo > s.start - 1 and first < s.end - 1
-            ]
-        )
-
-        global_index = torch.zeros(num_tokens, dtype=torch.long)
-        compressed_index = torch.full((num_tokens,), -1, dtype=torch.long)
-        hidden = torch.zeros(num_tokens, dtype=torch.bool)
-        rows: list[torch.Tensor] = [torch.zeros(1, self.hidden_size, device=self.device)]
-        num_rows = 1
-        in_images = False
-        for lo, hi, first, spans in windows:
-            if first >= spans[-1].end - 1:  # decoding: every position is text after the images
-                global_index[lo:hi] = num_rows
-                rows.append(self._feature(spans[-1])[-1:])
-                num_rows += 1
-                continue
-            layout = draft_layout(
-                [(s.start, s.end) for s in spans], self.num_q, first, first + hi - lo
-            )
-            used = int(torch.maximum(layout.image, layout.global_image).max()) + 1
-            base = num_rows + self.num_q * torch.arange(max(used, 1))
-            rows.extend(self._feature(span) for span in spans[:used])
-            num_rows += self.num_q * used
-            g = layout.global_image
-            global_index[lo:hi] = torch.where(g >= 0, base[g.clamp(min=0)] + self.num_q - 1, 0)
-            image = layout.image.clamp(min=0)
-            compressed_index[lo:hi] = torch.where(
-                layout.is_compressed, base[image] + layout.slot, -1
-            )
-            hidden[lo:hi] = layout.is_hidden
-            in_images |= bool((layout.image >= 0).any())
-
-        features = torch.cat(rows).to(self.dtype)
-        step_index = global_index[torch.from_numpy(query_start_loc[1:] - 1).long()]
-        first_pass = VisionContext(
-            features,
-            global_index.to(self.device),
-            compressed_index.to(self.device) if in_images else None,
-            hidden.to(self.device) if in_images and intervals is None else None,
-            intervals,
-        )
-        step = VisionContext(features, step_index.to(self.device), hidden_intervals=intervals)
-        return first_pass, step
-
-    def _hidden_intervals(self, num_reqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hidden raw positions of every request of the batch, for the attention that skips them.
-
-        All of a request's images count, also those of earlier chunks or prefix-cache hits: the
-        attention reads the whole cached context.
-        """
-        req_ids = self.runner.input_batch.req_ids
-        starts: list[int] = []
-        ends: list[int] = []
-        cu = [0]
-        for r in range(num_reqs):
-            spans = [(s.start, s.end) for s in self._request_spans(req_ids[r])]
-            for lo, hi in hidden_intervals(spans, self.num_q):
-                starts.append(lo)
-                ends.append(hi)
-            cu.append(len(starts))
-        table = torch.tensor([starts, ends], dtype=torch.int32).to(self.device)
-        return table[0], table[1], torch.tensor(cu, dtype=torch.int32).to(self.device)

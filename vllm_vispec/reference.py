@@ -3,7 +3,7 @@
 One Llama decoder layer (no input norm, no final norm) over an EAGLE-shifted sequence in which
 every image is replaced by ``num_q - 1`` compressed tokens from a vision adaptor, and every text
 position sees the latest image's global feature through ``img_fc``. Where images sit is decided by
-:mod:`vllm_vispec.spans`. Parameter names are those of the official checkpoints, so an official
+:mod:`vllm_vispec.layout`. Parameter names are those of the official checkpoints, so an official
 state dict loads with ``strict=True``. No vLLM import, no KV cache: every call recomputes the
 whole sequence.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vllm_vispec.config import ViSpecConfig
-from vllm_vispec.spans import DraftLayout, draft_layout, image_spans
+from vllm_vispec.layout import DraftLayout, draft_layout, image_spans
 
 
 @dataclasses.dataclass

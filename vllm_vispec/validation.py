@@ -12,6 +12,7 @@ from typing import Any
 
 from vllm_vispec import checkpoint
 from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
+from vllm_vispec.feature_cache import feature_cache_bytes
 
 SUPPORTED_TARGETS = ("Qwen2_5_VLForConditionalGeneration", "LlavaNextForConditionalGeneration")
 MAX_SPECULATIVE_TOKENS = 8
@@ -63,6 +64,19 @@ def validate(vllm_config: Any) -> None:
             f"draft vocab size {draft_cfg.vocab_size} does not match the target's "
             f"{text.vocab_size}: this draft was trained for another model"
         )
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        raise ViSpecConfigError(
+            f"ViSpec drafts cannot run with pipeline parallelism (pipeline_parallel_size="
+            f"{parallel.pipeline_parallel_size}): vLLM runs the draft on the last stage and the "
+            "vision encoder on the first, so the draft would never see the images; use "
+            "tensor_parallel_size instead"
+        )
+    problem = tensor_parallel_problem(
+        draft_cfg.num_attention_heads, draft_cfg.num_key_value_heads, parallel.tensor_parallel_size
+    )
+    if problem:
+        raise ViSpecConfigError(problem)
     k = spec.num_speculative_tokens
     if not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise ViSpecConfigError(
@@ -85,20 +99,45 @@ def validate(vllm_config: Any) -> None:
             "ViSpec drafts need a 16- or 32-bit draft KV cache (neither way of hiding image "
             'slots reads fp8); set "kv_cache_dtype": "auto" in the speculative config'
         )
-    from vllm_vispec.model import draft_attention
+    from vllm_vispec.draft.attention_mode import draft_attention
 
     try:
         draft_attention(draft_cfg.head_dim)
+        feature_cache_bytes()
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
 
 
-def precheck(speculative_config: Any) -> None:
+def tensor_parallel_problem(num_heads: int, num_kv_heads: int, tp: int) -> str | None:
+    """Why the draft's heads cannot be split over ``tp`` tensor-parallel ranks (None if they can).
+
+    The rule of vLLM's ``QKVParallelLinear``, which the draft's attention uses: query heads
+    divide evenly over the ranks; KV heads either divide evenly too or, when fewer than the
+    ranks, are replicated, which needs the rank count to be a multiple of them.
+    """
+    if _heads_split(num_heads, num_kv_heads, tp):
+        return None
+    fits = [n for n in range(1, num_heads + 1) if _heads_split(num_heads, num_kv_heads, n)]
+    return (
+        f"the ViSpec draft's attention (heads: {num_heads}, KV heads: {num_kv_heads}) cannot be "
+        f"split over tensor_parallel_size={tp} (an EAGLE draft runs on the target's "
+        f"tensor-parallel ranks); use a tensor_parallel_size that divides its heads "
+        f"({', '.join(map(str, fits))})"
+    )
+
+
+def _heads_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
+    return num_heads % tp == 0 and (num_kv_heads % tp == 0 or tp % num_kv_heads == 0)
+
+
+def precheck(speculative_config: Any, tensor_parallel_size: int | None = None) -> None:
     """Checks of the raw speculative config that must run before vLLM builds its own.
 
     vLLM parses the draft's config.json and safetensors header and resolves its architecture
     while it builds ``SpeculativeConfig``; a broken ViSpec draft or a wrong method would
     otherwise stop it with vLLM's own error (wrapped by pydantic, without the file or the fix).
+    So would draft heads that do not divide by ``tensor_parallel_size`` (the engine's, when
+    the caller passes it).
     """
     if not isinstance(speculative_config, dict):
         return
@@ -118,7 +157,13 @@ def precheck(speculative_config: Any) -> None:
             f"ViSpec drafts run with method 'eagle', not {method!r}; set "
             '"method": "eagle" in --speculative-config'
         )
-    checkpoint.check_draft(draft_path)
+    cfg = checkpoint.check_draft(draft_path)
+    if tensor_parallel_size is not None:
+        problem = tensor_parallel_problem(
+            cfg.num_attention_heads, cfg.num_key_value_heads, tensor_parallel_size
+        )
+        if problem:
+            raise ViSpecConfigError(problem)
 
 
 def _refuse_unconverted(draft_path: Any) -> None:

@@ -1,7 +1,8 @@
 """Distillation losses that pull the draft towards the frozen target, and the recipes using them.
 
 Every loss is per row (one draft position) so the trainer can mask it to answer positions. The
-recipes are the published ones (vispec-reference.md sections 4-5):
+recipes are the published ones (ViSpec, Kang et al., NeurIPS 2025; SpecVLM,
+arXiv 2509.11815):
 
 * ``specvlm``: online-logit distillation, ``0.1 * CE(teacher probs, draft) + 1.0 * SmoothL1``.
 * ``vispec-stage1``: the EAGLE recipe ViSpec starts from, text-only data,

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vllm_vispec.layout import image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
-from vllm_vispec.spans import image_spans
 from vllm_vispec.train.losses import RECIPES, LossWeights, distill_loss
 
 LOG_FILE = "train_log.jsonl"

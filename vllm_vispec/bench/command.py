@@ -25,7 +25,7 @@ speculation's at the same batch size and mode (n/a when --temperature > 0).
 Prompt sets (--prompts):
   photos   real photos shipped with installed packages (no download): matplotlib's
            grace_hopper.jpg, asked for long, detailed, image-grounded answers.
-  toy      held-out toy-world scenes (vllm_vispec.toy_world, seed 10000), one per request.
+  toy      held-out toy-world scenes (vllm_vispec.toy.world, seed 10000), one per request.
 Prompts are cycled when a batch is larger than the set.
 
 Writes to --out: bench.json (every figure, per-request timings, machine, versions, command,
@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_vispec.server import SPEC_COUNTERS, SPEC_PER_POS, VllmServer, spec_decode_counters
+from vllm_vispec.bench.server import SPEC_COUNTERS, SPEC_PER_POS, VllmServer, spec_decode_counters
 
 EPILOG = """\
 example:
@@ -179,7 +179,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="KEY=VALUE",
         help="extra vllm.LLM / vllm serve engine argument, repeatable; VALUE is parsed as JSON "
         "when it can be (e.g. --engine-arg gpu_memory_utilization=0.8 --engine-arg "
-        "enable_prefix_caching=false). On CPU the defaults are vllm_vispec.tiny_targets."
+        "enable_prefix_caching=false). On CPU the defaults are vllm_vispec.testing.tiny_targets."
         "cpu_engine_kwargs(); max_num_seqs defaults to the largest batch size",
     )
     parser.add_argument(
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             "temperature": args.temperature,
             "ignore_eos": args.ignore_eos,
             "engine_kwargs": _engine_kwargs(args, None, engine_args),
-            # How the ViSpec draft hides image slots (vllm_vispec.model.draft_attention).
+            # How the ViSpec draft hides image slots (vllm_vispec.draft.model.draft_attention).
             "draft_attention": os.environ.get("VLLM_VISPEC_DRAFT_ATTENTION", "auto"),
         },
         "rows": rows,
@@ -318,7 +318,7 @@ def _engine_kwargs(
     """vllm.LLM keyword arguments: CPU test defaults on CPU, room for the largest batch."""
     from vllm.platforms import current_platform
 
-    from vllm_vispec.tiny_targets import cpu_engine_kwargs
+    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 
     kwargs: dict[str, Any] = {"seed": 0, "max_num_seqs": max(args.batch_sizes)}
     if current_platform.is_cpu():
@@ -383,7 +383,7 @@ def _photos() -> list[Prompt]:
 
 
 def _toy(n: int) -> list[Prompt]:
-    from vllm_vispec import toy_world
+    from vllm_vispec.toy import world as toy_world
 
     return [Prompt(r["image"], image, q) for r, image, q in toy_world.prompts(n, TOY_SEED)]
 

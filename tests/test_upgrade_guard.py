@@ -1,0 +1,125 @@
+"""The upgrade guard: every vLLM internal the plugin touches still exists as the ledger says.
+
+Runs in seconds without an engine. When a vLLM upgrade moves a patched symbol, changes the
+signature of a method the proposer overrides, or drops runner state the proposer reads, one of
+these fails and names the ledger entry (:mod:`vllm_vispec.patches`) to revisit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from vllm.v1.spec_decode.eagle import EagleProposer
+from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+from vllm_vispec import patches
+from vllm_vispec.proposer import ViSpecProposer
+
+PROPOSER_SOURCE = Path(inspect.getfile(ViSpecProposer)).read_text()
+
+
+def _resolve(symbol: str) -> object:
+    module_name, _, path = symbol.partition(":")
+    obj: object = importlib.import_module(module_name)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _parameters(fn: object) -> str:
+    """``(a, b=1, *, c=None)`` without annotations: what callers and overrides depend on."""
+    sig = inspect.signature(fn)
+    return str(
+        sig.replace(
+            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+            return_annotation=sig.empty,
+        )
+    )
+
+
+def _assigned_attributes(cls: type) -> set[str]:
+    """Attributes a class (and its bases) assigns to ``self`` or declares, read from source."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        names |= set(re.findall(r"self\.(\w+)\s*(?::[^=\n]*)?=", source))
+        names |= {n for n, _ in inspect.getmembers(klass)}
+        names |= set(getattr(klass, "__annotations__", {}))
+        names |= {f.name for f in getattr(klass, "__dataclass_fields__", {}).values()}
+    return names
+
+
+@pytest.mark.parametrize("patch", patches.LEDGER, ids=lambda p: p.name)
+def test_patched_symbols_exist(patch: patches.Patch) -> None:
+    for symbol in patch.upstream:
+        try:
+            _resolve(symbol)
+        except (ImportError, AttributeError) as e:
+            pytest.fail(f"ledger entry {patch.name!r}: upstream symbol {symbol} is gone ({e})")
+    if patch.trigger is not None:
+        importlib.import_module(patch.trigger)
+    module = importlib.import_module(f"vllm_vispec.patches.{patch.name}")
+    assert callable(module.apply), f"ledger entry {patch.name!r} has no apply()"
+
+
+@pytest.mark.parametrize("method", sorted(patches.PROPOSER_OVERRIDES))
+def test_overridden_signatures(method: str) -> None:
+    upstream = getattr(EagleProposer, method)
+    assert _parameters(upstream) == patches.PROPOSER_OVERRIDES[method], (
+        f"ledger PROPOSER_OVERRIDES[{method!r}]: vLLM's EagleProposer.{method} is now "
+        f"{_parameters(upstream)}; update ViSpecProposer.{method} and the ledger"
+    )
+    assert _parameters(getattr(ViSpecProposer, method)) == _parameters(upstream), (
+        f"ViSpecProposer.{method} does not take vLLM's parameters {_parameters(upstream)}"
+    )
+
+
+def test_every_override_is_in_the_ledger() -> None:
+    overridden = {
+        name
+        for name, value in vars(ViSpecProposer).items()
+        if callable(value) and hasattr(EagleProposer, name)
+    }
+    missing = overridden - set(patches.PROPOSER_OVERRIDES)
+    assert not missing, f"ViSpecProposer overrides {sorted(missing)}: add them to the ledger"
+
+
+def test_proposer_attributes() -> None:
+    known = _assigned_attributes(EagleProposer)
+    for name in patches.PROPOSER_ATTRIBUTES:
+        assert name in known, f"ledger PROPOSER_ATTRIBUTES: EagleProposer no longer has {name!r}"
+
+
+def test_runner_attributes() -> None:
+    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE))
+    assert read <= set(patches.RUNNER_ATTRIBUTES), (
+        f"the proposer reads runner attributes {sorted(read - set(patches.RUNNER_ATTRIBUTES))} "
+        "that the ledger (RUNNER_ATTRIBUTES) does not list"
+    )
+    known = _assigned_attributes(GPUModelRunner)
+    for name in patches.RUNNER_ATTRIBUTES:
+        assert name in known, f"ledger RUNNER_ATTRIBUTES: GPUModelRunner no longer sets {name!r}"
+
+
+@pytest.mark.parametrize(
+    ("cls", "names"),
+    [
+        (InputBatch, patches.INPUT_BATCH_ATTRIBUTES),
+        (CachedRequestState, patches.REQUEST_STATE_ATTRIBUTES),
+    ],
+    ids=["InputBatch", "CachedRequestState"],
+)
+def test_batch_and_request_attributes(cls: type, names: tuple[str, ...]) -> None:
+    known = _assigned_attributes(cls)
+    for name in names:
+        assert name in known, f"ledger: vLLM's {cls.__name__} no longer has {name!r}"

@@ -1,0 +1,74 @@
+"""The draft's image path: the vision adaptor (official ``imadpt``) and ``img_fc``'s two halves."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vllm_vispec.config import ViSpecConfig
+from vllm_vispec.kernels.adaptor import absorb_queries, vision_adaptor
+
+
+class VisionAdaptor(nn.Module):
+    """Learned queries pooling an image's embeddings into num_q vectors (official ``imadpt``).
+
+    Plain ``nn.Linear`` holders: the kernels read these weights directly, while vLLM's linear
+    layers may repack theirs after loading (the CPU backend does).
+    """
+
+    def __init__(self, cfg: ViSpecConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.q = nn.Parameter(torch.empty(cfg.num_q, cfg.num_attention_heads, cfg.head_dim))
+        self.k_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h, h, bias=False)
+        self.absorbed: torch.Tensor | None = None  # [num_q, nh, H] fp32, set by absorb()
+
+    def absorb(self) -> None:
+        """Fold k_proj into the queries once the weights are loaded (they never change after)."""
+        with torch.no_grad():
+            self.absorbed = absorb_queries(self.q, self.k_proj.weight)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, H] embeddings of B images back to back -> [B, num_q, H]."""
+        # The embeddings are read once and never projected by k_proj (see absorb()).
+        return vision_adaptor(
+            x.to(self.q.dtype),
+            cu_seqlens,
+            self.absorbed,
+            self.v_proj.weight,
+            self.o_proj.weight,
+            self.v_proj.bias,
+        )
+
+
+class ImageFeatureFc(nn.Module):
+    """Official ``img_fc`` (Linear 2H -> H over ``cat(h, g)``) kept as its two halves.
+
+    ``img_fc(cat(h, g)) = W_h h + b + W_g g``: the ``W_g g`` term is the same for every token
+    after an image, so the proposer projects each image's global feature once
+    (:meth:`project_global`) and tokens pay for an H -> H product, not 2H -> H.
+    """
+
+    def __init__(self, hidden_size: int, bias: bool) -> None:
+        super().__init__()
+        self.weight_h = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_g = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(hidden_size)) if bias else None
+
+    def load_official(self, name: str, tensor: torch.Tensor) -> None:
+        if name.endswith("bias"):
+            self.bias.data.copy_(tensor)
+        else:
+            h = self.weight_h.shape[1]
+            self.weight_h.data.copy_(tensor[:, :h])
+            self.weight_g.data.copy_(tensor[:, h:])
+
+    def project_global(self, g: torch.Tensor) -> torch.Tensor:
+        return F.linear(g, self.weight_g)
+
+    def forward(self, h: torch.Tensor, projected_g: torch.Tensor | None) -> torch.Tensor:
+        out = F.linear(h, self.weight_h, self.bias)
+        return out if projected_g is None else out + projected_g

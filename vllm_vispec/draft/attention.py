@@ -1,0 +1,166 @@
+"""The draft's self-attention: 1-D RoPE at raw token positions, hidden image positions left out.
+
+``mark`` (any backend): queries carry a constant 1 in one extra head channel, keys carry 0 for
+visible positions and ``-HIDDEN_SCORE`` for hidden ones, values carry 0. A hidden slot gets a
+score of about ``-HIDDEN_SCORE / sqrt(hd)``, whose softmax weight is exactly 0 in every float
+format vLLM caches in, and the mark travels inside the KV cache itself, so prefix-cached blocks
+and later prefill chunks see it. ``triton`` / ``torch``: vLLM's backend writes the KV cache and
+:func:`vllm_vispec.kernels.draft_paged_attention` attends over the visible slots only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.attention.attention import (
+    get_attention_context,
+    unified_kv_cache_update,
+)
+from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.platforms import current_platform
+
+from vllm_vispec.config import ViSpecConfig
+from vllm_vispec.draft.attention_mode import (
+    DRAFT_ATTENTION_ENV,
+    checked_triton,
+    draft_attention,
+    padded_head_size,
+)
+from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
+from vllm_vispec.vision_inputs import VisionContext, fit_rows
+
+HIDDEN_SCORE = 30000.0
+
+
+class ViSpecAttention(nn.Module):
+    """Multi-head attention with 1-D RoPE at raw positions that leaves hidden positions out."""
+
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        # Heads are sharded over tensor-parallel ranks exactly as vLLM's Llama shards them:
+        # qkv_proj's output and the Attention layer hold this rank's heads only, KV heads are
+        # replicated when there are fewer than ranks, and o_proj sums the ranks' partial
+        # outputs (validation refuses layouts that do not split).
+        self.total_num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        self.scale = self.head_dim**-0.5
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size,
+            self.head_dim,
+            self.total_num_heads,
+            cfg.num_key_value_heads,
+            bias=cfg.qkv_bias,
+            prefix=f"{prefix}.qkv_proj",
+        )
+        self.num_heads = self.qkv_proj.num_heads  # this rank's
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.mode = draft_attention(cfg.head_dim)
+        if self.mode == "triton":
+            block_size = vllm_config.cache_config.block_size or 16
+            self.mode = checked_triton(self.num_heads, self.num_kv_heads, self.head_dim, block_size)
+        self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
+        self.o_proj = RowParallelLinear(
+            self.total_num_heads * self.head_dim,
+            cfg.hidden_size,
+            bias=False,
+            prefix=f"{prefix}.o_proj",
+        )
+        self.rotary_emb = get_rope(
+            self.head_dim,
+            max_position=cfg.max_position_embeddings,
+            is_neox_style=True,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        )
+        backend = None
+        if self.mode != "mark" and current_platform.is_cuda_alike():
+            # The kernel reads the cache itself: pin a backend whose layout it knows.
+            from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
+
+            backend = TritonAttentionBackend
+        self.attn = Attention(
+            self.num_heads,
+            self.padded_dim,
+            self.scale,
+            num_kv_heads=self.num_kv_heads,
+            cache_config=vllm_config.cache_config,
+            prefix=f"{prefix}.attn",
+            attn_backend=backend,
+        )
+        if self.mode != "mark" and self.attn.attn_backend.forward_includes_kv_cache_update:
+            raise ValueError(
+                f"the {self.attn.attn_backend.get_name()} attention backend writes its KV cache "
+                f"inside its own attention; set {DRAFT_ATTENTION_ENV}=mark"
+            )
+
+    def _pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """[n, heads * hd] -> [n, heads, padded_dim], the extra channels zero."""
+        x = x.view(x.shape[0], heads, self.head_dim)
+        return (
+            x if self.padded_dim == self.head_dim else F.pad(x, (0, self.padded_dim - x.shape[2]))
+        )
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        qkv, _ = self.qkv_proj(x)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q, k)
+        q, k, v = (
+            self._pad(q, self.num_heads),
+            self._pad(k, self.num_kv_heads),
+            self._pad(v, self.num_kv_heads),
+        )
+        if self.mode == "mark":
+            q[:, :, self.head_dim] = 1.0
+            if context is not None and context.hidden is not None:
+                hidden = fit_rows(context.hidden, n, False)
+                k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
+            out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
+            out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
+        else:
+            out = self._attend_skipping(q, k, v, context)
+        return self.o_proj(out.flatten(1))[0]
+
+    def _attend_skipping(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: VisionContext | None,
+    ) -> torch.Tensor:
+        """vLLM's backend writes k/v to the paged cache; the kernel attends over the visible
+        slots only (eager: vLLM runs this draft outside torch.compile and CUDA graphs)."""
+        name = self.attn.layer_name
+        unified_kv_cache_update(k, v, name)
+        meta, layer, kv_cache, _ = get_attention_context(name)
+        if meta is None:  # profiling run: no cache yet
+            return torch.zeros_like(q)
+        k_cache, v_cache = split_kv_cache(kv_cache, getattr(layer, "isa", None))
+        batch = meta.seq_lens.shape[0]
+        if context is None or context.hidden_intervals is None:
+            start = end = meta.seq_lens.new_zeros(0)
+            cu = meta.seq_lens.new_zeros(batch + 1)
+        else:
+            start, end, cu = context.hidden_intervals
+            if cu.shape[0] < batch + 1:  # padded requests past the real ones hide nothing
+                cu = torch.cat([cu, cu[-1:].expand(batch + 1 - cu.shape[0])])
+        return draft_paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            meta.query_start_loc,
+            meta.seq_lens,
+            meta.block_table,
+            start,
+            end,
+            cu[: batch + 1],
+            self.scale,
+            max_query_len=meta.max_query_len,
+            use_triton=self.mode == "triton",
+        )

@@ -1,0 +1,86 @@
+"""How the draft's attention leaves hidden image positions out (``VLLM_VISPEC_DRAFT_ATTENTION``).
+
+* ``mark``: any vLLM attention backend, with one extra head channel (see
+  :mod:`vllm_vispec.draft.attention`). Costs: the head is padded to the next size the backends
+  accept, hidden slots are still read, fp8 KV caches are refused.
+* ``triton`` / ``torch``: vLLM's backend only writes the KV cache; the attention itself is
+  :func:`vllm_vispec.kernels.draft_paged_attention`, given each request's hidden intervals. No
+  padding, and the Triton kernel never loads pages that are wholly hidden. ``triton`` is the GPU
+  fast path (the default on CUDA); ``torch`` is its PyTorch reference, for checking on CPU.
+
+Read by start-up validation in the front-end process: this module imports no model layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from vllm.logger import init_logger
+from vllm.platforms import current_platform
+
+logger = init_logger(f"vllm.{__name__}")
+
+DRAFT_ATTENTION_ENV = "VLLM_VISPEC_DRAFT_ATTENTION"
+DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
+# Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
+_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _requested_attention() -> str:
+    return os.environ.get(DRAFT_ATTENTION_ENV, "auto").strip().lower() or "auto"
+
+
+def draft_attention(head_dim: int) -> str:
+    """How this process hides image positions: ``mark``, ``triton`` or ``torch``.
+
+    ``auto`` (the default) is ``triton`` on CUDA/ROCm, where the draft's KV cache uses vLLM's
+    Triton attention backend (head sizes >= 32), and ``mark`` elsewhere. Raises ValueError for
+    a value that cannot run here.
+    """
+    choice = _requested_attention()
+    if choice not in DRAFT_ATTENTION_CHOICES:
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}={choice!r} is not one of {', '.join(DRAFT_ATTENTION_CHOICES)}"
+        )
+    gpu = current_platform.is_cuda_alike()
+    if choice == "auto":
+        return "triton" if gpu and head_dim >= 32 else "mark"
+    if choice == "triton" and not gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}=triton needs a GPU; on CPU use 'torch' (the same attention "
+            "in PyTorch) or 'mark', or set TRITON_INTERPRET=1 to run the kernel interpreted "
+            "(slow, for tests)"
+        )
+    if choice != "mark" and gpu and head_dim < 32:
+        raise ValueError(
+            f"{DRAFT_ATTENTION_ENV}={choice} needs head_dim >= 32 on GPUs (the draft has "
+            f"{head_dim}); use 'mark'"
+        )
+    return choice
+
+
+def checked_triton(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> str:
+    """``triton`` if the kernel compiles and matches its reference for this draft here.
+
+    Otherwise ``auto`` falls back to ``mark`` with a warning, and an explicit ``triton`` stops
+    the start-up with the reason.
+    """
+    from vllm_vispec.kernels.attention.selfcheck import check_triton_attention
+
+    try:
+        dtype, device = torch.get_default_dtype(), current_platform.device_type
+        check_triton_attention(num_heads, num_kv_heads, head_dim, block_size, dtype, device)
+    except RuntimeError as e:
+        if _requested_attention() == "triton":
+            raise RuntimeError(f"{e}; set {DRAFT_ATTENTION_ENV}=mark") from e
+        logger.warning("ViSpec: %s; the draft hides image slots with the mark instead", e)
+        return "mark"
+    return "triton"
+
+
+def padded_head_size(head_dim: int) -> int:
+    """Smallest head size >= head_dim + 1 (the hiding channel) that attention backends run."""
+    if current_platform.is_cpu():
+        return next(s for s in _CPU_HEAD_SIZES if s > head_dim)
+    return (head_dim + 1 + 7) // 8 * 8

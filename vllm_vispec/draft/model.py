@@ -1,0 +1,176 @@
+"""The ViSpec draft as a vLLM model: one Llama decoder layer, fc/img_fc and the vision adaptor.
+
+Same semantics as :mod:`vllm_vispec.reference` (the oracle), built from vLLM layers so that
+the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
+applies, which positions carry a compressed image token, which are hidden) are not part of
+vLLM's draft ``forward`` signature; the proposer hands them over once per ``propose()`` with
+:meth:`EagleViSpecForCausalLM.set_vision_inputs`. Images reach the draft only that way, through
+the adaptor: vLLM's merge of image embeddings into the draft's input embeddings is switched off
+(every draft position whose input token is an image token is hidden or replaced by a compressed
+token, so the merged embeddings would never be used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import ReplicatedLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.llama import LlamaMLP
+from vllm.model_executor.models.utils import maybe_prefix
+
+from vllm_vispec.config import ViSpecConfig
+from vllm_vispec.draft.adaptor import ImageFeatureFc, VisionAdaptor
+from vllm_vispec.draft.attention import ViSpecAttention
+from vllm_vispec.vision_inputs import VisionContext, VisionInputs, fit_rows
+
+
+class ViSpecDecoderLayer(nn.Module):
+    """Llama layer 0 of an EAGLE draft: no input norm, post-attention norm, gated MLP."""
+
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.self_attn = ViSpecAttention(cfg, vllm_config, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(positions, x, context)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class ViSpecModel(nn.Module):
+    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, h)
+        target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
+        # The draft's attention layer must not share a name with any target layer.
+        self.layers = nn.ModuleList(
+            [ViSpecDecoderLayer(cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"))]
+        )
+        self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
+        self.img_fc = ImageFeatureFc(h, cfg.fc_bias)
+        self.imadpt = VisionAdaptor(cfg)
+
+
+class EagleViSpecForCausalLM(nn.Module):
+    """vLLM draft model for ViSpec checkpoints in the plugin's format (``vllm-vispec convert``).
+
+    The target's lm_head is shared by vLLM's EAGLE loader (the checkpoint has none); the
+    embedding copy in the checkpoint is replaced by the target's when identical.
+    """
+
+    has_own_embed_tokens = True
+    has_own_lm_head = False
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        spec = vllm_config.speculative_config
+        assert spec is not None and spec.draft_model_config is not None
+        self.config = spec.draft_model_config.hf_config
+        self.vispec_config = ViSpecConfig.from_hf_dict(self.config.to_dict())
+        self.model = ViSpecModel(self.vispec_config, vllm_config, maybe_prefix(prefix, "model"))
+        self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
+        self._vision: VisionInputs | None = None
+        self._passes = 0
+
+    @property
+    def num_q(self) -> int:
+        return self.vispec_config.num_q
+
+    @property
+    def attends_by_intervals(self) -> bool:
+        """True when the attention needs ``VisionContext.hidden_intervals`` (not the mark)."""
+        return self.model.layers[0].self_attn.mode != "mark"
+
+    def set_vision_inputs(self, inputs: VisionInputs | None) -> None:
+        """Vision inputs of the next ``propose()``: its first forward takes ``first_pass``,
+        every later one ``later_steps`` (None: text only, no image feature)."""
+        self._vision = inputs
+        self._passes = 0
+
+    def _pass_context(self) -> VisionContext | None:
+        vision, first = self._vision, self._passes == 0
+        self._passes += 1
+        if vision is None:
+            return None
+        return vision.first_pass if first else vision.later_steps
+
+    def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Per image [num_q, H]: num_q - 1 compressed tokens, then the projected global feature.
+
+        ``x`` holds the embeddings of B images back to back; returns [B, num_q, H].
+        """
+        out = self.model.imadpt(x, cu_seqlens)
+        return torch.cat([out[:, :-1], self.model.img_fc.project_global(out[:, -1:])], dim=1)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        n = hidden_states.shape[0]
+        if inputs_embeds is None:
+            inputs_embeds = m.embed_tokens(input_ids)
+        ctx = self._pass_context()
+        g = None if ctx is None else ctx.features[fit_rows(ctx.global_index, n, 0)]
+        x = m.fc(torch.cat([inputs_embeds, m.img_fc(hidden_states, g)], dim=-1))
+        if ctx is not None and ctx.compressed_index is not None:
+            index = fit_rows(ctx.compressed_index, n, -1)
+            compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
+            x = torch.where((index >= 0)[:, None], compressed, x)
+        out = m.layers[0](positions, x, ctx)
+        return out, out
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load official ViSpec tensor names (q/k/v and gate/up are stacked by vLLM)."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            name = "model." + name
+            if name.startswith("model.img_fc."):
+                self.model.img_fc.load_official(name, tensor)
+                loaded.update(n for n in params if n.startswith("model.img_fc."))
+                continue
+            shard = None
+            for old, (new, shard_id) in _STACKED.items():
+                if old in name:
+                    name, shard = name.replace(old, new), shard_id
+                    break
+            param = params[name]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            if shard is None:
+                loader(param, tensor)
+            else:
+                loader(param, tensor, shard)
+            loaded.add(name)
+        self.model.imadpt.absorb()
+        return loaded
+
+
+# Official (HF Llama) projection names -> vLLM's stacked parameters and their shard ids.
+_STACKED = {
+    ".self_attn.q_proj.": (".self_attn.qkv_proj.", "q"),
+    ".self_attn.k_proj.": (".self_attn.qkv_proj.", "k"),
+    ".self_attn.v_proj.": (".self_attn.qkv_proj.", "v"),
+    ".mlp.gate_proj.": (".mlp.gate_up_proj.", 0),
+    ".mlp.up_proj.": (".mlp.gate_up_proj.", 1),
+}

