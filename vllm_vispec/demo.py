@@ -2,19 +2,29 @@
 
 Runs the toy world's trained target (a tiny Qwen2.5-VL that describes toy scenes, shipped in
 models/toy/ of the repository) with and without its trained ViSpec draft in vLLM, on a few
-held-out toy pictures and one real photo shipped with matplotlib, and prints each answer,
-whether the two runs agree token for token, the acceptance figures and the measured speed
-ratio. Without models/toy/ (an install from a wheel), it builds a random tiny target and draft
-instead: the machinery and losslessness show, but not the speed-up a trained draft gives.
+held-out toy pictures and one real photo shipped with matplotlib, one request at a time, and
+prints each answer, whether the two runs agree token for token, the acceptance figures and the
+measured speed ratio.
+
+The target is made cost-realistic first: the trained toy target costs as much per token as its
+draft, where a real 7B VLM costs 10-20x its ViSpec draft. The demo therefore runs the trained
+target widened and deepened with work whose outputs are exactly zero (vllm_vispec.toy.
+costly_target; same tokens, built once into --cache). Without models/toy/ (an install from a
+wheel), it builds a random tiny target and draft instead: the machinery and losslessness show,
+but not the speed-up a trained draft gives. vLLM's own log goes to --cache/demo.log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import pathlib
+import sys
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 CACHE = (
     pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "vllm-vispec"
@@ -60,7 +70,7 @@ def _photo() -> Any:
 
 
 def _conversations(n: int) -> list[tuple[str, list[dict]]]:
-    from vllm_vispec.toy_world import prompts
+    from vllm_vispec.toy.world import prompts
 
     def chat(image: Any, text: str) -> list[dict]:
         parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": text}]
@@ -74,15 +84,18 @@ def _conversations(n: int) -> list[tuple[str, list[dict]]]:
     return named
 
 
-def _models(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path, bool]:
-    """(target, draft, trained): the shipped toy models, else random tiny ones (cached)."""
+def _models(args: argparse.Namespace, say: Callable) -> tuple[pathlib.Path, pathlib.Path, bool]:
+    """(target, draft, trained): the shipped toy models (the target made cost-realistic), else
+    random tiny ones (cached)."""
     target, draft = args.models / "target", args.models / "vispec"
     if (target / "config.json").exists() and (draft / "config.json").exists():
-        return target, draft, True
-    from vllm_vispec.tiny_drafts import build_tiny_draft
-    from vllm_vispec.tiny_targets import build_tiny_qwen2_5_vl
+        from vllm_vispec.toy.costly_target import build_costly_target
 
-    print(f"no trained toy models in {args.models}: using random tiny ones (low acceptance)")
+        return build_costly_target(target, args.cache / "toy-costly-target"), draft, True
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+
+    say(f"no trained toy models in {args.models}: using random tiny ones (low acceptance)")
     target, draft = args.cache / "tiny-qwen2_5_vl", args.cache / "tiny-qwen2_5_vl-vispec"
     if not (target / "config.json").exists():
         build_tiny_qwen2_5_vl(target)
@@ -91,54 +104,97 @@ def _models(args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path, bool]
     return target, draft, False
 
 
-def _run_engine(target: pathlib.Path, conversations: list, params: Any, spec: dict | None):
+def _run_engine(
+    target: pathlib.Path, conversations: list, params: Any, spec: dict | None, console: TextIO
+):
+    """Answers one request at a time (batch 1, where speculation pays most), timed."""
+    from tqdm import tqdm
     from vllm import LLM
 
-    from vllm_vispec.bench import offline_counters
-    from vllm_vispec.tiny_targets import cpu_engine_kwargs
+    from vllm_vispec.bench.command import offline_counters
+    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(model=str(target), disable_log_stats=False, **cpu_engine_kwargs(**extra))
     llm.chat(conversations[:1], params, use_tqdm=False)  # warm-up
     before = offline_counters(llm)
     start = time.perf_counter()
-    outputs = llm.chat(conversations, params, use_tqdm=True)
+    outputs = [
+        llm.chat([c], params, use_tqdm=False)[0]
+        for c in tqdm(conversations, desc="requests", unit="req", file=console)
+    ]
     seconds = time.perf_counter() - start
     after = offline_counters(llm)
     llm.llm_engine.engine_core.shutdown()
     return outputs, seconds, before, after
 
 
+@contextlib.contextmanager
+def _engine_output_to(path: pathlib.Path) -> Iterator[TextIO]:
+    """Send everything vLLM writes (its log goes to stdout, its engine process inherits both
+    streams, C++ warnings go to stderr) to ``path``; yield the terminal for the demo's output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    console = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            console.close()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    log = args.cache / "demo.log"
+    log.unlink(missing_ok=True)
+    with _engine_output_to(log) as console:
+        return _demo(args, log, functools.partial(print, file=console, flush=True), console)
+
+
+def _demo(args: argparse.Namespace, log: pathlib.Path, say: Callable, console: TextIO) -> int:
     from vllm import SamplingParams
 
-    from vllm_vispec.bench import acceptance
+    from vllm_vispec.bench.command import acceptance
 
-    target, draft, trained = _models(args)
+    target, draft, trained = _models(args, say)
     named = _conversations(args.images)
     conversations = [c for _, c in named]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": args.k}
-    print(f"target {target}\ndraft  {draft}\n\nplain vLLM ...")
-    plain, t_plain, _, _ = _run_engine(target, conversations, params, None)
-    print(f"vLLM + ViSpec draft (K={args.k}) ...")
-    fast, t_fast, before, after = _run_engine(target, conversations, params, spec)
+    if trained:
+        say(
+            "target: the trained toy target, widened and deepened with work whose outputs are "
+            "exactly zero\n        (same tokens; one draft step costs about 0.06 of a target "
+            "step, as on a 7B VLM)"
+        )
+    say(f"target {target}\ndraft  {draft}\nvLLM's log: {log}\n\nplain vLLM ...")
+    plain, t_plain, _, _ = _run_engine(target, conversations, params, None, console)
+    say(f"vLLM + ViSpec draft (K={args.k}) ...")
+    fast, t_fast, before, after = _run_engine(target, conversations, params, spec, console)
 
     same = True
     for (name, _), a, b in zip(named, plain, fast, strict=True):
         equal = a.outputs[0].token_ids == b.outputs[0].token_ids
         same &= equal
-        print(f"\n[{name}] identical to plain decoding: {equal}\n  {b.outputs[0].text[:300]!r}")
+        say(f"\n[{name}] identical to plain decoding: {equal}\n  {b.outputs[0].text[:300]!r}")
     acc = acceptance(before, after)
     per_pos = ", ".join(f"{p:.2f}" for p in acc["acceptance_per_pos"] or [])
     tokens = sum(len(o.outputs[0].token_ids) for o in plain)
-    print(
+    say(
         f"\nacceptance: {acc['accepted_tokens']}/{acc['draft_tokens']} draft tokens, mean "
         f"acceptance length {acc['mean_acceptance_length'] or 1:.2f} (per position: {per_pos})"
         f"{'' if trained else ' - random draft, expect ~1'}\n"
         f"time for {tokens} tokens: plain {t_plain:.2f} s, speculative {t_fast:.2f} s, "
-        f"speedup {t_plain / t_fast:.2f}x (CPU, batch of {len(named)})\n"
+        f"speedup {t_plain / t_fast:.2f}x (CPU, {len(named)} requests one at a time)\n"
         f"all answers identical: {same}"
     )
     return 0 if same else 1
