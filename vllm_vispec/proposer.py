@@ -79,8 +79,9 @@ class ViSpecProposer(EagleProposer):
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 
     def _run_eagerly(self) -> None:
-        """Undo vLLM's opt-in breakable CUDA-graph wrapper (VLLM_USE_BREAKABLE_CUDAGRAPH): a
-        captured graph would replay stale vision inputs, which are set per step from Python."""
+        """Undo vLLM's opt-in breakable CUDA-graph wrapper (VLLM_USE_BREAKABLE_CUDAGRAPH), which
+        captures the whole draft call: the skipping attentions run their kernel from Python, and
+        a capture of the vision buffers' per-pass copies has not been checked on a GPU yet."""
         if isinstance(self.model, BreakableCUDAGraphWrapper):
             logger.info_once("ViSpec: the draft runs outside breakable CUDA graphs")
             self.model = self.model.unwrap()

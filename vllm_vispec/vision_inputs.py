@@ -21,39 +21,79 @@ from vllm_vispec.layout import draft_layout, hidden_intervals
 
 logger = init_logger(f"vllm.{__name__}")
 
-@dataclasses.dataclass
-class VisionContext:
-    """Per-row vision inputs of one draft forward (rows = tokens, or requests in later steps).
-
-    ``features`` holds every vector the rows refer to: compressed image tokens as the adaptor
-    gave them, global features already projected by img_fc's image half; row 0 is all zeros
-    (no image yet).
-    """
-
-    features: torch.Tensor  # [M, H]
-    global_index: torch.Tensor  # [n] int64: row of the projected global feature (img_fc's W_g g)
-    # [n] int64: feature row that replaces fc's output (a compressed image token), -1 = none
-    compressed_index: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None  # [n] bool: position invisible to the draft's attention
-    # Per request of the batch, the same raw positions as intervals (start [S], end [S],
-    # cu [B + 1], int32): what the ``triton``/``torch`` attentions skip. None: nothing hidden.
-    hidden_intervals: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-
-def fit_rows(rows: torch.Tensor, n: int, fill: int | bool) -> torch.Tensor:
-    """The first n rows; rows past the real tokens (CUDA-graph padding) get ``fill``."""
-    if rows.shape[0] >= n:
-        return rows[:n]
-    return torch.cat([rows, rows.new_full((n - rows.shape[0],), fill)])
+Intervals = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclasses.dataclass
 class VisionInputs:
-    """The two kinds of draft forward in one ``propose()``: the first pass (a row per scheduled
-    token) and the K-1 later steps (a row per request). None: no image in the batch."""
+    """Per-row vision inputs of one ``propose()``: its first pass has a row per scheduled token,
+    its K-1 later steps a row per request (they are all text past the images)."""
 
-    first_pass: VisionContext | None
-    later_steps: VisionContext | None
+    # [n, H] img_fc's image half applied to the global feature each row uses (zeros: no image)
+    global_rows: torch.Tensor
+    # [n, H] a compressed image token replacing fc's output, where ``compressed`` [n] is set
+    compressed_rows: torch.Tensor | None
+    compressed: torch.Tensor | None
+    hidden: torch.Tensor | None  # [n] bool: invisible to the draft's attention (``mark`` only)
+    step_global_rows: torch.Tensor  # [B, H] the later steps' global rows
+    # Per request, the hidden raw positions as intervals (start [S], end [S], cu [B + 1], int32),
+    # for the attentions that skip them; None: nothing hidden or the ``mark`` attention.
+    hidden_intervals: Intervals | None
+
+
+class VisionBuffers:
+    """The draft's vision inputs at fixed addresses.
+
+    A compiled draft or a captured CUDA graph reads tensors, never Python state, so the
+    proposer writes each ``propose()``'s rows here once (:meth:`write`) and the draft reads the
+    first rows it runs on. After every forward the draft calls :meth:`advance`, which puts the
+    later steps' rows in place: after the first pass they are what the steps read, and repeating
+    it is harmless. Sizes are fixed (the proposer's token and request capacity), so the copies
+    are the same in every pass and capture.
+    """
+
+    def __init__(
+        self, max_tokens: int, max_reqs: int, hidden_size: int, dtype: torch.dtype, device: Any
+    ) -> None:
+        self.max_reqs = max_reqs
+        self.global_rows = torch.zeros(max_tokens, hidden_size, dtype=dtype, device=device)
+        self.compressed_rows = torch.zeros_like(self.global_rows)
+        self.compressed = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self.hidden = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self.step_global_rows = torch.zeros(max_reqs, hidden_size, dtype=dtype, device=device)
+        self.hidden_intervals: Intervals | None = None  # read by the (eager) skipping attention
+        self._written = 0  # first-pass rows the last write may have set
+
+    def write(self, inputs: VisionInputs | None) -> None:
+        """Install one ``propose()``'s inputs (None: a text-only batch, no image feature)."""
+        if self._written:
+            n = self._written
+            self.global_rows[:n].zero_()
+            self.compressed[:n].zero_()
+            self.hidden[:n].zero_()
+            self._written = 0
+        self.hidden_intervals = None
+        if inputs is None:
+            self.step_global_rows.zero_()
+            return
+        n = inputs.global_rows.shape[0]
+        self.global_rows[:n].copy_(inputs.global_rows)
+        if inputs.compressed is not None:
+            self.compressed_rows[:n].copy_(inputs.compressed_rows)
+            self.compressed[:n].copy_(inputs.compressed)
+        if inputs.hidden is not None:
+            self.hidden[:n].copy_(inputs.hidden)
+        b = inputs.step_global_rows.shape[0]
+        self.step_global_rows[:b].copy_(inputs.step_global_rows)
+        self.step_global_rows[b:].zero_()
+        self.hidden_intervals = inputs.hidden_intervals
+        self._written = max(n, self.max_reqs)
+
+    def advance(self) -> None:
+        """After a forward: the later steps' rows (one per request) take the first rows."""
+        self.global_rows[: self.max_reqs].copy_(self.step_global_rows)
+        self.compressed[: self.max_reqs].zero_()
+        self.hidden[: self.max_reqs].zero_()
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -178,15 +218,15 @@ class VisionInputsBuilder:
 
         features = torch.cat(rows).to(self.dtype)
         step_index = global_index[torch.from_numpy(query_start_loc[1:] - 1).long()]
-        first_pass = VisionContext(
-            features,
-            global_index.to(self.device),
-            compressed_index.to(self.device) if in_images else None,
-            hidden.to(self.device) if in_images and intervals is None else None,
-            intervals,
+        compressed = compressed_index.to(self.device) if in_images else None
+        return VisionInputs(
+            global_rows=features[global_index.to(self.device)],
+            compressed_rows=None if compressed is None else features[compressed.clamp(min=0)],
+            compressed=None if compressed is None else compressed >= 0,
+            hidden=hidden.to(self.device) if in_images and intervals is None else None,
+            step_global_rows=features[step_index.to(self.device)],
+            hidden_intervals=intervals,
         )
-        step = VisionContext(features, step_index.to(self.device), hidden_intervals=intervals)
-        return VisionInputs(first_pass, step)
 
     def _adapt(self, spans: list[ImageSpan], encoder_cache: Mapping[str, torch.Tensor]) -> None:
         """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
@@ -214,9 +254,7 @@ class VisionInputsBuilder:
             value = torch.zeros(self.num_q, self.hidden_size, device=self.device)
         return value
 
-    def _hidden_intervals(
-        self, images: list[RequestImages]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _hidden_intervals(self, images: list[RequestImages]) -> Intervals:
         """Hidden raw positions of every request of the batch, for the attention that skips them.
 
         All of a request's images count, also those of earlier chunks or prefix-cache hits: the

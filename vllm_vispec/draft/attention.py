@@ -31,7 +31,7 @@ from vllm_vispec.draft.attention_mode import (
     padded_head_size,
 )
 from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
-from vllm_vispec.vision_inputs import VisionContext, fit_rows
+from vllm_vispec.vision_inputs import Intervals
 
 HIDDEN_SCORE = 30000.0
 
@@ -63,6 +63,8 @@ class ViSpecAttention(nn.Module):
             block_size = vllm_config.cache_config.block_size or 16
             self.mode = checked_triton(self.num_heads, self.num_kv_heads, self.head_dim, block_size)
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
+        # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
+        self.hidden_intervals: Intervals | None = None
         self.o_proj = RowParallelLinear(
             self.total_num_heads * self.head_dim,
             cfg.hidden_size,
@@ -104,8 +106,10 @@ class ViSpecAttention(nn.Module):
         )
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
+        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
+        """``hidden`` [n] bool: positions the ``mark`` hides (the skipping attentions read
+        :attr:`hidden_intervals` instead)."""
         n = x.shape[0]
         qkv, _ = self.qkv_proj(x)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -118,13 +122,11 @@ class ViSpecAttention(nn.Module):
         )
         if self.mode == "mark":
             q[:, :, self.head_dim] = 1.0
-            if context is not None and context.hidden is not None:
-                hidden = fit_rows(context.hidden, n, False)
-                k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
+            k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
             out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
             out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
         else:
-            out = self._attend_skipping(q, k, v, context)
+            out = self._attend_skipping(q, k, v)
         return self.o_proj(out.flatten(1))[0]
 
     def _attend_skipping(
@@ -132,10 +134,9 @@ class ViSpecAttention(nn.Module):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        context: VisionContext | None,
     ) -> torch.Tensor:
         """vLLM's backend writes k/v to the paged cache; the kernel attends over the visible
-        slots only (eager: vLLM runs this draft outside torch.compile and CUDA graphs)."""
+        slots only (eager: the draft is compiled only with the ``mark`` attention)."""
         name = self.attn.layer_name
         unified_kv_cache_update(k, v, name)
         meta, layer, kv_cache, _ = get_attention_context(name)
@@ -143,11 +144,11 @@ class ViSpecAttention(nn.Module):
             return torch.zeros_like(q)
         k_cache, v_cache = split_kv_cache(kv_cache, getattr(layer, "isa", None))
         batch = meta.seq_lens.shape[0]
-        if context is None or context.hidden_intervals is None:
+        if self.hidden_intervals is None:
             start = end = meta.seq_lens.new_zeros(0)
             cu = meta.seq_lens.new_zeros(batch + 1)
         else:
-            start, end, cu = context.hidden_intervals
+            start, end, cu = self.hidden_intervals
             if cu.shape[0] < batch + 1:  # padded requests past the real ones hide nothing
                 cu = torch.cat([cu, cu[-1:].expand(batch + 1 - cu.shape[0])])
         return draft_paged_attention(

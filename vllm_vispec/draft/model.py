@@ -3,8 +3,10 @@
 Same semantics as :mod:`vllm_vispec.reference` (the oracle), built from vLLM layers so that
 the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
 applies, which positions carry a compressed image token, which are hidden) are not part of
-vLLM's draft ``forward`` signature; the proposer hands them over once per ``propose()`` with
-:meth:`EagleViSpecForCausalLM.set_vision_inputs`. Images reach the draft only that way, through
+vLLM's draft ``forward`` signature; the proposer writes them once per ``propose()`` into
+:class:`~vllm_vispec.vision_inputs.VisionBuffers` (:meth:`EagleViSpecForCausalLM.
+set_vision_inputs`), tensors at fixed addresses that the draft reads like any other input, so
+vLLM can compile it and capture it in CUDA graphs. Images reach the draft only that way, through
 the adaptor: vLLM's merge of image embeddings into the draft's input embeddings is switched off
 (every draft position whose input token is an image token is hidden or replaced by a compressed
 token, so the merged embeddings would never be used).
@@ -13,9 +15,11 @@ token, so the merged embeddings would never be used).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ReplicatedLinear
@@ -24,11 +28,13 @@ from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmb
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.llama import LlamaMLP
 from vllm.model_executor.models.utils import maybe_prefix
+from vllm.platforms import current_platform
 
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.draft.adaptor import ImageFeatureFc, VisionAdaptor
 from vllm_vispec.draft.attention import ViSpecAttention
-from vllm_vispec.vision_inputs import VisionContext, VisionInputs, fit_rows
+from vllm_vispec.draft.attention_mode import draft_attention
+from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 
 class ViSpecDecoderLayer(nn.Module):
@@ -41,15 +47,47 @@ class ViSpecDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, context: VisionContext | None
+        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
-        x = x + self.self_attn(positions, x, context)
+        x = x + self.self_attn(positions, x, hidden)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def draft_compiles(vllm_config: VllmConfig) -> bool:
+    """vLLM may compile the draft (as its own EAGLE drafts) only with the ``mark`` attention:
+    the skipping attentions call their kernel from Python around vLLM's cache update."""
+    cfg = ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
+    return draft_attention(cfg.head_dim) == "mark"
+
+
+def _draft_hf_config(vllm_config: VllmConfig) -> Any:
+    spec = vllm_config.speculative_config
+    assert spec is not None and spec.draft_model_config is not None
+    return spec.draft_model_config.hf_config
+
+
+@support_torch_compile(
+    dynamic_arg_dims={
+        name: 0
+        for name in (
+            "input_ids",
+            "positions",
+            "hidden_states",
+            "global_rows",
+            "compressed_rows",
+            "compressed",
+            "hidden",
+        )
+    },
+    enable_if=draft_compiles,
+)
 class ViSpecModel(nn.Module):
-    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+    """Everything a draft forward computes; its inputs are tensors only (vision inputs come
+    from :class:`~vllm_vispec.vision_inputs.VisionBuffers`), so vLLM can compile it."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
+        cfg = ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
         h = cfg.hidden_size
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, h)
         target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
@@ -60,6 +98,24 @@ class ViSpecModel(nn.Module):
         self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
         self.img_fc = ImageFeatureFc(h, cfg.fc_bias)
         self.imadpt = VisionAdaptor(cfg)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        global_rows: torch.Tensor,
+        compressed_rows: torch.Tensor,
+        compressed: torch.Tensor,
+        hidden: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rows: ``global_rows`` img_fc's image half of each row's global feature,
+        ``compressed_rows`` the compressed image token replacing fc's output where
+        ``compressed``, ``hidden`` the positions the ``mark`` attention hides."""
+        image_aware = self.img_fc(hidden_states, global_rows)
+        x = self.fc(torch.cat([self.embed_tokens(input_ids), image_aware], dim=-1))
+        x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
+        return self.layers[0](positions, x, hidden)
 
 
 class EagleViSpecForCausalLM(nn.Module):
@@ -78,10 +134,16 @@ class EagleViSpecForCausalLM(nn.Module):
         assert spec is not None and spec.draft_model_config is not None
         self.config = spec.draft_model_config.hf_config
         self.vispec_config = ViSpecConfig.from_hf_dict(self.config.to_dict())
-        self.model = ViSpecModel(self.vispec_config, vllm_config, maybe_prefix(prefix, "model"))
+        self.model = ViSpecModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
-        self._vision: VisionInputs | None = None
-        self._passes = 0
+        scheduler = vllm_config.scheduler_config
+        self.vision_buffers = VisionBuffers(
+            scheduler.max_num_batched_tokens,
+            scheduler.max_num_seqs,
+            self.vispec_config.hidden_size,
+            torch.get_default_dtype(),
+            current_platform.device_type,
+        )
 
     @property
     def num_q(self) -> int:
@@ -89,21 +151,13 @@ class EagleViSpecForCausalLM(nn.Module):
 
     @property
     def attends_by_intervals(self) -> bool:
-        """True when the attention needs ``VisionContext.hidden_intervals`` (not the mark)."""
+        """True when the attention needs the hidden positions as intervals (not the mark)."""
         return self.model.layers[0].self_attn.mode != "mark"
 
     def set_vision_inputs(self, inputs: VisionInputs | None) -> None:
-        """Vision inputs of the next ``propose()``: its first forward takes ``first_pass``,
-        every later one ``later_steps`` (None: text only, no image feature)."""
-        self._vision = inputs
-        self._passes = 0
-
-    def _pass_context(self) -> VisionContext | None:
-        vision, first = self._vision, self._passes == 0
-        self._passes += 1
-        if vision is None:
-            return None
-        return vision.first_pass if first else vision.later_steps
+        """Vision inputs of the next ``propose()`` (None: text only, no image feature)."""
+        self.vision_buffers.write(inputs)
+        self.model.layers[0].self_attn.hidden_intervals = self.vision_buffers.hidden_intervals
 
     def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Per image [num_q, H]: num_q - 1 compressed tokens, then the projected global feature.
@@ -118,23 +172,24 @@ class EagleViSpecForCausalLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor | None,
+        input_ids: torch.Tensor,
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        n = hidden_states.shape[0]
-        if inputs_embeds is None:
-            inputs_embeds = m.embed_tokens(input_ids)
-        ctx = self._pass_context()
-        g = None if ctx is None else ctx.features[fit_rows(ctx.global_index, n, 0)]
-        x = m.fc(torch.cat([inputs_embeds, m.img_fc(hidden_states, g)], dim=-1))
-        if ctx is not None and ctx.compressed_index is not None:
-            index = fit_rows(ctx.compressed_index, n, -1)
-            compressed = ctx.features[index.clamp(min=0)].to(x.dtype)
-            x = torch.where((index >= 0)[:, None], compressed, x)
-        out = m.layers[0](positions, x, ctx)
+        # vLLM passes token ids (the proposer turns its image-embedding merge off).
+        assert inputs_embeds is None, "ViSpec drafts embed their own input ids"
+        n, v = hidden_states.shape[0], self.vision_buffers
+        out = self.model(
+            input_ids,
+            positions,
+            hidden_states,
+            v.global_rows[:n],
+            v.compressed_rows[:n],
+            v.compressed[:n],
+            v.hidden[:n],
+        )
+        v.advance()
         return out, out
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,49 @@
+"""vLLM compiles the ViSpec draft where it compiles its own EAGLE drafts, and stays lossless.
+
+With ``enforce_eager`` off, vLLM compiles the target and, with the ``mark`` attention, the
+draft's :class:`~vllm_vispec.draft.model.ViSpecModel` (the skipping attentions keep it eager).
+A compiled graph must not freeze per-step vision inputs: they live in fixed buffers that every
+pass reads, so the mixed batch (text, one and two images) still decodes exactly as without
+speculation, with drafts accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace as NS
+
+import pytest
+from engines import MIXED_BATCH, counters, engine, greedy, runner
+
+from vllm_vispec.draft.model import draft_compiles
+
+
+@pytest.mark.slow
+def test_compiled_draft_is_lossless(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", "mark")
+    target, draft = request.getfixturevalue("qwen_target"), request.getfixturevalue("qwen_draft")
+    with engine(target) as llm:
+        expected = greedy(llm, MIXED_BATCH)
+    with engine(target, draft, enforce_eager=False) as llm:
+        before = counters(llm)
+        assert greedy(llm, MIXED_BATCH) == expected
+        after = counters(llm)
+        core = runner(llm).drafter.draft.model
+        assert not core.do_not_compile and core.compiled, "vLLM never ran the compiled draft"
+    accepted = after["vllm:spec_decode_num_accepted_tokens"] - before.get(
+        "vllm:spec_decode_num_accepted_tokens", 0
+    )
+    assert accepted > 0, "no draft token was accepted"
+
+
+@pytest.mark.parametrize(("attention", "compiles"), [("mark", True), ("torch", False)])
+def test_only_the_mark_attention_is_compiled(
+    attention: str, compiles: bool, qwen_draft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The skipping attentions call their kernel from Python: that draft stays eager."""
+    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
+    hf_config = NS(to_dict=lambda: json.loads((qwen_draft / "config.json").read_text()))
+    config = NS(speculative_config=NS(draft_model_config=NS(hf_config=hf_config)))
+    assert draft_compiles(config) is compiles
