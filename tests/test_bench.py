@@ -83,8 +83,10 @@ def test_bench_serve(
 def test_prompt_sets() -> None:
     photos = bench.load_prompts("photos", 16)
     assert {p.image_name for p in photos} == {"grace_hopper.jpg"} and len(photos) >= 2
-    toy = bench.load_prompts("toy", 3)
-    assert len(toy) == 3 and all(p.image.size[0] > 0 and "<image>" not in p.question for p in toy)
+    for name, size in (("toy", (168, 168)), ("grounded", (896, 224))):
+        prompts = bench.load_prompts(name, 3)
+        assert len(prompts) == 3 and len({p.image.tobytes() for p in prompts}) == 3
+        assert all(p.image.size == size and "<image>" not in p.question for p in prompts)
 
 
 @pytest.mark.parametrize(

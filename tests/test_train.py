@@ -18,7 +18,7 @@ from vllm_vispec.cli import main
 from vllm_vispec.toy.world import make_samples
 from vllm_vispec.train.data import build_examples, collate, load_records
 from vllm_vispec.train.losses import RECIPES, distill_loss, topk_ranking
-from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, train
+from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, first_step_agreement, train
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,39 @@ def test_trained_draft_decodes_losslessly_in_vllm(
     with engine(qwen_target, trained / "final") as llm:
         assert greedy(llm, MIXED_BATCH) == expected
         assert counters(llm)["vllm:spec_decode_num_drafts"] > 0
+
+
+def test_first_step_agreement_is_the_reference_drafts_first_token(
+    qwen_target: pathlib.Path, toy_data: pathlib.Path, trained: pathlib.Path
+) -> None:
+    """The teacher-forced agreement (one pass over whole answers) says, at every answer
+    position, whether the reference draft drafting from that prefix alone (greedy_chain, k=1)
+    proposes the target's greedy token."""
+    from vllm_vispec.layout import image_spans
+    from vllm_vispec.reference import DraftInput
+    from vllm_vispec.train.teacher import Teacher
+    from vllm_vispec.train.trainer import _build_draft
+
+    data = toy_data / "one.json"
+    data.write_text(json.dumps(json.loads((toy_data / "llava.json").read_text())[:1]))
+    predicted, agree = first_step_agreement(qwen_target, trained / "final", "vispec", [data],
+                                            toy_data)  # fmt: skip
+    teacher = Teacher(qwen_target, torch.device("cpu"), torch.float32)
+    examples, _ = build_examples(load_records([data]), teacher.processor, toy_data, 4096)
+    batch = collate(teacher.processor, examples)
+    out = teacher(batch)
+    ids = batch["input_ids"][0]
+    cfg = _config(qwen_target, toy_data, trained, init=trained / "final")
+    _, draft = _build_draft(cfg, teacher)
+    answer = [t for t in range(len(ids) - 2) if batch["loss_mask"][0, t + 2]]
+    assert len(answer) == len(predicted) > 10
+    spans = image_spans(ids, teacher.image_token_ids)
+    embeds = [out.inputs_embeds[0, s:e] for s, e in spans]
+    for i, t in enumerate(answer):
+        inp = DraftInput(ids[: t + 2], out.hidden[0, : t + 1], embeds, teacher.image_token_ids)
+        assert int(predicted[i]) == int(teacher.logits(out.hidden[0, t + 1]).argmax())
+        assert bool(agree[i]) == (draft.greedy_chain(inp, 1)[0] == int(predicted[i])), t
+    assert 0 < float(agree.float().mean()) < 1  # both outcomes occur: the check bites
 
 
 def test_resume_reproduces_an_uninterrupted_run(

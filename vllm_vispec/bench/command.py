@@ -26,6 +26,8 @@ Prompt sets (--prompts):
   photos   real photos shipped with installed packages (no download): matplotlib's
            grace_hopper.jpg, asked for long, detailed, image-grounded answers.
   toy      held-out toy-world scenes (vllm_vispec.toy.world, seed 10000), one per request.
+  grounded held-out strips of the image-grounded world (vllm_vispec.toy.grounded_world, seed
+           10000, 256 image tokens each), one per request.
 Prompts are cycled when a batch is larger than the set.
 
 Writes to --out: bench.json (every figure, per-request timings, machine, versions, command,
@@ -62,7 +64,7 @@ example:
 
 MODES = ("offline", "serve")
 SPEC_METHODS = ("ngram", "eagle", "vispec")
-PROMPT_SETS = ("photos", "toy")
+PROMPT_SETS = ("photos", "toy", "grounded")
 BASELINE = "no-spec"
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 TOY_SEED = 10_000
@@ -367,7 +369,7 @@ def load_prompts(name: str, n: int) -> list[Prompt]:
     """The distinct prompts of a set (``n``: how many a toy set makes, the largest batch)."""
     if name == "photos":
         return _photos()
-    return _toy(n)
+    return _world(name, n)
 
 
 def _photos() -> list[Prompt]:
@@ -382,10 +384,12 @@ def _photos() -> list[Prompt]:
     return prompts
 
 
-def _toy(n: int) -> list[Prompt]:
-    from vllm_vispec.toy import world as toy_world
+def _world(name: str, n: int) -> list[Prompt]:
+    """Held-out scenes of a toy world (``toy`` or ``grounded``)."""
+    from vllm_vispec.toy import grounded_world, world
 
-    return [Prompt(r["image"], image, q) for r, image, q in toy_world.prompts(n, TOY_SEED)]
+    module = world if name == "toy" else grounded_world
+    return [Prompt(r["image"], image, q) for r, image, q in module.prompts(n, TOY_SEED)]
 
 
 def _cycle(prompts: list[Prompt], n: int) -> list[Prompt]:

@@ -39,6 +39,8 @@ __all__ = [
     "ToyObject",
     "cell_box",
     "describe",
+    "draw_shape",
+    "fact_token",
     "make_samples",
     "prompts",
     "random_scene",
@@ -263,25 +265,38 @@ def _draw_texture(
 
 def _draw_shape(draw: ImageDraw.ImageDraw, obj: ToyObject, size: int) -> None:
     left, top, right, bottom = cell_box(obj.position, size)
-    cx, cy = (left + right) / 2, (top + bottom) / 2
     r = (right - left) * (0.43 if obj.size == "large" else 0.25)
-    rgb = COLOUR_RGB[obj.colour]
-    if obj.shape == "circle":
+    centre = ((left + right) / 2, (top + bottom) / 2)
+    draw_shape(draw, obj.shape, COLOUR_RGB[obj.colour], centre, r, ring_width=0.36)
+
+
+def draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    rgb: tuple[int, int, int],
+    centre: tuple[float, float],
+    r: float,
+    ring_width: float,
+) -> None:
+    """One filled shape of "radius" ``r`` (a ring: outline ``ring_width * r`` wide), no
+    anti-aliasing, so patches see flat colours."""
+    cx, cy = centre
+    if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
-    elif obj.shape == "square":
+    elif shape == "square":
         s = r * 0.85
         draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=rgb)
-    elif obj.shape == "triangle":
+    elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=rgb)
-    elif obj.shape == "star":
+    elif shape == "star":
         points = []
         for k in range(10):
             radius = r if k % 2 == 0 else r * 0.42
             angle = math.radians(-90 + 36 * k)
             points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
         draw.polygon(points, fill=rgb)
-    elif obj.shape == "ring":
-        width = max(2, round(r * 0.36))
+    elif shape == "ring":
+        width = max(2, round(r * ring_width))
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=rgb, width=width)
     else:  # cross: a plus sign
         t = r * 0.32
@@ -695,3 +710,15 @@ def score(scene: Scene, text: str) -> float:
     else:
         wrong += bool(words)
     return correct / (facts + wrong)
+
+
+def fact_token(text: str) -> bool:
+    """Whether a decoded answer token states an image fact (a colour, shape, size, texture,
+    count, grid position or shown word), as opposed to the template around them."""
+    return text.strip().lower() in _FACT_WORDS
+
+
+_FACT_WORDS = frozenset(
+    [*COLOURS, *SHAPES, *map(_plural, SHAPES), *SIZES, *TEXTURES, *WORDS, *NUMBER_WORDS[1:]]
+    + [w for p in POSITIONS for w in p.split()]
+)

@@ -98,26 +98,7 @@ class Distiller(nn.Module):
     def forward(
         self, teacher: Any, out: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, loss_mask = batch["input_ids"], batch["loss_mask"]
-        inputs, positions, wanted, targets = [], [], [], []
-        for b, length in enumerate(out.lengths):
-            hidden = out.hidden[b, : length - 1]
-            if self.cfg.noise:
-                hidden = hidden + (torch.rand_like(hidden) - 0.5) * self.cfg.noise
-            spans = image_spans(ids[b, :length], self.image_token_ids)
-            inputs.append(
-                DraftInput(
-                    ids[b, :length],
-                    hidden,
-                    [out.inputs_embeds[b, s:e] for s, e in spans],
-                    () if self.eagle else self.image_token_ids,
-                )
-            )
-            positions.append(out.rope_positions[b, : length - 1])
-            # Draft position t stands in for target position t + 1 (its hidden state is the
-            # feature target), which predicts token t + 2: train where that is an answer token.
-            targets.append(out.hidden[b, 1:length])
-            wanted.append(torch.cat((loss_mask[b, 2:length], loss_mask.new_zeros(1))))
+        inputs, positions, targets, wanted = self._inputs(out, batch, self.cfg.noise)
         total, parts, rows = 0.0, {}, None
         for step in range(1 + self.cfg.mtp_steps):
             outputs = self._outputs(inputs, positions)
@@ -138,6 +119,50 @@ class Distiller(nn.Module):
                 parts = {**terms, "top1": float(agree.float().mean())}
             inputs = [self._shifted(inp, o) for inp, o in zip(inputs, outputs, strict=True)]
         return total / (1 + self.cfg.mtp_steps), parts
+
+    @torch.no_grad()
+    def first_step(
+        self, teacher: Any, out: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """At every answer position the draft sees: the token the target predicts there and
+        whether the draft's first step predicts the same, i.e. whether greedy verification
+        would accept a first draft token at that point of the answer."""
+        inputs, positions, targets, wanted = self._inputs(out, batch, 0.0)
+        predicted, agree = [], []
+        for (hidden, visible), target, w in zip(
+            self._outputs(inputs, positions), targets, wanted, strict=True
+        ):
+            rows = w & visible
+            target_ids = teacher.logits(target[rows]).argmax(-1)
+            predicted.append(target_ids)
+            agree.append(self.draft.logits(hidden[rows]).argmax(-1) == target_ids)
+        return torch.cat(predicted), torch.cat(agree)
+
+    def _inputs(
+        self, out: Any, batch: dict[str, torch.Tensor], noise: float
+    ) -> tuple[list[DraftInput], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per request: the draft's input, RoPE positions, feature targets, trained positions."""
+        ids, loss_mask = batch["input_ids"], batch["loss_mask"]
+        inputs, positions, wanted, targets = [], [], [], []
+        for b, length in enumerate(out.lengths):
+            hidden = out.hidden[b, : length - 1]
+            if noise:
+                hidden = hidden + (torch.rand_like(hidden) - 0.5) * noise
+            spans = image_spans(ids[b, :length], self.image_token_ids)
+            inputs.append(
+                DraftInput(
+                    ids[b, :length],
+                    hidden,
+                    [out.inputs_embeds[b, s:e] for s, e in spans],
+                    () if self.eagle else self.image_token_ids,
+                )
+            )
+            positions.append(out.rope_positions[b, : length - 1])
+            # Draft position t stands in for target position t + 1 (its hidden state is the
+            # feature target), which predicts token t + 2: train where that is an answer token.
+            targets.append(out.hidden[b, 1:length])
+            wanted.append(torch.cat((loss_mask[b, 2:length], loss_mask.new_zeros(1))))
+        return inputs, positions, targets, wanted
 
     def _outputs(
         self, inputs: list[DraftInput], positions: list[torch.Tensor]
@@ -248,6 +273,36 @@ def train(cfg: TrainConfig) -> Path:
     final = _save(accelerator, model, draft_cfg, cfg, cfg.out / "final", step)
     _log(accelerator, cfg, f"trained {step} steps in {time.perf_counter() - started:.0f} s")
     return final
+
+
+@torch.no_grad()
+def first_step_agreement(
+    target: Path, draft: Path, kind: str, data: list[Path], image_root: Path, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trained draft on held-out conversations, teacher-forced: at every answer position the
+    token the target predicts and whether the draft's first step predicts the same (whether
+    greedy verification accepts a first draft token there). ``kind``: "vispec" or "eagle"."""
+    from vllm_vispec.checkpoint import check_draft
+    from vllm_vispec.train.data import build_examples, collate, load_records
+    from vllm_vispec.train.teacher import Teacher
+
+    teacher = Teacher(target, torch.device("cpu"), torch.float32)
+    examples, report = build_examples(
+        load_records(data), teacher.processor, image_root, TrainConfig.max_length
+    )
+    if not examples:
+        raise ValueError(f"no usable records in {data} ({report})")
+    num_q = check_draft(draft).num_q if kind == "vispec" else TrainConfig.num_q
+    cfg = TrainConfig(target=target, data=data, out=draft, draft=kind, num_q=num_q, init=draft)
+    _, model = _build_draft(cfg, teacher)
+    distiller = Distiller(model.eval(), kind == "eagle", cfg, teacher.image_token_ids)
+    predicted, agree = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(teacher.processor, examples[start : start + batch_size])
+        p, a = distiller.first_step(teacher, teacher(batch), batch)
+        predicted.append(p)
+        agree.append(a)
+    return torch.cat(predicted), torch.cat(agree)
 
 
 def _check_out(cfg: TrainConfig) -> None:
