@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Grounded world: held-out accuracy of the target",
         "",
-        f"Command: `{result['command']}` ({result['machine']}, {datetime.date.today()}).",
+        f"Command: `{result['command']}` ({result['machine']}, {datetime.date.today()}); "
+        "training is `python benchmarks/grounded_target.py --work DIR` with the recipe's "
+        "defaults (resumable: the same command continues).",
         f"Target: hidden {recipe.hidden_size}, {recipe.num_layers} layers, batch "
         f"{recipe.batch_size}, lr {recipe.lr}; {state['step']} steps, "
         f"{result['train_minutes']} training minutes.",
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def ship(work: pathlib.Path, dst: pathlib.Path, result: dict) -> None:
     """The trained model without its optimizer state, with a summary of how it was trained."""
     shutil.rmtree(dst, ignore_errors=True)
-    keep = shutil.ignore_patterns("train_state.pt", "progress.jsonl", ".checkpoint-tmp")
+    keep = shutil.ignore_patterns("train_state.pt", "progress.jsonl", "result.*", ".checkpoint-tmp")
     shutil.copytree(work, dst, ignore=keep)
     summary = {
         "recipe": result["recipe"],
