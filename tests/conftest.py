@@ -35,6 +35,14 @@ def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def llava15_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder of a tiny random LLaVA-1.5 (16 image tokens per image, any size)."""
+    from vllm_vispec.testing.tiny_targets import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def qwen_draft(qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen2.5-VL target."""
     from vllm_vispec.testing.tiny_drafts import build_tiny_draft
@@ -51,6 +59,18 @@ def llava_draft(
 
     folder = tmp_path_factory.mktemp("llava-draft") / "d"
     return build_tiny_draft(llava_target, folder, num_q=3, echo=True)
+
+
+@pytest.fixture(scope="session")
+def llava15_draft(
+    llava15_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """Plugin-format ViSpec draft (num_q 2, echo) for the tiny LLaVA-1.5 target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    return build_tiny_draft(
+        llava15_target, tmp_path_factory.mktemp("llava15-draft") / "d", echo=True
+    )
 
 
 @pytest.fixture(scope="session")

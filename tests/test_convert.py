@@ -80,11 +80,14 @@ def qwen_target_config(hidden: int = 64, vocab: int = 320, top_level: bool = Fal
     return {**config, "text_config": {"model_type": "qwen2_5_vl_text", **text}}
 
 
-def llava_target_config(**text: int) -> dict:
-    """A LLaVA-NeXT HF config; like llava-hf's, ``text_config`` omits Llama's defaults."""
+def llava_target_config(next_: bool = True, **text: int) -> dict:
+    """A LLaVA-NeXT (or, ``next_=False``, LLaVA-1.5) HF config; like llava-hf's, ``text_config``
+    omits Llama's defaults."""
     return {
-        "architectures": ["LlavaNextForConditionalGeneration"],
-        "model_type": "llava_next",
+        "architectures": [
+            "LlavaNextForConditionalGeneration" if next_ else "LlavaForConditionalGeneration"
+        ],
+        "model_type": "llava_next" if next_ else "llava",
         "image_token_index": 32000,
         "text_config": {"model_type": "llama", "rms_norm_eps": 1e-5, "vocab_size": 32064, **text},
         "vision_config": {
@@ -226,6 +229,17 @@ def test_convert_casts_dtype_and_checks_target(tmp_path, capsys):
     _, official = load_official(src)
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert torch.equal(tensors["fc.weight"], official["fc.weight"].to(torch.bfloat16))
+
+
+def test_convert_checks_against_a_llava_1_5_target(tmp_path, capsys):
+    """JLKang/ViSpec-llava-1.5-7b-hf's layout (Llama, no q/k/v bias) against llava-hf's config."""
+    src = random_official_checkpoint(tmp_path / "official", LLAVA)
+    sizes = {"hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 2}
+    target = write_config(tmp_path / "target", llava_target_config(False, **sizes, vocab_size=300))
+    assert main(["convert", str(src), str(tmp_path / "draft"), "--target", str(target)]) == 0
+    assert load_draft(tmp_path / "draft")[0] == LLAVA
+    sized = draft_config_for_target(target, num_q=3)
+    assert (sized.hidden_size, sized.qkv_bias, sized.vocab_size) == (64, False, 300)
 
 
 def test_convert_accepts_an_older_top_level_qwen_target(tmp_path, capsys):

@@ -1,9 +1,10 @@
-"""The cost-realistic toy target computes exactly what the trained toy target computes.
+"""A cost-realistic toy target computes exactly what its trained toy target computes.
 
 :func:`~vllm_vispec.toy.costly_target.build_costly_target` widens every MLP and appends decoder
 layers whose output projections are zero; vLLM runs all of that work, and every greedy token
-must stay the trained target's. Also checked: the trained ViSpec draft is as lossless on it
-and accepts drafts, and the builder is deterministic and refuses to remove work.
+must stay the trained target's, in both toy worlds. Also checked: the trained ViSpec draft is as
+lossless on it and accepts drafts, the shipped grounded target reads held-out strips right, and
+the builder is deterministic and refuses to remove work.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import pathlib
 import pytest
 from engines import counters, engine, greedy
 
+from vllm_vispec.toy import grounded_world, world
 from vllm_vispec.toy.costly_target import build_costly_target
-from vllm_vispec.toy.world import prompts
 
-TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
-BENCH_SEED = 10_000  # the bench's toy prompt set
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
+TOY = MODELS / "toy"
+BENCH_SEED = 10_000  # the bench's prompt sets
+WORLDS = {"toy": world, "grounded": grounded_world}
 
 
-def _conversations(n: int) -> list[list[dict]]:
-    return [
+def _prompts(name: str, n: int) -> tuple[list[list[dict]], list]:
+    """Held-out conversations of a world, and their scenes."""
+    items = WORLDS[name].prompts(n, BENCH_SEED)
+    conversations = [
         [
             {
                 "role": "user",
@@ -32,23 +37,34 @@ def _conversations(n: int) -> list[list[dict]]:
                 ],
             }
         ]
-        for _, image, question in prompts(n, BENCH_SEED)
+        for _, image, question in items
     ]
+    return conversations, [WORLDS[name].scene_from_dict(r["scene"]) for r, _, _ in items]
 
 
 @pytest.fixture(scope="module")
 def costly(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return build_costly_target(TOY / "target", tmp_path_factory.mktemp("costly") / "target")
+    return build_costly_target(TOY / "target", tmp_path_factory.mktemp("costly") / "toy")
 
 
 @pytest.mark.slow
-def test_greedy_tokens_are_the_trained_targets(costly: pathlib.Path) -> None:
-    conversations = _conversations(8)
-    with engine(TOY / "target") as llm:
+@pytest.mark.parametrize("name", list(WORLDS))
+def test_greedy_tokens_are_the_trained_targets(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Also: the shipped grounded target reads its held-out strips right."""
+    trained = MODELS / name / "target"
+    costly = build_costly_target(trained, tmp_path_factory.mktemp("costly") / name)
+    conversations, scenes = _prompts(name, 8)
+    with engine(trained) as llm:
         expected = greedy(llm, conversations, max_tokens=96)
+        texts = [llm.get_tokenizer().decode(ids, skip_special_tokens=True) for ids in expected]
+    if name == "grounded":
+        scores = [grounded_world.score(s, t) for s, t in zip(scenes, texts, strict=True)]
+        assert sum(scores) / len(scores) >= 0.9, texts
     with engine(costly) as llm:
         assert greedy(llm, conversations, max_tokens=96) == expected
-    with engine(costly, TOY / "vispec") as llm:
+    with engine(costly, MODELS / name / "vispec") as llm:
         before = counters(llm)
         assert greedy(llm, conversations, max_tokens=96) == expected
         after = counters(llm)

@@ -123,6 +123,8 @@ def _image_token(target: pathlib.Path) -> int:
         ("qwen", 40, "mark"),
         ("llava", None, "mark"),
         ("llava", 160, "mark"),
+        ("llava15", None, "mark"),
+        ("llava15", 40, "mark"),
         ("qwen", 40, "torch"),
         ("llava", 160, "torch"),
         ("qwen", 40, "triton"),

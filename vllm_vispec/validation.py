@@ -14,7 +14,11 @@ from vllm_vispec import checkpoint
 from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
 from vllm_vispec.feature_cache import feature_cache_bytes
 
-SUPPORTED_TARGETS = ("Qwen2_5_VLForConditionalGeneration", "LlavaNextForConditionalGeneration")
+SUPPORTED_TARGETS = (
+    "Qwen2_5_VLForConditionalGeneration",
+    "LlavaNextForConditionalGeneration",
+    "LlavaForConditionalGeneration",
+)
 MAX_SPECULATIVE_TOKENS = 8
 
 

@@ -3,7 +3,7 @@
 Tests, the demo and the benchmarks need real VLM checkpoints that both HF transformers and vLLM
 load, but these machines have no internet and two CPU cores. The builders here write complete
 HF folders (config, safetensors weights, locally trained tokenizer, image processor, processor
-and chat template) for the two target architectures ViSpec is tested on:
+and chat template) for the target architectures ViSpec is tested on:
 
 * :func:`build_tiny_qwen2_5_vl`: ``Qwen2_5_VLForConditionalGeneration`` (M-RoPE, window
   attention vision tower, byte-level BPE tokenizer, Qwen chat template). A 224x224 image becomes
@@ -11,8 +11,10 @@ and chat template) for the two target architectures ViSpec is tested on:
 * :func:`build_tiny_llava_next`: ``LlavaNextForConditionalGeneration`` (Llama text model, CLIP
   tower, AnyRes tiling, Llama-style sentencepiece-like BPE with byte fallback, vicuna chat
   template). A 224x224 image becomes 88 ``<image>`` tokens.
+* :func:`build_tiny_llava`: ``LlavaForConditionalGeneration`` (LLaVA-1.5: the same text model
+  and tower, one fixed-size crop per image). Every image becomes 16 ``<image>`` tokens.
 
-Both text models use head_dim 32 (the CPU attention backend needs head sizes that are multiples of
+All text models use head_dim 32 (the CPU attention backend needs head sizes that are multiples of
 32) and float32 weights, so that vLLM and transformers agree token for token under greedy
 decoding. Builds are deterministic: the same seed gives byte-identical files.
 
@@ -35,6 +37,7 @@ __all__ = [
     "QWEN_IMAGE_TOKEN",
     "QWEN_SPECIAL_TOKENS",
     "VOCAB_SIZE",
+    "build_tiny_llava",
     "build_tiny_llava_next",
     "build_tiny_qwen2_5_vl",
     "make_test_image",
@@ -442,14 +445,32 @@ def build_tiny_llava_next(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
     are multiples of 56 up to 112x112, so a 224x224 image -> 2x2 tiles -> 8x8 unpadded features
     + 8 newline tokens + 16 base tokens = 88 image tokens.
     """
+    return _build_tiny_llava(path, seed, anyres=True)
+
+
+def build_tiny_llava(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random LLaVA-1.5 HF folder at ``path`` and return it.
+
+    The text model and CLIP tower of :func:`build_tiny_llava_next`, without AnyRes: every image
+    is resized and centre-cropped to 56x56, 4x4 patches, 16 image tokens (LLaVA-1.5-7B: 336
+    pixels, 24x24 patches, 576 tokens).
+    """
+    return _build_tiny_llava(path, seed, anyres=False)
+
+
+def _build_tiny_llava(path: str | pathlib.Path, seed: int, anyres: bool) -> pathlib.Path:
     from transformers import (
+        CLIPImageProcessor,
         CLIPVisionConfig,
         GenerationConfig,
         LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessor,
         LlavaNextProcessor,
+        LlavaProcessor,
     )
 
     path = pathlib.Path(path)
@@ -487,23 +508,28 @@ def build_tiny_llava_next(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
         hidden_act="quick_gelu",
         initializer_range=INIT_STD,
     )
-    config = LlavaNextConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=VOCAB_SIZE - 1,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        image_grid_pinpoints=pinpoints,
-        tie_word_embeddings=False,
-        image_seq_length=(image_size // patch_size) ** 2,
-    )
-    config.architectures = ["LlavaNextForConditionalGeneration"]
+    common = {
+        "vision_config": vision_config,
+        "text_config": text_config,
+        "image_token_index": VOCAB_SIZE - 1,
+        "projector_hidden_act": "gelu",
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2,
+        "tie_word_embeddings": False,
+        "image_seq_length": (image_size // patch_size) ** 2,
+    }
+    if anyres:
+        model_class = LlavaNextForConditionalGeneration
+        config = LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+    else:
+        model_class = LlavaForConditionalGeneration
+        config = LlavaConfig(**common)
+    config.architectures = [model_class.__name__]
     config.dtype = "float32"
     # transformers 5 drops CLIP's ``vision_model.`` level on save; published llava-hf checkpoints
     # (and vLLM's loader) have ``vision_tower.vision_model.*``, which transformers 5 also reads.
     _save_model(
-        LlavaNextForConditionalGeneration,
+        model_class,
         config,
         path,
         seed,
@@ -515,23 +541,28 @@ def build_tiny_llava_next(path: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
     generation = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False)
     generation.save_pretrained(path)
 
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_grid_pinpoints=pinpoints,
-        do_center_crop=True,
-        do_pad=True,
-    )
+    image_options = {
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_center_crop": True,
+    }
     tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        image_token=LLAVA_IMAGE_TOKEN,
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
+    processor_options = {
+        "tokenizer": tokenizer,
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "default",
+        "image_token": LLAVA_IMAGE_TOKEN,
+        "num_additional_image_tokens": 1,
+        "chat_template": LLAVA_CHAT_TEMPLATE,
+    }
+    if anyres:
+        image_processor = LlavaNextImageProcessor(
+            **image_options, image_grid_pinpoints=pinpoints, do_pad=True
+        )
+        processor = LlavaNextProcessor(image_processor=image_processor, **processor_options)
+    else:
+        image_processor = CLIPImageProcessor(**image_options)
+        processor = LlavaProcessor(image_processor=image_processor, **processor_options)
     processor.save_pretrained(path)
     return _finish(path)
 

@@ -19,6 +19,7 @@ from PIL import Image
 SUPPORTED = {
     "Qwen2_5_VLForConditionalGeneration": ("image_token_id", "video_token_id"),
     "LlavaNextForConditionalGeneration": ("image_token_index",),
+    "LlavaForConditionalGeneration": ("image_token_index",),
 }
 
 
@@ -45,8 +46,8 @@ class Teacher:
         target_dir = Path(target_dir)
         if not (target_dir / "config.json").is_file():
             raise TeacherError(
-                f"target {target_dir} has no config.json; pass the local folder of a Qwen2.5-VL "
-                f"or LLaVA-1.6 model"
+                f"target {target_dir} has no config.json; pass the local folder of a Qwen2.5-VL, "
+                f"LLaVA-1.6 or LLaVA-1.5 model"
             )
         config = AutoConfig.from_pretrained(target_dir)
         arch = (config.architectures or ["?"])[0]
