@@ -35,6 +35,14 @@ def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def qwen3_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder of a tiny random Qwen3-VL (49 image tokens per 224x224 image, one DeepStack level)."""
+    from vllm_vispec.testing.tiny_targets import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def llava15_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random LLaVA-1.5 (16 image tokens per image, any size)."""
     from vllm_vispec.testing.tiny_targets import build_tiny_llava
@@ -59,6 +67,16 @@ def llava_draft(
 
     folder = tmp_path_factory.mktemp("llava-draft") / "d"
     return build_tiny_draft(llava_target, folder, num_q=3, echo=True)
+
+
+@pytest.fixture(scope="session")
+def qwen3_draft(
+    qwen3_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen3-VL target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    return build_tiny_draft(qwen3_target, tmp_path_factory.mktemp("qwen3-draft") / "d", echo=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,16 @@ from vllm import SamplingParams
 
 # (target, VLLM_VISPEC_DRAFT_ATTENTION): every target with the portable hiding channel, and the
 # attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
-CASES = [("qwen", "mark"), ("llava", "mark"), ("llava15", "mark"), ("qwen", "torch")]
+CASES = [
+    ("qwen", "mark"),
+    ("llava", "mark"),
+    ("llava15", "mark"),
+    ("qwen3", "mark"),
+    ("qwen", "torch"),
+]
 # The smallest prefill budget per target that still fits both images of a prompt in vLLM's
 # encoder cache (see test_parity.py); each splits at least one image across chunks.
-CHUNK = {"qwen": 40, "llava": 160, "llava15": 40}
+CHUNK = {"qwen": 40, "llava": 160, "llava15": 40, "qwen3": 40}
 
 
 def _models(name: str, request: pytest.FixtureRequest, attention: str = "mark"):

@@ -84,7 +84,10 @@ class FirstPassRecorder:
         n = len(prompt)
         hidden = torch.cat(self.hidden[req_id])[:n]
         out = torch.cat(self.draft_out[req_id])[:n]
-        images = [self.encoder[f.identifier] for f in features]
+        # The target's input embeddings at its image tokens: the encoder output's first
+        # hidden-size channels (test_qwen3_image_inputs_are_the_target_input_embeddings).
+        width = hidden.shape[1]
+        images = [self.encoder[f.identifier][:, :width] for f in features]
         inp = DraftInput(torch.tensor(prompt + [first_token]), hidden, images, {image_token})
         return inp, out
 
@@ -125,6 +128,8 @@ def _image_token(target: pathlib.Path) -> int:
         ("llava", 160, "mark"),
         ("llava15", None, "mark"),
         ("llava15", 40, "mark"),
+        ("qwen3", None, "mark"),
+        ("qwen3", 40, "mark"),
         ("qwen", 40, "torch"),
         ("llava", 160, "torch"),
         ("qwen", 40, "triton"),
@@ -170,6 +175,32 @@ def test_first_pass_matches_reference(
         logits = vllm_out[visible] @ reference.lm_head_weight.T
         ldiff = (logits - ref.logits[visible]).abs().max().item()
         assert ldiff < ATOL, f"{len(inp.image_embeds)} images: logits differ by {ldiff:.3g}"
+
+
+def test_qwen3_image_inputs_are_the_target_input_embeddings(qwen3_target, qwen3_draft) -> None:
+    """Qwen3-VL's encoder output also carries DeepStack features (added inside the target's
+    first layers); the draft takes what the target puts into its input embeddings, which HF
+    transformers' Qwen3-VL says independently."""
+    from vllm_vispec.testing.tiny_targets import make_test_image
+    from vllm_vispec.train.teacher import Teacher
+
+    conversation = chat([(5, (224, 224))])
+    with engine(qwen3_target, qwen3_draft, enable_prefix_caching=False) as llm:
+        recorder = FirstPassRecorder(llm)
+        llm.chat([conversation], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+    ((prompt, features),) = recorder.requests.values()
+    (encoded,) = (recorder.encoder[f.identifier] for f in features)
+    teacher = Teacher(qwen3_target, torch.device("cpu"), torch.float32)
+    messages = [{"role": "user", "content": [{"type": "image"}, conversation[0]["content"][1]]}]
+    text = teacher.processor.apply_chat_template(messages, add_generation_prompt=True)
+    batch = teacher.processor(text=[text], images=[make_test_image(5, (224, 224))],
+                              return_tensors="pt")  # fmt: skip
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    assert batch["input_ids"][0].tolist() == prompt
+    embeds = teacher(batch).inputs_embeds[0][batch["input_ids"][0] == _image_token(qwen3_target)]
+    hidden = embeds.shape[1]
+    assert encoded.shape[1] > hidden, "no DeepStack channels: the test would not bite"
+    torch.testing.assert_close(encoded[:, :hidden], embeds, atol=1e-4, rtol=1e-4)
 
 
 def test_triton_draft_attention() -> None:

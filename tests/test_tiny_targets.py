@@ -20,8 +20,10 @@ from vllm_vispec.testing.tiny_targets import (
     LLAVA_IMAGE_TOKEN,
     QWEN_IMAGE_TOKEN,
     VOCAB_SIZE,
+    build_tiny_llava,
     build_tiny_llava_next,
     build_tiny_qwen2_5_vl,
+    build_tiny_qwen3_vl,
     make_test_image,
 )
 
@@ -33,7 +35,10 @@ EXPECTED = {
     "qwen": (QWEN_IMAGE_TOKEN, 64, 77),  # 320x200 -> 308x196 -> 22x14 patches -> 11x7 merged
     # base 4x4 + AnyRes 2x2 tiles of 4x4 (8x8, unpadded to 8x8 / 6x8) + one newline per row
     "llava": (LLAVA_IMAGE_TOKEN, 88, 70),
+    "llava15": (LLAVA_IMAGE_TOKEN, 16, 16),  # one 56x56 crop of 4x4 patches, whatever the size
+    "qwen3": (QWEN_IMAGE_TOKEN, 49, 60),  # 16-pixel patches: 320x200 -> 320x192 -> 10x6 merged
 }
+TARGETS = list(EXPECTED)
 
 
 def _conversations(image_part: str) -> list[list[dict]]:
@@ -77,7 +82,7 @@ def _target(name: str, request: pytest.FixtureRequest) -> pathlib.Path:
     return request.getfixturevalue(f"{name}_target")
 
 
-@pytest.mark.parametrize("name", ["qwen", "llava"])
+@pytest.mark.parametrize("name", TARGETS)
 def test_hf_loads_and_generates(name: str, request: pytest.FixtureRequest) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -100,7 +105,7 @@ def test_hf_loads_and_generates(name: str, request: pytest.FixtureRequest) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["qwen", "llava"])
+@pytest.mark.parametrize("name", TARGETS)
 def test_vllm_matches_hf_greedy(name: str, request: pytest.FixtureRequest) -> None:
     from vllm import LLM, SamplingParams
 
@@ -145,7 +150,9 @@ def _digests(folder: pathlib.Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("build", [build_tiny_qwen2_5_vl, build_tiny_llava_next])
+@pytest.mark.parametrize(
+    "build", [build_tiny_qwen2_5_vl, build_tiny_llava_next, build_tiny_llava, build_tiny_qwen3_vl]
+)
 def test_builds_are_deterministic(build, tmp_path: pathlib.Path) -> None:
     first = _digests(build(tmp_path / "a", seed=3))
     assert "model.safetensors" in first and "tokenizer.json" in first

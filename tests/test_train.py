@@ -4,6 +4,7 @@ exact, and bad data is reported (skipped and counted, or refused with one line).
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import shutil
 
@@ -161,6 +162,20 @@ def test_eagle_baseline_trains_with_mtp_and_loads_in_vllm(
         # `attention_bias` would add, left uninitialised: garbage drafts, zero acceptance).
         attn = runner(llm).drafter.model.model.layers[0].self_attn
         assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
+
+
+@pytest.mark.parametrize("name", ["llava15", "qwen3"])
+def test_trains_for_llava_1_5_and_qwen3_vl(
+    name: str, toy_data: pathlib.Path, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
+    """The other target families train too (their drafts' losslessness: test_lossless)."""
+    target = request.getfixturevalue(f"{name}_target")
+    out = tmp_path / name
+    train(_config(target, toy_data, out, max_steps=2))
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["architectures"] == ["EagleViSpecForCausalLM"]
+    assert config["hidden_size"] == 128 and config["vocab_size"] == 512
+    assert all(math.isfinite(x) for x in _log(out))
 
 
 def test_answer_masks_cover_exactly_the_answers(

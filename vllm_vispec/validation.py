@@ -18,6 +18,7 @@ SUPPORTED_TARGETS = (
     "Qwen2_5_VLForConditionalGeneration",
     "LlavaNextForConditionalGeneration",
     "LlavaForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
 )
 MAX_SPECULATIVE_TOKENS = 8
 

@@ -230,8 +230,10 @@ class VisionInputsBuilder:
 
     def _adapt(self, spans: list[ImageSpan], encoder_cache: Mapping[str, torch.Tensor]) -> None:
         """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
+        # The first hidden_size channels are what the target scatters into its input embeddings;
+        # Qwen3-VL's encoder output carries its DeepStack levels' features after them.
         todo = {
-            s.key: encoder_cache[s.key]
+            s.key: encoder_cache[s.key][:, : self.hidden_size]
             for s in spans
             if s.key not in self.features and s.key in encoder_cache
         }

@@ -368,7 +368,8 @@ def draft_config_for_target(
     """A draft config sized for a target, following the released ViSpec configs.
 
     Draft heads equal the target's, with plain multi-head attention (kv heads = heads) even on a
-    grouped-query target; q/k/v biases follow the target family (Qwen has them, Llama does not).
+    grouped-query target; q/k/v biases follow the target's attention (Qwen2 has them without a
+    config key; Llama and Qwen3 say ``attention_bias``, false in the released models).
     """
     text = load_target_text_config(target_dir)
     rope = getattr(text, "rope_parameters", None) or {}
@@ -381,8 +382,7 @@ def draft_config_for_target(
         "rms_norm_eps": text.rms_norm_eps,
         "rope_theta": rope.get("rope_theta", getattr(text, "rope_theta", 10000.0)),
         "max_position_embeddings": text.max_position_embeddings,
-        "qkv_bias": text.model_type.startswith("qwen")
-        or bool(getattr(text, "attention_bias", False)),
+        "qkv_bias": bool(getattr(text, "attention_bias", text.model_type.startswith("qwen2"))),
         "num_q": num_q,
     }
     return ViSpecConfig(**{**fields, **overrides})

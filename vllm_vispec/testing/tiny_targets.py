@@ -8,6 +8,9 @@ and chat template) for the target architectures ViSpec is tested on:
 * :func:`build_tiny_qwen2_5_vl`: ``Qwen2_5_VLForConditionalGeneration`` (M-RoPE, window
   attention vision tower, byte-level BPE tokenizer, Qwen chat template). A 224x224 image becomes
   64 ``<|image_pad|>`` tokens.
+* :func:`build_tiny_qwen3_vl`: ``Qwen3VLForConditionalGeneration`` (interleaved M-RoPE, learned
+  + interpolated vision position embeddings, one DeepStack level; the same tokenizer and chat
+  template). A 224x224 image becomes 49 ``<|image_pad|>`` tokens.
 * :func:`build_tiny_llava_next`: ``LlavaNextForConditionalGeneration`` (Llama text model, CLIP
   tower, AnyRes tiling, Llama-style sentencepiece-like BPE with byte fallback, vicuna chat
   template). A 224x224 image becomes 88 ``<image>`` tokens.
@@ -40,6 +43,7 @@ __all__ = [
     "build_tiny_llava",
     "build_tiny_llava_next",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen3_vl",
     "make_test_image",
 ]
 
@@ -324,6 +328,95 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, (head_dim // 2 - t) // 2, head_dim // 2 - t - (head_dim // 2 - t) // 2]
 
 
+def _mrope_section_interleaved(head_dim: int) -> list[int]:
+    """T/H/W split of head_dim / 2 in Qwen3-VL's proportions (24/20/20), for interleaved M-RoPE."""
+    hw = head_dim * 5 // 32
+    return [head_dim // 2 - 2 * hw, hw, hw]
+
+
+def _qwen_ids(tokenizer: Any) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+
+
+def _qwen_text_config(
+    ids: dict[str, int],
+    hidden_size: int,
+    num_heads: int,
+    num_layers: int,
+    init_std: float,
+    rope_parameters: dict,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Text config keys shared by the Qwen-VL targets (GQA with half the heads as KV heads)."""
+    return {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads // 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": init_std,
+        "rope_parameters": rope_parameters,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": False,
+        **extra,
+        "dtype": "float32",
+    }
+
+
+def _qwen_vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """Top-level Qwen-VL config keys naming the vision special tokens."""
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _save_qwen_model(
+    model_cls: Any, config: Any, path: pathlib.Path, seed: int, ids: dict[str, int]
+) -> None:
+    """Weights (vision/pad tokens never generated) and the greedy generation config."""
+    from transformers import GenerationConfig
+
+    config.architectures = [model_cls.__name__]
+    vision_tokens = [ids[t] for t in QWEN_SPECIAL_TOKENS if "vision" in t or "pad" in t]
+    _save_model(model_cls, config, path, seed, vision_tokens)
+    GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    ).save_pretrained(path)
+
+
+def _save_qwen_processor(
+    path: pathlib.Path,
+    tokenizer: Any,
+    processor_cls: Any,
+    image_processor_cls: Any,
+    video_processor_cls: Any,
+    **vision: Any,
+) -> None:
+    """Image/video processors (at most 448x448 pixels, ``vision`` = patch/merge/normalisation
+    settings), the tokenizer and the Qwen chat template, saved as one processor."""
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    processor = processor_cls(
+        image_processor=image_processor_cls(size=pixels, **vision),
+        tokenizer=tokenizer,
+        video_processor=video_processor_cls(size=pixels, **vision),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(path)
+
+
 def build_tiny_qwen2_5_vl(
     path: str | pathlib.Path,
     seed: int = 0,
@@ -347,7 +440,6 @@ def build_tiny_qwen2_5_vl(
     448x448 pixels (256 tokens) to keep vLLM's encoder profiling cheap.
     """
     from transformers import (
-        GenerationConfig,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
@@ -358,34 +450,24 @@ def build_tiny_qwen2_5_vl(
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _qwen_tokenizer(extra_corpus)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    ids = _qwen_ids(tokenizer)
 
     config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": VOCAB_SIZE,
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": num_layers,
-            "num_attention_heads": num_heads,
-            "num_key_value_heads": num_heads // 2,
-            "hidden_act": "silu",
-            "max_position_embeddings": 4096,
-            "rms_norm_eps": 1e-6,
-            "initializer_range": init_std,
-            "rope_parameters": {
+        text_config=_qwen_text_config(
+            ids,
+            hidden_size,
+            num_heads,
+            num_layers,
+            init_std,
+            {
                 "rope_type": "default",
                 "rope_theta": 1000000.0,
                 "mrope_section": _mrope_section(hidden_size // num_heads),
             },
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": False,
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "max_window_layers": num_layers,
-            "dtype": "float32",
-        },
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=num_layers,
+        ),
         vision_config={
             "depth": 2,
             "hidden_size": 64,
@@ -402,37 +484,95 @@ def build_tiny_qwen2_5_vl(
             "tokens_per_second": 2,
             "initializer_range": init_std,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    vision_tokens = [ids[t] for t in QWEN_SPECIAL_TOKENS if "vision" in t or "pad" in t]
-    _save_model(Qwen2_5_VLForConditionalGeneration, config, path, seed, vision_tokens)
-    GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    ).save_pretrained(path)
+    _save_qwen_model(Qwen2_5_VLForConditionalGeneration, config, path, seed, ids)
+    _save_qwen_processor(
+        path,
+        tokenizer,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    return _finish(path)
 
-    pixels = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}
-    image_processor = Qwen2VLImageProcessor(
-        size=pixels, patch_size=14, temporal_patch_size=2, merge_size=2
+
+def build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random Qwen3-VL HF folder at ``path`` and return it.
+
+    The tokenizer and chat template of :func:`build_tiny_qwen2_5_vl`. Text: hidden 128,
+    2 layers, 4 heads (head_dim 32), 2 KV heads, vocab 512, interleaved M-RoPE with sections
+    [6, 5, 5] (Qwen3-VL's 24/20/20 scaled to head_dim / 2). Vision: depth 2, hidden 64, 2 heads,
+    patch 16, merge 2, 8x8 learned position embeddings (bilinearly interpolated to the patch
+    grid), out_hidden 128, one DeepStack level (block 0's features, merged, are added to the
+    hidden states after text layer 0). A 224x224 image gives a 14x14 patch grid -> 49 image
+    tokens; images are resized to at most 448x448 pixels (196 tokens).
+    """
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
     )
-    video_processor = Qwen2VLVideoProcessor(
-        size=pixels, patch_size=14, temporal_patch_size=2, merge_size=2
+
+    hidden_size, num_heads, head_dim = 128, 4, 32
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _qwen_tokenizer()
+    ids = _qwen_ids(tokenizer)
+
+    config = Qwen3VLConfig(
+        text_config=_qwen_text_config(
+            ids,
+            hidden_size,
+            num_heads,
+            2,
+            INIT_STD,
+            {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": _mrope_section_interleaved(head_dim),
+                "mrope_interleaved": True,
+            },
+            head_dim=head_dim,
+            attention_bias=False,
+        ),
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "hidden_act": "gelu_pytorch_tanh",
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": hidden_size,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],
+            "initializer_range": INIT_STD,
+        },
+        **_qwen_vision_token_ids(ids),
+        tie_word_embeddings=False,
     )
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=QWEN_CHAT_TEMPLATE,
+    _save_qwen_model(Qwen3VLForConditionalGeneration, config, path, seed, ids)
+    _save_qwen_processor(
+        path,
+        tokenizer,
+        Qwen3VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen3VLVideoProcessor,
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
-    processor.save_pretrained(path)
     return _finish(path)
 
 

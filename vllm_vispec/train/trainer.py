@@ -33,8 +33,9 @@ Train a draft for a target VLM with online distillation (no offline dumps).
 
 DATA files are LLaVA-style JSON (records with "image" and "conversations", images relative to
 --image-root, "<image>" marking where each goes) or ShareGPT JSON (text-only conversations).
-Every step runs the frozen TARGET (a local HF folder: Qwen2.5-VL, LLaVA-1.6 or LLaVA-1.5) for
-its hidden states and logits, then the draft; the loss is taken on the assistant answers.
+Every step runs the frozen TARGET (a local HF folder: Qwen2.5-VL, Qwen3-VL, LLaVA-1.6 or
+LLaVA-1.5) for its hidden states and logits, then the draft; the loss is taken on the assistant
+answers.
 
 Recipes (loss weights, each overridable):
   specvlm        0.1 * soft cross-entropy to the target + 1.0 * SmoothL1 on features
