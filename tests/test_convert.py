@@ -343,6 +343,10 @@ BAD_SOURCES = {
         lambda f: rewrite_config(f, vocab_size=321),
         ["embed_tokens.weight has shape [320, 64], expected [321, 64]"],
     ),
+    "nemo-automodel-export": (
+        lambda f: rewrite_config(f, architectures=["VispecDraftModel"]),
+        ["NeMo Automodel ViSpec draft", "RMSNorms", "vllm-vispec train"],
+    ),
     "bad-q-rank": (
         lambda f: rewrite_tensors(f, lambda t: t.update({"imadpt.q": torch.zeros(2, 64)})),
         ["imadpt.q has shape [2, 64]"],

@@ -153,6 +153,12 @@ def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor
             f"{src} is already in vllm-vispec format; pass it to vLLM as it is, no conversion "
             f"needed"
         )
+    if d.get("architectures") == [NEMO_ARCHITECTURE]:
+        raise CheckpointError(
+            f"{src} is a NeMo Automodel ViSpec draft: it also applies trained input and final "
+            f"RMSNorms that the released ViSpec drafts (and this plugin's draft) do not have, so "
+            f"it cannot be converted; use a released ViSpec checkpoint or `vllm-vispec train`"
+        )
     file = find_weights(src)
     tensors = read_tensors(file)
     if "imadpt.q" not in tensors:
@@ -211,6 +217,7 @@ def save_draft(
 
 
 VISION_PREFIXES = ("imadpt.", "img_fc.")
+NEMO_ARCHITECTURE = "VispecDraftModel"  # NVIDIA NeMo Automodel's ViSpec drafts (PR 3173)
 WRITTEN_BY = "vllm-vispec"  # marks EAGLE baselines we wrote, so --force may replace them
 
 
