@@ -277,12 +277,12 @@ def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
         f"Target: tiny Qwen2.5-VL ({t['recipe']['hidden_size']} hidden, "
         f"{t['recipe']['num_layers']} layers) trained from scratch for {t['steps']} steps "
         f"({t['seconds'] / 60:.1f} min). Accuracy on the held-out images (fraction of scene facts "
-        f"its greedy descriptions get right, `toy_world.score`): "
+        f"its greedy descriptions get right, `score` of the world's module): "
         f"**{result['target_accuracy']:.3f}**",
         "",
-        f"Drafts: ViSpec and EAGLE-1, same data ({b['samples']} toy conversations), recipe "
-        f"specvlm, batch {b['batch_size']}, lr {b['lr']}; one budget unit = {b['unit_steps']} "
-        f"steps.",
+        f"Drafts: ViSpec and EAGLE-1, same data ({b['samples']} conversations of the world), "
+        f"recipe specvlm, batch {b['batch_size']}, lr {b['lr']}; one budget unit = "
+        f"{b['unit_steps']} steps.",
         "",
         "| method | K | training units | mean acceptance length | per position | lossless |",
         "|---|---|---|---|---|---|",
