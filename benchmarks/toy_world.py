@@ -40,13 +40,16 @@ DRAFT_SEED = 3
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Draft training: one unit is ``unit_steps`` steps of ``batch_size`` conversations."""
+    """Draft training: one unit is ``unit_steps`` steps of ``batch_size`` conversations.
+    ``num_q``: the ViSpec drafts' adaptor queries (one global feature + num_q - 1 compressed
+    image tokens; 2 in the released drafts)."""
 
     units: tuple[int, ...] = (1, 2, 4, 8)
     unit_steps: int = 100
     batch_size: int = 8
     samples: int = 3000
     lr: float = 2e-3
+    num_q: int = 2
 
 
 def world_module(name: str) -> Any:
@@ -115,6 +118,8 @@ def train_drafts(
     for kind in ("vispec", "eagle"):
         for units in budget.units:
             out = work / "drafts" / f"{kind}-{units}u"
+            if kind == "vispec":
+                out = out.with_name(f"{out.name}-q{budget.num_q}")
             if (out / "final" / "config.json").exists():  # trained by an earlier run
                 drafts[kind, units] = out / "final"
                 continue
@@ -127,6 +132,7 @@ def train_drafts(
                     image_root=images,
                     out=out,
                     draft=kind,
+                    num_q=budget.num_q,
                     max_steps=units * budget.unit_steps,
                     batch_size=budget.batch_size,
                     lr=budget.lr,
@@ -197,17 +203,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.accuracy_only:
         return result
 
-    budget = Budget()
+    budget = Budget(num_q=args.num_q)
     if args.retrain:
         shutil.rmtree(work / "drafts", ignore_errors=True)
     drafts = train_drafts(world, target, work, budget)
-    for kind in ("vispec", "eagle"):  # the full-budget drafts ship with the repository
-        shutil.rmtree(models / kind, ignore_errors=True)
-        final = drafts[kind, max(budget.units)]
-        shutil.copytree(final, models / kind, ignore=shutil.ignore_patterns("trainer_state"))
-    result["first_step"] = first_step_by_kind(
-        world, target, {k: models / k for k in ("vispec", "eagle")}, work, args.prompts
-    )
+    finals = {kind: drafts[kind, max(budget.units)] for kind in ("vispec", "eagle")}
+    if budget.num_q == Budget.num_q:  # the released layout's full-budget drafts ship
+        for kind, final in finals.items():
+            shutil.rmtree(models / kind, ignore_errors=True)
+            shutil.copytree(final, models / kind, ignore=shutil.ignore_patterns("trainer_state"))
+    result["first_step"] = first_step_by_kind(world, target, finals, work, args.prompts)
 
     rows = []
 
@@ -257,7 +262,8 @@ def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{result['world']}_world"
+    num_q = result["budget"].get("num_q", Budget.num_q)
+    name = f"{result['world']}_world" + ("" if num_q == Budget.num_q else f"_q{num_q}")
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     rows = result["rows"]
     t, b = result["target_training"], result["budget"]
@@ -282,7 +288,7 @@ def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
         "",
         f"Drafts: ViSpec and EAGLE-1, same data ({b['samples']} conversations of the world), "
         f"recipe specvlm, batch {b['batch_size']}, lr {b['lr']}; one budget unit = "
-        f"{b['unit_steps']} steps.",
+        f"{b['unit_steps']} steps; ViSpec num_q {b.get('num_q', Budget.num_q)}.",
         "",
         "| method | K | training units | mean acceptance length | per position | lossless |",
         "|---|---|---|---|---|---|",
@@ -342,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         "--retrain", action="store_true", help="retrain the drafts (and the toy target)"
     )
     parser.add_argument("--accuracy-only", action="store_true", help="only score the target")
+    parser.add_argument(
+        "--num-q",
+        type=int,
+        default=Budget.num_q,
+        help="ViSpec adaptor queries (default 2, as released; other values write "
+        "WORLD_world_qN.* and ship no drafts)",
+    )
     parser.add_argument("--prompts", type=int, default=16, help="held-out images (default 16)")
     parser.add_argument("--max-tokens", type=int, default=192, help="per answer (default 192)")
     parser.add_argument(
