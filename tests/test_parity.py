@@ -22,6 +22,7 @@ from interpreted import run_interpreted
 from vllm import SamplingParams
 
 from vllm_vispec.checkpoint import load_draft
+from vllm_vispec.layout import image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
 
 # float32 everywhere; vLLM's CPU attention and fused ops only reorder sums (seen: <= 1.1e-6).
@@ -85,9 +86,12 @@ class FirstPassRecorder:
         hidden = torch.cat(self.hidden[req_id])[:n]
         out = torch.cat(self.draft_out[req_id])[:n]
         # The target's input embeddings at its image tokens: the encoder output's first
-        # hidden-size channels (test_qwen3_image_inputs_are_the_target_input_embeddings).
+        # hidden-size channels (test_qwen3_image_inputs_are_the_target_input_embeddings), one
+        # tensor per run of image tokens (a Qwen3-VL video has text between its frame groups).
         width = hidden.shape[1]
-        images = [self.encoder[f.identifier][:, :width] for f in features]
+        rows = [self.encoder[f.identifier][:, :width] for f in features]
+        runs = [e - s for s, e in image_spans(torch.tensor(prompt), {image_token})]
+        images = list(torch.cat(rows).split(runs)) if rows else []
         inp = DraftInput(torch.tensor(prompt + [first_token]), hidden, images, {image_token})
         return inp, out
 
@@ -175,6 +179,35 @@ def test_first_pass_matches_reference(
         logits = vllm_out[visible] @ reference.lm_head_weight.T
         ldiff = (logits - ref.logits[visible]).abs().max().item()
         assert ldiff < ATOL, f"{len(inp.image_embeds)} images: logits differ by {ldiff:.3g}"
+
+
+@pytest.mark.parametrize("name", ["qwen", "qwen3"])
+def test_first_pass_matches_reference_on_a_video(name: str, request) -> None:
+    """A video is one span of video tokens, compressed like an image (the reference draft is
+    told the video token is its image token)."""
+    from test_lossless import _video
+
+    target = request.getfixturevalue(f"{name}_target")
+    draft = request.getfixturevalue(f"{name}_draft")
+    media = "<|vision_start|><|video_pad|><|vision_end|>"
+    prompt = f"<|im_start|>user\n{media}Describe the video.<|im_end|>\n<|im_start|>assistant\n"
+    limits = {"limit_mm_per_prompt": {"image": 1, "video": 1}, "enable_prefix_caching": False}
+    with engine(target, draft, **limits) as llm:
+        recorder = FirstPassRecorder(llm)
+        (output,) = llm.generate(
+            [{"prompt": prompt, "multi_modal_data": {"video": _video(1)}}],
+            SamplingParams(temperature=0, max_tokens=2),
+            use_tqdm=False,
+        )
+    video_token = json.loads((target / "config.json").read_text())["video_token_id"]
+    inp, vllm_out = recorder.request_inputs(
+        list(output.prompt_token_ids), output.outputs[0].token_ids[0], video_token
+    )
+    assert sum(x.shape[0] for x in inp.image_embeds) >= 32  # 4 frames of 112x112 pixels
+    with torch.no_grad():
+        ref = _reference(target, draft)([inp])[0]
+    diff = (vllm_out[ref.visible] - ref.hidden_states[ref.visible]).abs().max().item()
+    assert diff < ATOL, f"hidden states differ by {diff:.3g}"
 
 
 def test_qwen3_image_inputs_are_the_target_input_embeddings(qwen3_target, qwen3_draft) -> None:

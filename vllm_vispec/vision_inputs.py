@@ -98,11 +98,39 @@ class VisionBuffers:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class ImageSpan:
-    """One image (or video) of a request: tokens [start, end) of the target sequence."""
+    """One image of a request, or one run of a video's tokens: tokens [start, end) of the
+    target sequence, fed by rows ``rows`` of the encoder output stored under ``key``.
+
+    A video whose placeholder interleaves text with its tokens (Qwen3-VL puts a timestamp
+    before each frame group) gives a span per run of video tokens, each compressed like an
+    image, exactly as the reference draft and training read the token ids.
+    """
 
     start: int
     end: int
-    key: str  # the encoder-cache identifier (image hash)
+    key: str  # the encoder-cache identifier (image or video hash)
+    rows: tuple[int, int]
+
+    @property
+    def feature_key(self) -> str:
+        """Where the adaptor output of this span is kept."""
+        return f"{self.key}:{self.rows[0]}"
+
+
+def embed_runs(is_embed: torch.Tensor | None, length: int) -> list[tuple[int, int]]:
+    """[lo, hi) runs of a placeholder's embedding positions (all of it when ``is_embed`` is
+    None)."""
+    if is_embed is None:
+        return [(0, length)]
+    flags = [bool(x) for x in is_embed.tolist()] + [False]
+    runs, lo = [], None
+    for i, flag in enumerate(flags):
+        if flag and lo is None:
+            lo = i
+        elif not flag and lo is not None:
+            runs.append((lo, i))
+            lo = None
+    return runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +143,15 @@ class RequestImages:
     @classmethod
     def from_features(cls, mm_features: Sequence[Any], num_q: int) -> RequestImages:
         """From vLLM's ``MultiModalFeatureSpec`` list of a request."""
-        spans = sorted(
-            ImageSpan(p.offset, p.offset + p.length, f.identifier)
-            for f in mm_features
-            for p in [f.mm_position]
-        )
+        spans = []
+        for f in mm_features:
+            p, row = f.mm_position, 0
+            for lo, hi in embed_runs(p.is_embed, p.length):
+                spans.append(
+                    ImageSpan(p.offset + lo, p.offset + hi, f.identifier, (row, row + hi - lo))
+                )
+                row += hi - lo
+        spans.sort()
         return cls(spans, hidden_intervals([(s.start, s.end) for s in spans], num_q))
 
 
@@ -233,9 +265,9 @@ class VisionInputsBuilder:
         # The first hidden_size channels are what the target scatters into its input embeddings;
         # Qwen3-VL's encoder output carries its DeepStack levels' features after them.
         todo = {
-            s.key: encoder_cache[s.key][:, : self.hidden_size]
+            s.feature_key: encoder_cache[s.key][s.rows[0] : s.rows[1], : self.hidden_size]
             for s in spans
-            if s.key not in self.features and s.key in encoder_cache
+            if s.feature_key not in self.features and s.key in encoder_cache
         }
         if not todo:
             return
@@ -245,7 +277,7 @@ class VisionInputsBuilder:
             self.features.put(key, value)
 
     def _feature(self, span: ImageSpan) -> torch.Tensor:
-        value = self.features.get(span.key)
+        value = self.features.get(span.feature_key)
         if value is None:
             logger.warning_once(
                 "ViSpec: the adaptor output of a prefix-cached image was evicted from the "
