@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import importlib
 import json
 import os
 import pathlib
@@ -31,8 +30,9 @@ import sys
 import time
 from typing import Any
 
+from vllm_vispec.toy import WORLDS, world_module
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORLDS = ("toy", "grounded")
 RESULTS = ROOT / "benchmarks" / "results"
 EVAL_SEED = 10_000  # held out: the target trains on seed 2, the drafts on seed 3
 DRAFT_SEED = 3
@@ -50,12 +50,6 @@ class Budget:
     samples: int = 3000
     lr: float = 2e-3
     num_q: int = 2
-
-
-def world_module(name: str) -> Any:
-    """The world's module: scenes, rendering, descriptions, ``score`` and ``fact_token``."""
-    module = "world" if name == "toy" else "grounded_world"
-    return importlib.import_module(f"vllm_vispec.toy.{module}")
 
 
 def _prompts(world: Any, n: int) -> list[tuple[dict, Any]]:

@@ -15,18 +15,17 @@ import pathlib
 import pytest
 from engines import counters, engine, greedy
 
-from vllm_vispec.toy import grounded_world, world
+from vllm_vispec.toy import WORLDS, world_module
 from vllm_vispec.toy.costly_target import build_costly_target
 
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
 TOY = MODELS / "toy"
 BENCH_SEED = 10_000  # the bench's prompt sets
-WORLDS = {"toy": world, "grounded": grounded_world}
 
 
 def _prompts(name: str, n: int) -> tuple[list[list[dict]], list]:
     """Held-out conversations of a world, and their scenes."""
-    items = WORLDS[name].prompts(n, BENCH_SEED)
+    items = world_module(name).prompts(n, BENCH_SEED)
     conversations = [
         [
             {
@@ -39,7 +38,7 @@ def _prompts(name: str, n: int) -> tuple[list[list[dict]], list]:
         ]
         for _, image, question in items
     ]
-    return conversations, [WORLDS[name].scene_from_dict(r["scene"]) for r, _, _ in items]
+    return conversations, [world_module(name).scene_from_dict(r["scene"]) for r, _, _ in items]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def costly(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(WORLDS))
+@pytest.mark.parametrize("name", WORLDS)
 def test_greedy_tokens_are_the_trained_targets(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -60,7 +59,7 @@ def test_greedy_tokens_are_the_trained_targets(
         expected = greedy(llm, conversations, max_tokens=96)
         texts = [llm.get_tokenizer().decode(ids, skip_special_tokens=True) for ids in expected]
     if name == "grounded":
-        scores = [grounded_world.score(s, t) for s, t in zip(scenes, texts, strict=True)]
+        scores = [world_module(name).score(s, t) for s, t in zip(scenes, texts, strict=True)]
         assert sum(scores) / len(scores) >= 0.9, texts
     with engine(costly) as llm:
         assert greedy(llm, conversations, max_tokens=96) == expected

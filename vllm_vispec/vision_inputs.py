@@ -17,7 +17,7 @@ import torch
 from vllm.logger import init_logger
 
 from vllm_vispec.feature_cache import FeatureCache
-from vllm_vispec.layout import draft_layout, hidden_intervals
+from vllm_vispec.layout import draft_layout, hidden_intervals, image_spans
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -117,22 +117,6 @@ class ImageSpan:
         return f"{self.key}:{self.rows[0]}"
 
 
-def embed_runs(is_embed: torch.Tensor | None, length: int) -> list[tuple[int, int]]:
-    """[lo, hi) runs of a placeholder's embedding positions (all of it when ``is_embed`` is
-    None)."""
-    if is_embed is None:
-        return [(0, length)]
-    flags = [bool(x) for x in is_embed.tolist()] + [False]
-    runs, lo = [], None
-    for i, flag in enumerate(flags):
-        if flag and lo is None:
-            lo = i
-        elif not flag and lo is not None:
-            runs.append((lo, i))
-            lo = None
-    return runs
-
-
 @dataclasses.dataclass(frozen=True)
 class RequestImages:
     """What a request's images mean to the draft; fixed for the request's lifetime."""
@@ -146,7 +130,9 @@ class RequestImages:
         spans = []
         for f in mm_features:
             p, row = f.mm_position, 0
-            for lo, hi in embed_runs(p.is_embed, p.length):
+            # Runs of the placeholder's embedding positions (flag 1); all of it without a mask.
+            runs = [(0, p.length)] if p.is_embed is None else image_spans(p.is_embed.long(), (1,))
+            for lo, hi in runs:
                 spans.append(
                     ImageSpan(p.offset + lo, p.offset + hi, f.identifier, (row, row + hi - lo))
                 )

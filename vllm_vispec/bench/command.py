@@ -386,10 +386,10 @@ def _photos() -> list[Prompt]:
 
 def _world(name: str, n: int) -> list[Prompt]:
     """Held-out scenes of a toy world (``toy`` or ``grounded``)."""
-    from vllm_vispec.toy import grounded_world, world
+    from vllm_vispec.toy import world_module
 
-    module = world if name == "toy" else grounded_world
-    return [Prompt(r["image"], image, q) for r, image, q in module.prompts(n, TOY_SEED)]
+    world = world_module(name)
+    return [Prompt(r["image"], image, q) for r, image, q in world.prompts(n, TOY_SEED)]
 
 
 def _cycle(prompts: list[Prompt], n: int) -> list[Prompt]:

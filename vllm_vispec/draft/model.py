@@ -130,9 +130,7 @@ class EagleViSpecForCausalLM(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        spec = vllm_config.speculative_config
-        assert spec is not None and spec.draft_model_config is not None
-        self.config = spec.draft_model_config.hf_config
+        self.config = _draft_hf_config(vllm_config)
         self.vispec_config = ViSpecConfig.from_hf_dict(self.config.to_dict())
         self.model = ViSpecModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
