@@ -36,11 +36,12 @@ def _check_rows(result: dict, mode: str, methods: list[str], batches: list[int])
             assert r["speedup"] == 1.0 and "drafts" not in r, where
             continue
         assert r["speedup"] > 0, where
-        assert len(r["accepted_per_pos"]) == 3, where
+        k = 29 if r["method"] in bench.TREE_METHODS else 3  # trees: positions are depths
+        assert len(r["accepted_per_pos"]) == k, where
         assert 0 <= r["accepted_tokens"] <= r["draft_tokens"], where
         if r["method"] != "ngram":  # ngram only drafts when the output repeats the prompt
             assert r["drafts"] > 0 and r["mean_acceptance_length"] >= 1.0, where
-            assert len(r["acceptance_per_pos"]) == 3, where
+            assert len(r["acceptance_per_pos"]) == k, where
     assert result["machine"]["cores"] and result["machine"]["vllm"].startswith("0.32")
 
 
@@ -60,7 +61,10 @@ def test_bench_offline_all_methods(
         "--batch-sizes", "1", "2",
         "--max-tokens", "16",
     )  # fmt: skip
-    _check_rows(result, "offline", ["no-spec", "ngram", "eagle", "vispec"], [1, 2])
+    methods = ["no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto"]
+    _check_rows(result, "offline", methods, [1, 2])
+    tree = [r for r in result["rows"] if r["method"] == "vispec-tree"]
+    assert all(r["draft_tokens"] > 4 * r["drafts"] for r in tree), "vispec-tree drafted no trees"
 
 
 @pytest.mark.slow

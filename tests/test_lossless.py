@@ -200,7 +200,7 @@ def _sampled_pit(target, speculative_config: dict, conversations: list) -> tuple
         SamplingParams(temperature=1.0, max_tokens=24, seed=1000 + i, logprobs=vocab)
         for i in range(len(conversations))
     ]
-    overrides = {"speculative_config": {**speculative_config, "num_speculative_tokens": 3}}
+    overrides = {"speculative_config": {"num_speculative_tokens": 3, **speculative_config}}
     with engine(target, max_logprobs=vocab, **overrides) as llm:
         before = counters(llm)
         outputs = llm.chat(conversations, params, use_tqdm=False)

@@ -18,9 +18,11 @@ from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_vispec import patches
+from vllm_vispec.patches import tree_runner
 from vllm_vispec.proposer import ViSpecProposer
 
 PROPOSER_SOURCE = Path(inspect.getfile(ViSpecProposer)).read_text()
+TREE_RUNNER_SOURCE = Path(inspect.getfile(tree_runner)).read_text()
 
 
 def _resolve(symbol: str) -> object:
@@ -59,7 +61,7 @@ def _assigned_attributes(cls: type) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("patch", patches.LEDGER, ids=lambda p: p.name)
+@pytest.mark.parametrize("patch", patches.LEDGER, ids=lambda p: f"{p.name}.{p.entry}")
 def test_patched_symbols_exist(patch: patches.Patch) -> None:
     for symbol in patch.upstream:
         try:
@@ -69,7 +71,22 @@ def test_patched_symbols_exist(patch: patches.Patch) -> None:
     if patch.trigger is not None:
         importlib.import_module(patch.trigger)
     module = importlib.import_module(f"vllm_vispec.patches.{patch.name}")
-    assert callable(module.apply), f"ledger entry {patch.name!r} has no apply()"
+    assert callable(getattr(module, patch.entry, None)), (
+        f"ledger entry {patch.name!r} has no {patch.entry}()"
+    )
+
+
+@pytest.mark.parametrize("symbol", sorted(patches.WRAPPED_METHODS))
+def test_wrapped_signatures(symbol: str) -> None:
+    assert _parameters(_resolve(symbol)) == patches.WRAPPED_METHODS[symbol], (
+        f"ledger WRAPPED_METHODS: vLLM's {symbol} is now {_parameters(_resolve(symbol))}; "
+        "update the tree patch that wraps it and the ledger"
+    )
+
+
+def test_every_wrapped_method_is_in_a_ledger_entry() -> None:
+    upstream = {symbol for patch in patches.LEDGER for symbol in patch.upstream}
+    assert set(patches.WRAPPED_METHODS) <= upstream
 
 
 @pytest.mark.parametrize("method", sorted(patches.PROPOSER_OVERRIDES))
@@ -101,7 +118,8 @@ def test_proposer_attributes() -> None:
 
 
 def test_runner_attributes() -> None:
-    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE))
+    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_RUNNER_SOURCE))
+    read |= set(re.findall(r"\bself\.(\w+)", TREE_RUNNER_SOURCE)) - {"_vispec_tree_step"}
     assert read <= set(patches.RUNNER_ATTRIBUTES), (
         f"the proposer reads runner attributes {sorted(read - set(patches.RUNNER_ATTRIBUTES))} "
         "that the ledger (RUNNER_ATTRIBUTES) does not list"
@@ -123,3 +141,11 @@ def test_batch_and_request_attributes(cls: type, names: tuple[str, ...]) -> None
     known = _assigned_attributes(cls)
     for name in names:
         assert name in known, f"ledger: vLLM's {cls.__name__} no longer has {name!r}"
+
+
+def test_sampling_params_attributes() -> None:
+    from vllm import SamplingParams
+
+    known = _assigned_attributes(SamplingParams)
+    for name in patches.SAMPLING_PARAMS_ATTRIBUTES:
+        assert name in known, f"ledger SAMPLING_PARAMS_ATTRIBUTES: SamplingParams has no {name!r}"

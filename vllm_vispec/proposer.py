@@ -9,7 +9,10 @@ as it is. Around it this class
   byte-bounded cache keyed by the image hash so that prefix-cache hits still find it),
 * feeds the draft raw 1-D positions, also on M-RoPE targets, so that RoPE and KV slots follow
   the raw token index (vLLM's default would use the M-RoPE temporal row),
-* pairs a partial prefill chunk's last position with the true next prompt token.
+* pairs a partial prefill chunk's last position with the true next prompt token,
+* with ``VLLM_VISPEC_TREE`` on, drafts EAGLE-2 trees (:mod:`vllm_vispec.tree`) where the step's
+  budget allows and the request's sampling can be verified on a tree, chains otherwise; after
+  a tree step the draft's first pass reads each request's accepted path as a chain.
 
 Every base method overridden here and every runner attribute read here is listed in the
 ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the installed vLLM.
@@ -23,14 +26,18 @@ import numpy as np
 import torch
 from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
 from vllm.config import VllmConfig
+from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.spec_decode.eagle import EagleProposer
 
+from vllm_vispec.draft.attention import TreePass
 from vllm_vispec.draft.model import EagleViSpecForCausalLM
 from vllm_vispec.feature_cache import FeatureCache, feature_cache_bytes
-from vllm_vispec.vision_inputs import VisionInputsBuilder
+from vllm_vispec.tree.expand import Expansion
+from vllm_vispec.tree.settings import tree_settings
+from vllm_vispec.vision_inputs import Intervals, VisionInputsBuilder
 
 if TYPE_CHECKING:
     from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
@@ -51,6 +58,24 @@ class ViSpecProposer(EagleProposer):
         # Images reach the draft through its adaptor (VisionInputs) only: vLLM's merge of the
         # chunk's image embeddings into the draft's input embeddings would never be used.
         self.supports_mm_inputs = False
+        self.tree = tree_settings()
+        # Read by the tree patches before the next step: the parents of each request's tree
+        # (root first) and how many of each request's drafts are real.
+        self.trees: dict[str, np.ndarray] = {}
+        self.draft_lengths: dict[str, int] = {}
+        # Tree rows get log-probabilities of the raw logits; processed modes take chains.
+        self._raw_logprobs = vllm_config.model_config.logprobs_mode.startswith("raw")
+        self._capture_root = False  # keep the first pass's sampled hidden states (trees)
+        self._root_hidden: torch.Tensor | None = None
+        if self.tree is not None:
+            logger.info(
+                "ViSpec: tree drafting on (%s; %d nodes), chains of %d past %d verified tokens "
+                "a step",
+                self.tree,
+                self.num_speculative_tokens,
+                self.tree.chain,
+                self.tree.tree_budget,
+            )
 
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
@@ -115,6 +140,13 @@ class ViSpecProposer(EagleProposer):
         self._run_eagerly()
         runner = self.runner
         batch = runner.input_batch
+        step = getattr(runner, "_vispec_tree_step", None)
+        if step is not None:
+            # Linear positions back, and each tree's accepted path read as a chain.
+            step.restore_positions()
+            order = step.draft_order(target_token_ids.shape[0])
+            target_token_ids = target_token_ids[order]
+            target_hidden_states = target_hidden_states[order]
         self.vision.forget_finished(runner.requests)
         self.draft.set_vision_inputs(
             self.vision.build(
@@ -126,22 +158,161 @@ class ViSpecProposer(EagleProposer):
                 runner.encoder_cache,
             )
         )
+        args = (
+            target_token_ids,
+            target_positions,
+            target_hidden_states,
+            next_token_ids,
+            token_indices_to_sample,
+            common_attn_metadata,
+            sampling_metadata,
+            mm_embed_inputs,
+            num_rejected_tokens_gpu,
+            slot_mappings,
+        )
         try:
-            return super().propose(
-                num_speculative_tokens,
-                target_token_ids,
-                target_positions,
-                target_hidden_states,
-                next_token_ids,
-                token_indices_to_sample,
-                common_attn_metadata,
-                sampling_metadata,
-                mm_embed_inputs,
-                num_rejected_tokens_gpu,
-                slot_mappings,
-            )
+            if self.tree is None:
+                return super().propose(num_speculative_tokens, *args)
+            return self._propose_trees(num_speculative_tokens, args)
         finally:
             self.draft.set_vision_inputs(None)
+
+    # -- trees ------------------------------------------------------------------------------
+
+    def _propose_trees(self, num_nodes: int, args: tuple) -> torch.Tensor:
+        """Trees for the requests that can take one when the step's budget allows, chains (or
+        nothing, past ``chain_budget``) for the rest; [B, num_nodes], cut per request by
+        :attr:`draft_lengths`."""
+        assert self.tree is not None
+        cad: CommonAttentionMetadata = args[5]
+        batch = self.runner.input_batch
+        req_ids = batch.req_ids[: batch.num_reqs]
+        mode = self.tree.mode(len(req_ids), num_nodes)
+        # Rows mid-prefill draft nothing vLLM keeps: no tree for them.
+        partial = self.runner.discard_request_mask.np[: len(req_ids)].astype(bool)
+        tree_rows = [
+            i
+            for i, r in enumerate(req_ids)
+            if mode == "tree" and not partial[i] and self._tree_ok(r)
+        ]
+        chain = 1 if mode == "off" or len(tree_rows) == int((~partial).sum()) else self.tree.chain
+        # The draft's last row per request (where its first pass samples): the tree's root.
+        rejected = args[8] if args[8] is not None else 0
+        last_pos = (cad.seq_lens[: len(req_ids)] - 1 - rejected).long()
+        block_table = cad.block_table_tensor[: len(req_ids)]
+        self._capture_root = bool(tree_rows)
+        chains = super().propose(chain, *args)
+        out = chains.new_zeros(len(req_ids), num_nodes)
+        out[:, :chain] = chains
+        length = 0 if mode == "off" else chain
+        self.draft_lengths = dict.fromkeys(req_ids, length)
+        self.trees = {}
+        if tree_rows:
+            rows = torch.tensor(tree_rows, device=out.device)
+            tokens, parents = self._expand(rows, last_pos[rows], block_table[rows], num_nodes)
+            out[rows] = torch.from_numpy(tokens).to(out)
+            for i, r in enumerate(tree_rows):
+                self.trees[req_ids[r]] = parents[i]
+                self.draft_lengths[req_ids[r]] = num_nodes
+        return out
+
+    def _tree_ok(self, req_id: str) -> bool:
+        """Whether a tree can be verified for this request with every sampling option kept
+        (options that read the drafted history or return per-token data take chains)."""
+        request = self.runner.requests[req_id]
+        params = request.sampling_params
+        if params is None:
+            return False
+        ok = (
+            params.presence_penalty == 0
+            and params.frequency_penalty == 0
+            and params.repetition_penalty == 1
+            and not params.bad_words
+            and (params.logprobs is None or self._raw_logprobs)
+            and params.allowed_token_ids is None
+            and params.min_tokens <= len(request.output_token_ids)
+            and not params.min_p
+            and params.structured_outputs is None
+            and not params.logit_bias
+        )
+        if not ok:
+            logger.info_once(
+                "ViSpec: requests with penalties, bad words, allowed tokens, logit bias, min_p, "
+                "min_tokens, structured output or processed logprobs draft chains, not trees"
+            )
+        return ok
+
+    def _sample_draft_tokens(
+        self, hidden_states: torch.Tensor, sampling_metadata: SamplingMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """vLLM's, keeping the first pass's sampled hidden states for a tree expansion."""
+        if self._capture_root:
+            self._root_hidden, self._capture_root = hidden_states, False
+        return super()._sample_draft_tokens(hidden_states, sampling_metadata)
+
+    def _expand(
+        self, rows: torch.Tensor, last_pos: torch.Tensor, block_table: torch.Tensor, num_nodes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """EAGLE-2 expansion for the batch rows ``rows``; tokens [R, num_nodes] and parents
+        [R, num_nodes + 1] (root first), depth-first."""
+        assert self.tree is not None and self._root_hidden is not None
+        k, depth, draft = self.tree.top_k, self.tree.depth, self.draft
+        hidden = self._root_hidden[rows]
+        self._root_hidden = None
+        expansion = Expansion(self._logprobs(hidden), k)
+        r = rows.shape[0]
+        # Pass p writes its k nodes at the k raw indices after the previous pass's.
+        slot_index = last_pos[:, None] + 1 + torch.arange(depth * k, device=rows.device)
+        bs = self.block_size
+        blocks = torch.gather(block_table, 1, (slot_index // bs).to(block_table.dtype))
+        slots = (blocks * bs + slot_index % bs).long()
+        attention = draft.model.layers[0].self_attn
+        cu = torch.arange(r + 1, device=rows.device, dtype=torch.int32) * k
+        for p in range(depth):
+            tokens, masks = expansion.next_pass()
+            draft.vision_buffers.tree_rows(rows, k)
+            attention.tree_pass = TreePass(
+                slots=slots[:, p * k : (p + 1) * k].reshape(-1),
+                query_start_loc=cu,
+                block_table=block_table,
+                context_lens=last_pos + 1,
+                node_pos=slot_index,
+                row_masks=masks.reshape(-1),
+                hidden=self._tree_hidden(rows),
+            )
+            try:
+                with set_forward_context(None, self.vllm_config, skip_compiled=True):
+                    out, _ = draft(
+                        input_ids=tokens.reshape(-1).int(),
+                        positions=(last_pos + 1 + p).repeat_interleave(k),
+                        hidden_states=hidden.repeat_interleave(k, 0) if p == 0 else hidden,
+                    )
+            finally:
+                attention.tree_pass = None
+            expansion.grow(self._logprobs(out))
+            # The next frontier's inputs: each node's parent's output.
+            hidden = out.view(r, k, -1)[
+                torch.arange(r, device=rows.device)[:, None], expansion.frontier_parent
+            ].reshape(r * k, -1)
+        return expansion.select(num_nodes)
+
+    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.draft.compute_logits(hidden).float().log_softmax(dim=-1)
+
+    def _tree_hidden(self, rows: torch.Tensor) -> Intervals:
+        """The hidden context positions of the rows' requests (none with the mark)."""
+        intervals = self.draft.vision_buffers.hidden_intervals
+        if intervals is None:
+            empty = rows.new_zeros(0, dtype=torch.int32)
+            return empty, empty, rows.new_zeros(rows.shape[0] + 1, dtype=torch.int32)
+        start, end, cu = intervals
+        first, counts = cu[rows].long(), (cu[rows + 1] - cu[rows]).long()
+        new_cu = torch.zeros(rows.shape[0] + 1, dtype=torch.long, device=rows.device)
+        new_cu[1:] = counts.cumsum(0)
+        within = torch.arange(int(new_cu[-1]), device=rows.device)
+        within -= torch.repeat_interleave(new_cu[:-1], counts)
+        picked = torch.repeat_interleave(first, counts) + within
+        return start[picked], end[picked], new_cu.int()
 
     def prepare_next_token_ids_padded(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 from vllm_vispec import checkpoint
 from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
 from vllm_vispec.feature_cache import feature_cache_bytes
+from vllm_vispec.tree.settings import TREE_ENV, TreeSettings, tree_settings
 
 SUPPORTED_TARGETS = (
     "Qwen2_5_VLForConditionalGeneration",
@@ -83,7 +84,13 @@ def validate(vllm_config: Any) -> None:
     if problem:
         raise ViSpecConfigError(problem)
     k = spec.num_speculative_tokens
-    if not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+    try:
+        tree = tree_settings()
+    except ValueError as e:
+        raise ViSpecConfigError(str(e)) from None
+    if tree is not None:
+        _check_trees(tree, vllm_config)
+    elif not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise ViSpecConfigError(
             f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for ViSpec "
             f"drafts (got {k}); 3-5 is usually best"
@@ -111,6 +118,33 @@ def validate(vllm_config: Any) -> None:
         feature_cache_bytes()
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
+
+
+def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
+    """What tree verification needs beyond a chain's."""
+    try:
+        tree.check(vllm_config.speculative_config.num_speculative_tokens)
+    except ValueError as e:
+        raise ViSpecConfigError(str(e)) from None
+    if vllm_config.scheduler_config.async_scheduling:
+        raise ViSpecConfigError(
+            f"{TREE_ENV} needs synchronous scheduling (the next step's positions depend on "
+            "which tree nodes were accepted); pass --no-async-scheduling"
+        )
+    text = vllm_config.model_config.hf_config.get_text_config()
+    if getattr(text, "use_sliding_window", False):
+        raise ViSpecConfigError(
+            f"{TREE_ENV} cannot verify trees on a target with sliding-window attention; unset "
+            f"{TREE_ENV} to draft chains"
+        )
+    from vllm.platforms import current_platform
+
+    backend = vllm_config.attention_config.backend
+    if not current_platform.is_cpu() and getattr(backend, "name", backend) != "TRITON_ATTN":
+        raise ViSpecConfigError(
+            f"{TREE_ENV} verifies trees with vLLM's Triton attention backend on GPUs; pass "
+            "--attention-backend TRITON_ATTN"
+        )
 
 
 def tensor_parallel_problem(num_heads: int, num_kv_heads: int, tp: int) -> str | None:

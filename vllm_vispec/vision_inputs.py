@@ -89,6 +89,13 @@ class VisionBuffers:
         self.hidden_intervals = inputs.hidden_intervals
         self._written = max(n, self.max_reqs)
 
+    def tree_rows(self, requests: torch.Tensor, top_k: int) -> None:
+        """Rows of a tree pass: ``top_k`` text nodes per request of ``requests`` (batch rows)."""
+        n = requests.shape[0] * top_k
+        self.global_rows[:n].copy_(self.step_global_rows[requests].repeat_interleave(top_k, 0))
+        self.compressed[:n].zero_()
+        self.hidden[:n].zero_()
+
     def advance(self) -> None:
         """After a forward: the later steps' rows (one per request) take the first rows."""
         self.global_rows[: self.max_reqs].copy_(self.step_global_rows)

@@ -2,8 +2,11 @@
 
 Runs one target on the same image + question prompts with every method in one go, so the figures
 are comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EAGLE with a
-plain EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft). A method whose draft
-is not given is skipped (--methods picks a subset). Each method runs at every batch size (the
+plain EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as
+vispec-tree (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and
+vispec-auto (the plugin's default policy: trees at small batches, chains of the tree settings'
+`chain` length past their `tree_budget`). A method whose draft is not given is skipped
+(--methods picks a subset). Each method runs at every batch size (the
 number of concurrent requests) in two modes:
 
   offline  vllm.LLM in this process: one engine per method, reused across batch sizes; a batch
@@ -18,9 +21,10 @@ per method and batch size: output tokens/s (all output tokens / wall time of the
 time per output token (per request: (last token - first token) / (tokens - 1)), mean end-to-end
 latency per request, speedup (tokens/s over no speculation's at the same batch size and mode),
 mean acceptance length (1 + accepted / drafts) and acceptance rate per draft position
-(accepted at position i / drafts), both from vLLM's vllm:spec_decode_* counters read before and
-after the timed batch, and "lossless": whether every greedy answer is token-identical to no
-speculation's at the same batch size and mode (n/a when --temperature > 0).
+(accepted at position i / drafts; for trees position = depth; trailing zeros left out), both
+from vLLM's vllm:spec_decode_* counters read before and after the timed batch, and "lossless":
+whether every greedy answer is token-identical to no speculation's at the same batch size and
+mode (n/a when --temperature > 0).
 
 Prompt sets (--prompts):
   photos   real photos shipped with installed packages (no download): matplotlib's
@@ -52,6 +56,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +68,9 @@ example:
     --eagle-draft eagle-qwen7b --batch-sizes 1 4 16 --max-tokens 256 --out results/qwen7b"""
 
 MODES = ("offline", "serve")
-SPEC_METHODS = ("ngram", "eagle", "vispec")
+SPEC_METHODS = ("ngram", "eagle", "vispec", "vispec-tree", "vispec-auto")
+# ViSpec with VLLM_VISPEC_TREE: trees at every batch size, or the default tree/chain policy.
+TREE_METHODS = {"vispec-tree": "tree_budget=1000000", "vispec-auto": ""}
 PROMPT_SETS = ("photos", "toy", "grounded")
 BASELINE = "no-spec"
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
@@ -159,6 +166,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--k", type=int, default=3, help="num_speculative_tokens of every method (default 3)"
     )
     parser.add_argument(
+        "--tree",
+        default="on",
+        metavar="SETTINGS",
+        help="VLLM_VISPEC_TREE of the tree methods (vispec-tree drafts trees at every batch "
+        "size, vispec-auto switches to chains past tree_budget; default 'on': ViSpec's depth 3, "
+        "top_k 8)",
+    )
+    parser.add_argument(
+        "--tree-nodes",
+        type=int,
+        default=29,
+        help="num_speculative_tokens of the tree methods: nodes per tree (default 29, "
+        "ViSpec's total_token 30)",
+    )
+    parser.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
     )
     parser.add_argument(
@@ -219,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             kwargs = _engine_kwargs(args, spec, engine_args)
             measure = _offline if mode == "offline" else _serve
             _logger().info("bench %s %s: batch sizes %s", mode, name, args.batch_sizes)
-            mode_rows += measure(args, name, kwargs, prompts)
+            with _tree_environment(_tree_env(args, name)):
+                mode_rows += measure(args, name, kwargs, prompts)
         rows += _compare(mode_rows, args.temperature)
     result = {
         "command": shlex.join(sys.argv),
@@ -230,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {
             "target": str(pathlib.Path(args.target).resolve()),
             "methods": {name: spec for name, spec in methods},
+            "tree": {name: _tree_env(args, name) for name in TREE_METHODS},
             "prompts": args.prompts,
             "prompt_list": [{"image": p.image_name, "question": p.question} for p in prompts],
             "batch_sizes": args.batch_sizes,
@@ -279,7 +303,7 @@ def _methods(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
         )
     drafts = {
         "eagle": ("--eagle-draft", args.eagle_draft),
-        "vispec": ("--vispec-draft", args.vispec_draft),
+        **{m: ("--vispec-draft", args.vispec_draft) for m in ("vispec", *TREE_METHODS)},
     }
     methods: list[tuple[str, dict | None]] = [(BASELINE, None)]
     for name in SPEC_METHODS:
@@ -296,9 +320,45 @@ def _methods(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
             continue
         if not (pathlib.Path(folder) / "config.json").is_file():
             raise BenchError(f"{flag} {folder}: no config.json (not a draft folder)")
-        spec = {"method": "eagle", "model": str(folder), "num_speculative_tokens": args.k}
+        k = args.tree_nodes if name in TREE_METHODS else args.k
+        spec = {"method": "eagle", "model": str(folder), "num_speculative_tokens": k}
         methods.append((name, spec))
+    if any(name in TREE_METHODS for name, _ in methods):
+        from vllm_vispec.tree.settings import tree_settings
+
+        try:
+            with _tree_environment(_tree_env(args, "vispec-tree")):
+                settings = tree_settings()
+            assert settings is not None
+            settings.check(args.tree_nodes)
+        except (ValueError, AssertionError) as e:
+            raise BenchError(f"--tree {args.tree!r}, --tree-nodes {args.tree_nodes}: {e}") from None
     return methods
+
+
+def _tree_env(args: argparse.Namespace, method: str) -> str | None:
+    """VLLM_VISPEC_TREE for a method (None: unset, chains)."""
+    if method not in TREE_METHODS:
+        return None
+    extra = TREE_METHODS[method]
+    base = "" if args.tree.strip().lower() in ("on", "1", "true", "yes") else args.tree
+    return ",".join(x for x in (base, extra) if x) or "on"
+
+
+@contextlib.contextmanager
+def _tree_environment(value: str | None) -> Iterator[None]:
+    """VLLM_VISPEC_TREE set to ``value`` (None: unset) while engines of one method run."""
+    from vllm_vispec.tree.settings import TREE_ENV
+
+    old = os.environ.pop(TREE_ENV, None)
+    if value is not None:
+        os.environ[TREE_ENV] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(TREE_ENV, None)
+        if old is not None:
+            os.environ[TREE_ENV] = old
 
 
 def _parse_engine_args(items: list[str]) -> dict[str, Any]:
@@ -668,7 +728,9 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in result["rows"] if r["mode"] == mode):
-            per_pos = r.get("acceptance_per_pos")
+            per_pos = list(r.get("acceptance_per_pos") or [])
+            while per_pos and per_pos[-1] == 0:
+                per_pos.pop()
             lossless = {True: "yes", False: f"**no** {r['differing_requests']}", None: "n/a"}
             lines.append(
                 f"| {r['method']} | {r['batch']} | {r['tok_per_s']:.1f} "
@@ -687,6 +749,7 @@ def plot(result: dict[str, Any], out: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     modes = list(dict.fromkeys(r["mode"] for r in result["rows"]))
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
@@ -709,6 +772,8 @@ def plot(result: dict[str, Any], out: pathlib.Path) -> None:
                     accepted = [
                         sum(col) for col in zip(*(r["accepted_per_pos"] for r in rows), strict=True)
                     ]
+                    while len(accepted) > 1 and accepted[-1] == 0:
+                        accepted.pop()
                     xs = list(range(1, len(accepted) + 1))
                     ys = [a / drafts for a in accepted]
                 ax.plot(xs, ys, "o-", color=f"C{i}", label=method)
@@ -717,8 +782,8 @@ def plot(result: dict[str, Any], out: pathlib.Path) -> None:
                 ax.set_xticks(batches, [str(b) for b in batches])
                 ax.set_xlabel("batch size (concurrent requests)")
             else:
-                ax.set_xticks(range(1, result["config"]["k"] + 1))
-                ax.set_xlabel("draft position")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+                ax.set_xlabel("draft position (trees: depth)")
                 ax.set_ylim(0, 1.05)
             ax.set_ylabel(ylabel)
             ax.set_title(mode)

@@ -10,6 +10,8 @@ and later prefill chunks see it. ``triton`` / ``torch``: vLLM's backend writes t
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,9 +33,25 @@ from vllm_vispec.draft.attention_mode import (
     padded_head_size,
 )
 from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
+from vllm_vispec.kernels.tree import tree_paged_attention
 from vllm_vispec.vision_inputs import Intervals
 
 HIDDEN_SCORE = 30000.0
+
+
+@dataclasses.dataclass
+class TreePass:
+    """One tree-expansion pass of the draft: each query row is a tree node that sees its
+    request's context and its ancestors among the nodes already run (see
+    :func:`vllm_vispec.kernels.tree_paged_attention` for the fields)."""
+
+    slots: torch.Tensor  # [n] where each row's K/V is written
+    query_start_loc: torch.Tensor
+    block_table: torch.Tensor
+    context_lens: torch.Tensor
+    node_pos: torch.Tensor
+    row_masks: torch.Tensor
+    hidden: Intervals  # the context's hidden image positions (empty with the mark)
 
 
 class ViSpecAttention(nn.Module):
@@ -65,6 +83,8 @@ class ViSpecAttention(nn.Module):
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
         self.hidden_intervals: Intervals | None = None
+        # Set by the proposer around the (eager) passes of a tree expansion.
+        self.tree_pass: TreePass | None = None
         self.o_proj = RowParallelLinear(
             self.total_num_heads * self.head_dim,
             cfg.hidden_size,
@@ -120,7 +140,9 @@ class ViSpecAttention(nn.Module):
             self._pad(k, self.num_kv_heads),
             self._pad(v, self.num_kv_heads),
         )
-        if self.mode == "mark":
+        if self.tree_pass is not None:
+            out = self._attend_tree(q, k, v, self.tree_pass)
+        elif self.mode == "mark":
             q[:, :, self.head_dim] = 1.0
             k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
             out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
@@ -128,6 +150,30 @@ class ViSpecAttention(nn.Module):
         else:
             out = self._attend_skipping(q, k, v)
         return self.o_proj(out.flatten(1))[0]
+
+    def _attend_tree(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree: TreePass
+    ) -> torch.Tensor:
+        """Write the nodes' K/V at their slots, then attend with the tree mask (the mark's
+        channel: 1 in queries, 0 in the nodes' keys, so hidden context slots stay hidden)."""
+        if self.mode == "mark":
+            q[:, :, self.head_dim] = 1.0
+        layer = self.attn
+        layer.impl.do_kv_cache_update(layer, k, v, layer.kv_cache, tree.slots)
+        k_cache, v_cache = split_kv_cache(layer.kv_cache, getattr(layer, "isa", None))
+        out = tree_paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            tree.query_start_loc,
+            tree.block_table,
+            tree.context_lens,
+            tree.node_pos,
+            tree.row_masks,
+            *tree.hidden,
+            self.scale,
+        )
+        return out[..., : self.head_dim]
 
     def _attend_skipping(
         self,

@@ -29,6 +29,7 @@ class Patch:
     how: str
     reference: str  # upstream issue, PR or discussion
     remove_when: str
+    entry: str = "apply"  # the function of that module the trigger calls
 
 
 LEDGER: tuple[Patch, ...] = (
@@ -62,6 +63,51 @@ LEDGER: tuple[Patch, ...] = (
         how="EagleProposer.__new__ returns ViSpecProposer when the draft is a ViSpec draft",
         reference="vLLM 'custom_class' proposers get no hidden states or KV (0.32)",
         remove_when="vLLM lets a plugin register a model-based proposer class",
+    ),
+    Patch(
+        name="tree_runner",
+        upstream=(
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._model_forward",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids",
+        ),
+        trigger="vllm.v1.worker.gpu_model_runner",
+        why="vLLM 0.32 verifies chains only: tree nodes need positions root + depth, a tree "
+        "walk instead of the chain's first mismatch, the accepted nodes' KV next to the root, "
+        "and per-request draft lengths (tree, chain or none)",
+        how="wraps _prepare_inputs (node positions after slots are computed), _model_forward "
+        "(marks the forward that verifies trees), _sample (rejection sampler as always, then "
+        "each tree's rows from the walk and the KV compaction), take_draft_token_ids (cuts "
+        "each request's drafts to its length); nothing changes in steps without trees",
+        reference="vLLM PR 20401 (tree drafting, chain-only verification), PR 22752 (tree "
+        "sampler, unmerged), PR 42121 (removed both)",
+        remove_when="vLLM verifies draft trees itself (per-request trees, lossless sampling)",
+    ),
+    Patch(
+        name="tree_attention",
+        upstream=("vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",),
+        trigger="vllm.v1.attention.backends.cpu_attn",
+        why="the CPU attention kernel takes no custom mask; tree rows must see only their "
+        "ancestors",
+        how="after the backend's own forward, rows of requests verifying trees are recomputed "
+        "by vllm_vispec.kernels.tree_paged_attention (PyTorch on CPU), only inside a target "
+        "forward that verifies trees",
+        reference="vLLM's cpu_attn has no mask argument (0.32)",
+        remove_when="vLLM's CPU attention accepts per-request tree masks",
+        entry="apply_cpu",
+    ),
+    Patch(
+        name="tree_attention",
+        upstream=("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",),
+        trigger="vllm.v1.attention.backends.triton_attn",
+        why="Triton attention has one qq_bias for the whole batch (unused in 0.32); tree rows "
+        "of each request need their own ancestor mask",
+        how="as for CPU, with the Triton tree kernel on the GPU (the causal rows are computed "
+        "and overwritten: simple, not yet the fastest)",
+        reference="vLLM PR 20401 (qq_bias), PR 42121 (tree attention backend removed)",
+        remove_when="vLLM's Triton attention takes per-request tree masks",
+        entry="apply_triton",
     ),
     Patch(
         name="cpu_sampler",
@@ -104,22 +150,70 @@ PROPOSER_OVERRIDES: dict[str, str] = {
     "discard_request_mask)",
     "set_inputs_first_pass": "(self, target_token_ids, next_token_ids, target_positions, "
     "target_hidden_states, token_indices_to_sample, cad, num_rejected_tokens_gpu)",
+    "_sample_draft_tokens": "(self, hidden_states, sampling_metadata)",
+}
+
+# vLLM methods the tree patches wrap -> vLLM 0.32's parameters (the wrappers pass them on).
+WRAPPED_METHODS: dict[str, str] = {
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs": "(self, "
+    "scheduler_output, num_scheduled_tokens)",
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._model_forward": "(self, input_ids=None, "
+    "positions=None, intermediate_tensors=None, inputs_embeds=None, **model_kwargs)",
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample": "(self, logits, "
+    "spec_decode_metadata)",
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids": "(self)",
+    "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward": "(self, layer, "
+    "query, key, value, kv_cache, attn_metadata, output, output_scale=None, "
+    "output_block_scale=None)",
+    "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward": "(self, layer, "
+    "query, key, value, kv_cache, attn_metadata, output, output_scale=None, "
+    "output_block_scale=None)",
 }
 
 # Proposer state of vLLM's base class that ViSpecProposer reads or writes.
-PROPOSER_ATTRIBUTES = ("model", "positions", "hidden_size", "dtype", "device", "supports_mm_inputs")
-# GPUModelRunner attributes the proposer reads (``self.runner.X`` / ``runner.X``).
+PROPOSER_ATTRIBUTES = (
+    "model",
+    "positions",
+    "hidden_size",
+    "dtype",
+    "device",
+    "supports_mm_inputs",
+    "block_size",
+    "num_speculative_tokens",
+    "vllm_config",
+)
+# GPUModelRunner attributes the proposer and the tree patches read (``runner.X``; ``self.X``
+# in tree_runner's wrappers).
 RUNNER_ATTRIBUTES = (
     "discard_request_mask",
+    "drafter",
     "encoder_cache",
     "input_batch",
+    "mrope_positions",
     "optimistic_seq_lens_cpu",
     "positions",
+    "query_start_loc",
+    "rejection_sampler",
     "requests",
+    "speculative_config",
+    "uses_mrope",
 )
 # InputBatch and CachedRequestState attributes the proposer reads.
 INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_cpu", "num_reqs", "req_ids")
-REQUEST_STATE_ATTRIBUTES = ("get_token_id", "mm_features")
+REQUEST_STATE_ATTRIBUTES = ("get_token_id", "mm_features", "output_token_ids", "sampling_params")
+# SamplingParams fields that decide whether a request's drafts can be a tree.
+SAMPLING_PARAMS_ATTRIBUTES = (
+    "allowed_token_ids",
+    "bad_words",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "min_p",
+    "min_tokens",
+    "presence_penalty",
+    "repetition_penalty",
+    "structured_outputs",
+)
 
 
 def install() -> None:
@@ -128,8 +222,8 @@ def install() -> None:
     for patch in LEDGER:
         module = importlib.import_module(f"{__name__}.{patch.name}")
         if patch.trigger is not None:
-            patch_module(patch.trigger, module.apply)
-        elif _cpu_without_triton() and module.apply():
+            patch_module(patch.trigger, getattr(module, patch.entry))
+        elif _cpu_without_triton() and getattr(module, patch.entry)():
             applied.append(patch.name)
     if applied:
         from vllm.logger import init_logger

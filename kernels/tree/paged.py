@@ -1,0 +1,274 @@
+"""Triton tree attention over the paged cache: the context unmasked, the tree nodes bit-masked.
+
+One program per (request, block of query rows, KV head), the query heads of a GQA group stacked
+as rows, so one pass over the context pages serves every row and head of the block. Rows only
+differ in which tree nodes they see; the context is visible to all of them. So the mask is one
+int64 per row (bit j: sees node j, a tree has at most 64 nodes), loaded once and bit-tested in
+the kernel, rather than a dense [Q, context + Q] mask whose context part is all ones anyway.
+
+The context loop is the draft kernel's: walk the visible runs between hidden intervals, never
+loading pages that are wholly hidden. Then the nodes' K/V are gathered by position (up to 64
+columns, one tile) and folded into the same online softmax under each row's bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton import dot_precision, upcast_dot_operands
+
+
+@triton.jit
+def _attend(
+    q,
+    k,
+    v,
+    seen,
+    m_run,
+    l_run,
+    acc,
+    scale_log2,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """One online-softmax step of rows ``q`` over keys ``k`` [HD, N] / values ``v`` [N, HD]."""
+    if UPCAST:
+        k = k.to(tl.float32)
+    s = tl.dot(q, k, input_precision=PRECISION) * scale_log2
+    s = tl.where(seen, s, float("-inf"))
+    m_new = tl.maximum(m_run, tl.max(s, axis=1))
+    # A row that has seen no visible key yet keeps m = -inf: subtract 0 instead.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_run - m_safe)
+    l_run = l_run * alpha + tl.sum(p, axis=1)
+    p = p.to(v.dtype)
+    if UPCAST:
+        p = p.to(tl.float32)
+        v = v.to(tl.float32)
+    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+    return m_new, l_run, acc
+
+
+@triton.jit
+def _tree_attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    query_start_ptr,
+    block_table_ptr,
+    context_lens_ptr,
+    node_pos_ptr,
+    row_masks_ptr,
+    hidden_start_ptr,
+    hidden_end_ptr,
+    cu_hidden_ptr,
+    scale_log2,
+    head_dim,
+    num_nodes,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_vd,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    stride_nb,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    HD_PAD: tl.constexpr,
+    PAGE: tl.constexpr,
+    NODES_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    req = tl.program_id(0)
+    q_block = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    q_start = tl.load(query_start_ptr + req)
+    q_len = tl.load(query_start_ptr + req + 1) - q_start
+    if q_block * BLOCK_Q >= q_len:
+        return
+    context = tl.load(context_lens_ptr + req)
+
+    rows = tl.arange(0, BLOCK_Q * GROUP_PAD)
+    q_idx = q_block * BLOCK_Q + rows // GROUP_PAD
+    head = kv_head * GROUP + rows % GROUP_PAD
+    q_ok = q_idx < q_len
+    row_mask = q_ok & (rows % GROUP_PAD < GROUP)
+    dims = tl.arange(0, HD_PAD)
+    d_mask = dims < head_dim
+    q_tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_tok[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
+        mask=row_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_run = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), dtype=tl.float32)
+    l_run = tl.zeros([BLOCK_Q * GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HD_PAD], dtype=tl.float32)
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    table = block_table_ptr + req.to(tl.int64) * stride_bt
+
+    # Context: every row sees every visible position, so no per-row mask.
+    offs = tl.arange(0, PAGE)
+    first_hidden = tl.load(cu_hidden_ptr + req)
+    n_hidden = tl.load(cu_hidden_ptr + req + 1) - first_hidden
+    run_lo = 0  # visible run i spans [end of hidden i-1, start of hidden i)
+    for i in range(0, n_hidden + 1):
+        has_next = i < n_hidden
+        run_hi = tl.load(hidden_start_ptr + first_hidden + i, mask=has_next, other=context)
+        run_hi = tl.minimum(run_hi, context)
+        if run_lo < run_hi:
+            for page in range(run_lo // PAGE, tl.cdiv(run_hi, PAGE)):
+                block = tl.load(table + page).to(tl.int64)
+                pos = page * PAGE + offs
+                valid = (pos >= run_lo) & (pos < run_hi)
+                k = tl.load(
+                    k_head
+                    + block * stride_kb
+                    + offs[None, :] * stride_ks
+                    + dims[:, None] * stride_kd,
+                    mask=valid[None, :] & d_mask[:, None],
+                    other=0.0,
+                )
+                v = tl.load(
+                    v_head
+                    + block * stride_vb
+                    + offs[:, None] * stride_vs
+                    + dims[None, :] * stride_vd,
+                    mask=valid[:, None] & d_mask[None, :],
+                    other=0.0,
+                )
+                m_run, l_run, acc = _attend(
+                    q, k, v, valid[None, :], m_run, l_run, acc, scale_log2, PRECISION, UPCAST
+                )
+        run_lo = tl.load(hidden_end_ptr + first_hidden + i, mask=has_next, other=context)
+
+    # Tree nodes: one tile of up to 64 columns, gathered by position, each row under its bits.
+    cols = tl.arange(0, NODES_PAD)
+    bits = tl.load(row_masks_ptr + q_tok, mask=q_ok, other=0)  # int64, bit 63 included
+    seen = ((bits[:, None] >> cols[None, :].to(tl.int64)) & 1) == 1
+    seen = seen & (cols < num_nodes)[None, :]
+    used = tl.max(seen.to(tl.int32), axis=0) > 0  # nodes no row of this block sees: not read
+    node = tl.load(node_pos_ptr + req.to(tl.int64) * stride_nb + cols, mask=used, other=0)
+    block = tl.load(table + node // PAGE, mask=used, other=0).to(tl.int64)
+    slot = node % PAGE
+    k = tl.load(
+        k_head + block[None, :] * stride_kb + slot[None, :] * stride_ks + dims[:, None] * stride_kd,
+        mask=used[None, :] & d_mask[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        v_head + block[:, None] * stride_vb + slot[:, None] * stride_vs + dims[None, :] * stride_vd,
+        mask=used[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    m_run, l_run, acc = _attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
+
+    out = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]  # no visible key: acc is 0
+    tl.store(
+        o_ptr + q_tok[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & d_mask[None, :],
+    )
+
+
+def tree_paged_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    block_table: torch.Tensor,
+    context_lens: torch.Tensor,
+    node_pos: torch.Tensor,
+    row_masks: torch.Tensor,
+    hidden_start: torch.Tensor,
+    hidden_end: torch.Tensor,
+    cu_hidden: torch.Tensor,
+    scale: float,
+    *,
+    max_query_len: int | None = None,
+) -> torch.Tensor:
+    """Triton version of :func:`~.naive.naive_tree_paged_attention` (same arguments).
+
+    ``max_query_len`` (most rows of a request in the batch) avoids a device sync when given.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1:3]
+    out = q.new_empty(q.shape)
+    batch = context_lens.numel()
+    if num_tokens == 0 or batch == 0:
+        return out
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
+    if hidden_start.numel() == 0:  # masked loads still need a real pointer
+        hidden_start = hidden_end = torch.zeros(1, dtype=torch.int32, device=q.device)
+    num_nodes = node_pos.shape[1]
+    if num_nodes == 0:
+        node_pos = torch.zeros(batch, 1, dtype=torch.int32, device=q.device)
+    # One integer type for the loop-carried run bounds (no-ops for vLLM's int32 metadata).
+    query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden, node_pos = (
+        t.to(torch.int32).contiguous()
+        for t in (query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden, node_pos)
+    )
+    row_masks = row_masks.to(torch.int64).contiguous()
+    group = num_heads // num_kv_heads
+    group_pad = triton.next_power_of_2(group)
+    hd_pad = triton.next_power_of_2(head_dim)
+    # Rows = queries x heads of a group: all of a request's rows in one program while they fit in
+    # 128 (64 for head dims above 128, to bound registers); at least 16 for tl.dot.
+    max_rows = 128 if hd_pad <= 128 else 64
+    block_q = min(triton.next_power_of_2(max_query_len), max(1, max_rows // group_pad))
+    block_q = max(block_q, triton.cdiv(16, group_pad))
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    grid = (batch, triton.cdiv(max_query_len, block_q), num_kv_heads)
+    _tree_attention_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        query_start_loc,
+        block_table,
+        context_lens,
+        node_pos,
+        row_masks,
+        hidden_start,
+        hidden_end,
+        cu_hidden,
+        scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
+        head_dim,
+        num_nodes,
+        q.stride(0),
+        q.stride(1),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        out.stride(0),
+        out.stride(1),
+        block_table.stride(0),
+        node_pos.stride(0),
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        BLOCK_Q=block_q,
+        HD_PAD=hd_pad,
+        PAGE=block_size,
+        NODES_PAD=max(16, triton.next_power_of_2(num_nodes)),
+        PRECISION=dot_precision(q.dtype),
+        UPCAST=upcast_dot_operands(q.dtype),
+        num_warps=8 if block_q * group_pad * hd_pad >= 128 * 128 else 4,
+    )
+    return out

@@ -1,0 +1,322 @@
+"""Tree drafting and tree verification (``VLLM_VISPEC_TREE``) never change what the target says.
+
+Pure parts first (seconds): the tree walk against a brute-force enumeration of root-to-node
+paths, ancestor rows and depths, the EAGLE-2 expansion's choice of nodes. Then real engines:
+greedy token identity with no speculation for mixed batches (0/1/2 images) on an M-RoPE and a
+1-D-position target and with the attention that skips hidden slots, prefill chunks splitting
+images, prefix-cache hits, preemption, trees and chains in one batch; the target's committed KV
+equal to a run without speculation; and temperature-1 draws from the target's distribution.
+Every engine case checks that trees were drafted and some of their nodes accepted.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from engines import MIXED_BATCH, counters, engine, runner
+from test_lossless import _sampled_pit
+from vllm import SamplingParams
+from vllm_vispec.kernels import split_kv_cache
+
+from vllm_vispec.tree.expand import Expansion
+from vllm_vispec.tree.settings import TREE_ENV, TreeSettings, tree_settings
+from vllm_vispec.tree.walk import ancestor_masks, node_depths, walk_tree
+
+TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
+# Trees at every batch size (the default budget would draft chains past 2 requests).
+ALWAYS = "tree_budget=100000"
+
+
+def _random_tree(rng: np.random.Generator, n: int, vocab: int) -> tuple[list[int], list[int]]:
+    """Parents (root first, topological) and node tokens, distinct among siblings."""
+    parents, tokens = [-1], [0]
+    for i in range(1, n):
+        p = int(rng.integers(0, i))
+        used = {tokens[c] for c in range(1, i) if parents[c] == p}
+        free = [t for t in range(vocab) if t not in used]
+        if not free:
+            break
+        parents.append(p)
+        tokens.append(int(rng.choice(free)))
+    return parents, tokens
+
+
+def _brute_force_walk(parents, tokens, picks) -> tuple[list[int], list[int]]:
+    """The deepest node whose every edge matches the target's pick at its parent."""
+    best = [0]
+    for v in range(len(parents)):
+        path = [v]
+        while parents[path[0]] >= 0:
+            path.insert(0, parents[path[0]])
+        if all(picks[a] == tokens[b] for a, b in zip(path, path[1:], strict=False)):
+            if len(path) > len(best):
+                best = path
+    out = [tokens[best[i + 1]] for i in range(len(best) - 1)] + [picks[best[-1]]]
+    return out, best
+
+
+def test_walk_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, vocab = int(rng.integers(1, 12)), int(rng.integers(2, 5))
+        trees = [_random_tree(rng, n, vocab) for _ in range(3)]
+        width = max(len(p) for p, _ in trees)
+        par = torch.full((3, width), -1)
+        tok = torch.zeros(3, width, dtype=torch.long)
+        picks = torch.from_numpy(rng.integers(0, vocab, (3, width)))
+        for r, (p, t) in enumerate(trees):
+            par[r, : len(p)], tok[r, : len(t)] = torch.tensor(p), torch.tensor(t)
+        out, path = walk_tree(par, tok, torch.tensor([len(p) for p, _ in trees]), picks)
+        for r, (p, t) in enumerate(trees):
+            want_out, want_path = _brute_force_walk(p, t, picks[r].tolist())
+            got = out[r][out[r] >= 0].tolist(), path[r][path[r] >= 0].tolist()
+            assert got == (want_out, want_path)
+
+
+def test_ancestor_rows_and_depths() -> None:
+    rng = np.random.default_rng(1)
+    parents, _ = _random_tree(rng, 64, 64)
+    masks = ancestor_masks(torch.tensor([parents]))[0].tolist()
+    depths = node_depths(torch.tensor([parents]))[0].tolist()
+    for v in range(len(parents)):
+        chain, u = {v}, v
+        while parents[u] >= 0:
+            u = parents[u]
+            chain.add(u)
+        assert {j for j in range(64) if (masks[v] >> j) & 1} == chain
+        assert depths[v] == len(chain) - 1
+
+
+def test_expansion_keeps_the_best_candidates_depth_first() -> None:
+    """The chosen nodes are the best by cumulative log-probability, closed under parents, each
+    after its parent, siblings best first; frontier rows mark exactly their forwarded ancestors."""
+    torch.manual_seed(0)
+    k, depth, n, vocab = 3, 3, 10, 16
+    table = torch.randn(vocab, vocab).log_softmax(-1)  # a "draft": next log-probs per token
+    root = torch.randn(2, vocab).log_softmax(-1)
+    e = Expansion(root, k)
+    for _ in range(depth):
+        tokens, masks = e.next_pass()
+        for b in range(2):
+            for f in range(k):
+                ancestors = {int(s) for s in range(64) if (int(masks[b, f]) >> s) & 1}
+                assert len(ancestors) == e.passes + 1  # itself and one per earlier pass
+        e.grow(table[tokens.reshape(-1)])
+    tokens, parents = e.select(n)
+    scores = torch.cat(e.scores, 1)
+    for b in range(2):
+        assert all(parents[b, i] < i for i in range(1, n + 1))
+        # Cumulative score of each chosen node, recomputed along its path.
+        chosen = []
+        for i in range(1, n + 1):
+            u, path = i, []
+            while u > 0:
+                path.insert(0, tokens[b, u - 1])
+                u = parents[b, u]
+            steps = zip(path, path[1:], strict=False)
+            chosen.append(float(root[b, path[0]]) + sum(float(table[a, c]) for a, c in steps))
+        best = torch.sort(scores[b], descending=True).values[:n]
+        assert sorted(chosen, reverse=True) == pytest.approx(best.tolist(), abs=1e-5)
+        for i in range(1, n + 1):  # siblings leave best first
+            sibs = [j for j in range(1, n + 1) if parents[b, j] == parents[b, i]]
+            vals = [chosen[j - 1] for j in sibs]
+            assert vals == sorted(vals, reverse=True)
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TREE_ENV, raising=False)
+    assert tree_settings() is None
+    monkeypatch.setenv(TREE_ENV, "on")
+    assert tree_settings() == TreeSettings()
+    monkeypatch.setenv(TREE_ENV, "depth=2, top_k=4")
+    assert tree_settings() == TreeSettings(depth=2, top_k=4)
+    for bad in ("depth=x", "width=3", "depth=0"):
+        monkeypatch.setenv(TREE_ENV, bad)
+        with pytest.raises(ValueError, match=TREE_ENV):
+            tree_settings()
+    s = TreeSettings()
+    assert [s.mode(b, 29) for b in (1, 2, 3)] == ["tree", "tree", "chain"]
+    assert TreeSettings(chain_budget=8).mode(4, 29) == "off"
+    for nodes, match in ((64, "at most"), (20, "look-ahead"), (29, None)):
+        if match:
+            with pytest.raises(ValueError, match=match):
+                s.check(nodes)
+        else:
+            s.check(nodes)
+
+
+# -- engines ------------------------------------------------------------------------------------
+
+
+def _models(name: str, request: pytest.FixtureRequest, tree: str = ALWAYS, attention="mark"):
+    mp = request.getfixturevalue("monkeypatch")
+    mp.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
+    mp.setenv(TREE_ENV, tree)
+    return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
+
+
+def _compare_trees(target, draft, conversations, k: int = 29, runs: int = 1, params=None, **kw):
+    """Greedy (or ``params``) outputs with trees equal those without speculation."""
+    params = params or SamplingParams(temperature=0, max_tokens=48)
+
+    def generate(llm) -> list[list[int]]:
+        outs = llm.chat(conversations, params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    with engine(target, **kw) as llm:
+        expected = [generate(llm) for _ in range(runs)]
+    with engine(target, draft, k=k, **kw) as llm:
+        before = counters(llm)
+        got = [generate(llm) for _ in range(runs)]
+        after = counters(llm)
+        trees = runner(llm).drafter.tree
+    assert trees is not None
+    assert got == expected
+    delta = {n: after[n] - before.get(n, 0) for n in after if isinstance(after[n], int | float)}
+    assert delta["vllm:spec_decode_num_draft_tokens"] > 4 * delta["vllm:spec_decode_num_drafts"], (
+        "no trees were drafted"
+    )
+    assert delta["vllm:spec_decode_num_accepted_tokens"] > 0, "no tree node was accepted"
+    return delta
+
+
+@pytest.mark.parametrize(
+    "name,attention", [("qwen", "mark"), ("llava", "mark"), ("qwen3", "mark"), ("qwen", "torch")]
+)
+def test_trees_mixed_batch(name: str, attention: str, request: pytest.FixtureRequest) -> None:
+    target, draft = _models(name, request, attention=attention)
+    _compare_trees(target, draft, MIXED_BATCH)
+
+
+def test_trees_chunked_prefill_splitting_images(request: pytest.FixtureRequest) -> None:
+    target, draft = _models("qwen", request)
+    _compare_trees(target, draft, MIXED_BATCH, max_num_batched_tokens=64)
+
+
+def test_trees_prefix_cache_hits(request: pytest.FixtureRequest) -> None:
+    target, draft = _models("qwen", request)
+    delta = _compare_trees(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    assert delta["vllm:prefix_cache_hits"] > 0
+
+
+def test_trees_preemption(request: pytest.FixtureRequest) -> None:
+    target, draft = _models("qwen", request)
+    delta = _compare_trees(
+        target, draft, MIXED_BATCH * 2, num_gpu_blocks_override=24, max_model_len=448
+    )
+    assert delta["vllm:num_preemptions"] > 0
+
+
+def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
+    """Requests with a repetition penalty draft chains beside requests drafting trees; both
+    give the tokens of a run without speculation."""
+    target, draft = _models("qwen", request)
+    conversations = MIXED_BATCH * 2
+    params = [
+        SamplingParams(temperature=0, max_tokens=40, repetition_penalty=1.3 if i % 2 else 1.0)
+        for i in range(len(conversations))
+    ]
+    with engine(target) as llm:
+        expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+    with engine(target, draft, k=29) as llm:
+        drafter = runner(llm).drafter
+        lengths: set[int] = set()
+        take = drafter._propose_trees
+
+        def spy(*args):  # records how many drafts each request got (tree 29, chain 3)
+            out = take(*args)
+            lengths.update(drafter.draft_lengths.values())
+            return out
+
+        drafter._propose_trees = spy
+        got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+    assert got == expected
+    assert {3, 29} <= lengths
+
+
+def _committed_kv(llm) -> tuple[int, list[torch.Tensor]]:
+    """Computed tokens of the one live request and its target K/V there, every layer."""
+    core = llm.llm_engine.engine_core.engine_core
+    (req_id, req), *_ = core.scheduler.requests.items()
+    blocks = core.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
+    r = runner(llm)
+    draft_layers = set(getattr(getattr(r, "drafter", None), "_draft_attn_layer_names", ()) or ())
+    layers = r.compilation_config.static_forward_context
+    out = []
+    n = req.num_computed_tokens
+    for name, layer in sorted(layers.items()):
+        if name in draft_layers or not hasattr(layer, "kv_cache") or layer.kv_cache.numel() == 0:
+            continue
+        k, v = split_kv_cache(layer.kv_cache, getattr(layer, "isa", None))
+        bs = k.shape[1]
+        pos = torch.arange(n)
+        phys = torch.tensor(blocks)[pos // bs]
+        out += [k[phys, pos % bs].clone(), v[phys, pos % bs].clone()]
+    return n, out
+
+
+def test_committed_kv_equals_a_run_without_speculation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After tree steps that accepted side branches (the trained toy draft), every committed
+    position's target K/V equals the no-speculation run's at that position."""
+    from vllm_vispec.toy.world import prompts
+
+    monkeypatch.setenv(TREE_ENV, ALWAYS)
+    _, image, question = prompts(1, 30_000)[0]
+    prompt = (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        f"{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    params = SamplingParams(temperature=0, max_tokens=400)
+
+    def run(draft) -> tuple[int, list[torch.Tensor], int]:
+        with engine(TOY / "target", draft, k=29) as llm:
+            llm.llm_engine.add_request("r", {"prompt": prompt, "multi_modal_data":
+                                              {"image": image}}, params)  # fmt: skip
+            n, kv, moved = 0, [], 0
+            for _ in range(target_steps):
+                llm.llm_engine.step()
+                if draft is not None:
+                    step = getattr(runner(llm), "_vispec_tree_step", None)
+                    if step is not None and step.path is not None:
+                        depth = torch.arange(step.path.shape[1])
+                        moved += int(((step.path > 0) & (step.path != depth)).sum())
+                n, kv = _committed_kv(llm)
+                if draft is None and n >= want:
+                    break
+            return n, kv, moved
+
+    target_steps, want = 12, 0
+    n_spec, kv_spec, moved = run(TOY / "vispec")
+    target_steps, want = 400, n_spec
+    n_ref, kv_ref, _ = run(None)
+    assert moved > 0, "no accepted node needed moving: compaction untested"
+    assert n_ref >= n_spec > 40
+    for a, b in zip(kv_spec, kv_ref, strict=True):
+        torch.testing.assert_close(a, b[:n_spec], atol=1e-4, rtol=1e-4)
+
+
+def test_tree_sampling_follows_the_target_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temperature 1 with trees of the trained toy draft (often accepted, side branches too):
+    every token is a draw from the target's conditional distribution (randomised PIT + KS)."""
+    from vllm_vispec.toy.world import prompts
+
+    monkeypatch.setenv(TREE_ENV, "depth=2,top_k=4,tree_budget=100000")
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_pil", "image_pil": image},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]  # fmt: skip
+        for _, image, question in prompts(96, 30_000)
+    ]
+    spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
+    pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations)
+    assert accepted > 500, f"only {accepted} tree nodes accepted"
+    assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"

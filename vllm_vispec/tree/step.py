@@ -1,0 +1,237 @@
+"""One target step's tree rows: where they sit, what they attend to, what the target accepts.
+
+A request verifying a tree has its root (the last accepted token) and its nodes scheduled as
+ordinary consecutive tokens, so vLLM's slot mapping and computed-token accounting stay linear.
+This object then
+
+* moves each node's position to root + depth (every M-RoPE row alike), after vLLM has computed
+  the slots, and puts the linear positions back before the draft runs;
+* recomputes the target attention of the tree rows over the cached prefix plus each node's
+  ancestors (:func:`vllm_vispec.kernels.tree_paged_attention`);
+* walks each tree (:func:`~vllm_vispec.tree.walk.walk_tree`) on the target's picks and writes
+  vLLM's usual ``[B, <= nodes + 1]`` output rows;
+* copies the accepted nodes' target KV into the slots right after the root, so that the next
+  step finds the accepted sequence contiguous, exactly where vLLM's accounting puts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from vllm.v1.sample.metadata import SamplingMetadata
+from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
+
+from vllm_vispec.kernels.tree import compact_kv, tree_paged_attention
+from vllm_vispec.tree.walk import ancestor_masks, node_depths, walk_tree
+
+_active: list[TreeStep] = []
+
+
+@contextlib.contextmanager
+def verifying(step: TreeStep | None) -> Iterator[None]:
+    """Within: the target forward whose attention layers must mask ``step``'s tree rows."""
+    if step is None:
+        yield
+        return
+    _active.append(step)
+    try:
+        yield
+    finally:
+        _active.pop()
+
+
+def active_step() -> TreeStep | None:
+    """The step whose target forward is running, if it verifies trees."""
+    return _active[-1] if _active else None
+
+
+class TreeStep:
+    """The tree requests of one step (rows of vLLM's input batch that verify a tree)."""
+
+    def __init__(
+        self,
+        batch_rows: Sequence[int],
+        query_starts: Sequence[int],
+        bases: Sequence[int],
+        parents: Sequence[np.ndarray],
+        tokens: Sequence[Sequence[int]],
+        device: torch.device,
+    ) -> None:
+        """Per tree request, in input-batch order: its input-batch row, its first scheduled
+        token's index, its computed tokens (the root's position), node parents (root first)
+        and drafted tokens."""
+        assert list(batch_rows) == sorted(batch_rows), "tree requests must come in batch order"
+        width = max(len(p) for p in parents)
+        pad = np.full((len(parents), width), -1, dtype=np.int64)
+        tok = np.zeros((len(parents), width), dtype=np.int64)
+        for r, (p, t) in enumerate(zip(parents, tokens, strict=True)):
+            pad[r, : len(p)] = p
+            tok[r, 1 : len(p)] = t
+        self.device = device
+        self.batch_rows = torch.tensor(batch_rows, dtype=torch.long, device=device)
+        self.num_nodes = torch.tensor([len(p) for p in parents], dtype=torch.long, device=device)
+        self.parents = torch.from_numpy(pad).to(device)
+        self.tokens = torch.from_numpy(tok).to(device)
+        self.bases = torch.tensor(bases, dtype=torch.long, device=device)
+        self.depths = node_depths(self.parents)
+        self.masks = ancestor_masks(self.parents)
+        valid = torch.arange(width, device=device)[None, :] < self.num_nodes[:, None]
+        starts = torch.tensor(query_starts, dtype=torch.long, device=device)
+        # Flat input rows of every node, and per node its tree and its index in the tree.
+        self.tree_of, self.node_of = valid.nonzero(as_tuple=True)
+        self.rows = starts[self.tree_of] + self.node_of
+        self.root_rows = starts[self.tree_of]
+        self.query_start_loc = torch.zeros(len(parents) + 1, dtype=torch.int32, device=device)
+        self.query_start_loc[1:] = self.num_nodes.cumsum(0)
+        self.starts = starts
+        self.path: torch.Tensor | None = None  # [R, width] accepted nodes, set by verify()
+        # Recorded by attend(): the step's slots and every target layer's K/V cache views.
+        self.slot_mapping: torch.Tensor | None = None
+        self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- positions ------------------------------------------------------------------------------
+
+    def set_positions(self, positions: torch.Tensor) -> None:
+        """Nodes to root + depth in ``positions`` ([T] or M-RoPE's [3, T]), kept for restore."""
+        depth = self.depths[self.tree_of, self.node_of]
+        self._saved.append((positions, positions[..., self.rows].clone()))
+        positions[..., self.rows] = positions[..., self.root_rows] + depth.to(positions.dtype)
+
+    def restore_positions(self) -> None:
+        """The linear positions vLLM computed (the draft's first pass reads them)."""
+        for positions, saved in self._saved:
+            positions[..., self.rows] = saved
+        self._saved.clear()
+
+    # -- target attention -----------------------------------------------------------------------
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        output: torch.Tensor,
+        scale: float,
+    ) -> None:
+        """Overwrite ``output`` [T, nh, hd] at the tree rows with tree-masked attention over
+        the cache (the rows' own K/V already written at their linear slots)."""
+        self.slot_mapping = slot_mapping
+        self.caches.append((k_cache, v_cache))
+        width = self.parents.shape[1]
+        node_pos = self.bases[:, None] + torch.arange(width, device=self.device)[None, :]
+        empty = self.bases.new_zeros(0)
+        output[self.rows] = tree_paged_attention(
+            query[self.rows],
+            k_cache,
+            v_cache,
+            self.query_start_loc,
+            block_table[self.batch_rows],
+            self.bases,
+            node_pos,
+            self.masks[self.tree_of, self.node_of],
+            empty,
+            empty,
+            torch.zeros_like(self.query_start_loc),
+            scale,
+        ).to(output.dtype)
+
+    # -- verification ---------------------------------------------------------------------------
+
+    def node_logits(self, logits: torch.Tensor, num_draft_tokens: Sequence[int]) -> torch.Tensor:
+        """The target's logits at every tree node (a copy), from vLLM's sampled rows:
+        ``num_draft_tokens`` + 1 per request back to back, a tree's root then its nodes."""
+        ends = torch.as_tensor(np.cumsum(np.asarray(num_draft_tokens) + 1), device=self.device)
+        first = ends[self.batch_rows] - self.num_nodes
+        return logits[first[self.tree_of] + self.node_of].float()
+
+    def verify(
+        self,
+        node_logits: torch.Tensor,
+        sampling_metadata: SamplingMetadata,
+        sampled_token_ids: torch.Tensor,
+    ) -> None:
+        """Walk every tree on the target's picks; write its rows of ``sampled_token_ids``."""
+        picks = torch.zeros_like(self.parents)
+        picks[self.tree_of, self.node_of] = self._pick(node_logits, sampling_metadata)
+        out, self.path = walk_tree(self.parents, self.tokens, self.num_nodes, picks)
+        self.outputs, self.sampling_rows = out, sampled_token_ids.shape[0]
+        width = min(out.shape[1], sampled_token_ids.shape[1])
+        sampled_token_ids[self.batch_rows] = -1
+        sampled_token_ids[self.batch_rows, :width] = out[:, :width].to(sampled_token_ids.dtype)
+
+    def _pick(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """One token per node: the argmax for greedy requests, else a draw from the target's
+        distribution after temperature, top-k and top-p (as vLLM's chain verification)."""
+        greedy = logits.argmax(dim=-1)
+        if meta.all_greedy:
+            return greedy
+        counts = torch.zeros(meta.temperature.shape[0], dtype=torch.long, device=self.device)
+        counts[self.batch_rows] = self.num_nodes
+        processed = apply_sampling_constraints(logits.clone(), counts.cumsum(0), meta)
+        probs = processed.softmax(dim=-1, dtype=torch.float32)
+        noise = torch.empty_like(probs).exponential_()
+        row_batch = self.batch_rows[self.tree_of]
+        for batch_row, generator in meta.generators.items():
+            for i in (row_batch == batch_row).nonzero()[:, 0].tolist():
+                noise[i].exponential_(generator=generator)
+        drawn = probs.div_(noise).argmax(dim=-1)
+        is_greedy = meta.temperature[row_batch] < 1e-5
+        return torch.where(is_greedy, greedy, drawn)
+
+    def write_logprobs(self, node_logits: torch.Tensor, logprobs: Any, sampler: Any) -> None:
+        """Replace the tree requests' rows of vLLM's ``LogprobsTensors`` (request b's token j at
+        row b * width + j) by the target's log-probabilities at the accepted path's nodes."""
+        assert self.path is not None
+        width = logprobs.selected_token_ranks.shape[0] // self.sampling_rows
+        tree, j = (self.path >= 0).nonzero(as_tuple=True)
+        flat = self.query_start_loc[tree].long() + self.path[tree, j]
+        tokens = self.outputs[tree, j].clamp(min=0)
+        rows = self.batch_rows[tree] * width + j
+        lp = node_logits[flat]
+        if not sampler.is_logits_logprobs_mode:
+            lp = sampler.sampler.compute_logprobs(lp)
+        k = logprobs.logprobs.shape[1] - 1
+        mine = sampler.sampler.gather_logprobs(lp, k, tokens)
+        logprobs.logprob_token_ids[rows] = mine.logprob_token_ids.to(logprobs.logprob_token_ids)
+        logprobs.logprobs[rows] = mine.logprobs.to(logprobs.logprobs)
+        logprobs.selected_token_ranks[rows] = mine.selected_token_ranks.to(
+            logprobs.selected_token_ranks
+        )
+
+    # -- after verification ---------------------------------------------------------------------
+
+    def accepted(self) -> torch.Tensor:
+        """[R] accepted nodes per tree (the root not counted)."""
+        assert self.path is not None
+        return (self.path >= 0).sum(dim=1) - 1
+
+    def compact(self) -> None:
+        """Copy each accepted node's K/V (every target layer) to the slot right after its
+        predecessor on the path."""
+        assert self.path is not None and self.slot_mapping is not None
+        slot_mapping = self.slot_mapping
+        depth = torch.arange(self.path.shape[1], device=self.device)[None, :].expand_as(self.path)
+        moved = (self.path > 0) & (self.path != depth)
+        if not bool(moved.any()):
+            return  # the top-1 chain was accepted: already in place
+        tree, j = moved.nonzero(as_tuple=True)
+        src = slot_mapping[self.starts[tree] + self.path[tree, j]].long()
+        dst = slot_mapping[self.starts[tree] + j].long()
+        for k_cache, v_cache in self.caches:
+            compact_kv(k_cache, v_cache, src, dst)
+
+    def draft_order(self, num_tokens: int) -> torch.Tensor:
+        """Row order for the draft's first pass: each tree's accepted path first (root,
+        accepted nodes), so the draft reads the accepted sequence as a chain."""
+        assert self.path is not None
+        order = torch.arange(num_tokens, device=self.device)
+        tree, j = (self.path >= 0).nonzero(as_tuple=True)
+        order[self.starts[tree] + j] = self.starts[tree] + self.path[tree, j]
+        return order
