@@ -301,6 +301,37 @@ def test_feature_cache_size_that_cannot_work(
     _assert_mentions(message, f"VLLM_VISPEC_FEATURE_CACHE_MIB={value!r}", "positive number of MiB")
 
 
+@pytest.mark.parametrize(
+    ("tree", "k", "words"),
+    [
+        ("depth=two", 29, ["VLLM_VISPEC_TREE='depth=two'", "key=value"]),
+        ("on", 20, ["depth x top_k", "num_speculative_tokens (20)"]),
+        ("on", 64, ["at most 63"]),
+        ("depth=1,top_k=2", 7, ["fewer candidates"]),
+        ("chain=30", 29, ["chain=30"]),
+    ],
+)
+def test_tree_settings_that_cannot_work(
+    qwen_target: pathlib.Path,
+    qwen_draft: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tree: str,
+    k: int,
+    words: list[str],
+) -> None:
+    monkeypatch.setenv("VLLM_VISPEC_TREE", tree)
+    _assert_mentions(_refusal(qwen_target, _spec(qwen_draft, k=k)), *words)
+
+
+def test_tree_with_many_nodes_passes(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trees lift the chain's 1-8 range: 29 nodes (ViSpec's default tree) start."""
+    monkeypatch.setenv("VLLM_VISPEC_TREE", "on")
+    config = _create_config(qwen_target, _spec(qwen_draft, k=29))
+    assert config.speculative_config.num_speculative_tokens == 29
+
+
 def test_feature_cache_is_bounded_in_bytes() -> None:
     """Oldest images go first once the bytes exceed the bound; the newest always stays."""
     cache = FeatureCache(capacity_bytes=3 * 4 * 8)  # three [2, 4] fp32 features

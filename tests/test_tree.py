@@ -320,3 +320,35 @@ def test_tree_sampling_follows_the_target_distribution(monkeypatch: pytest.Monke
     pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations)
     assert accepted > 500, f"only {accepted} tree nodes accepted"
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
+
+
+def test_cpu_tree_rows_equal_the_reference_kernel() -> None:
+    """TreeStep's CPU attention (one masked SDPA per step's layer) against the kernels'
+    reference, on two trees over a shuffled paged cache with GQA."""
+    from vllm_vispec.kernels.tree import naive_tree_paged_attention
+
+    from vllm_vispec.tree.step import TreeStep
+
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    trees = [_random_tree(rng, 9, 50), _random_tree(rng, 5, 50)]
+    bases, bs, nkv, nh, hd = [37, 3], 16, 2, 4, 8
+    starts = [5, 5 + len(trees[0][0]) + 2]  # other requests' rows around the trees
+    total = starts[1] + len(trees[1][0]) + 1
+    k_cache, v_cache = (torch.randn(12, bs, nkv, hd, generator=gen) for _ in range(2))
+    table = torch.randperm(12, generator=gen)[:8].view(2, 4)
+    full = torch.cat([torch.zeros(1, 4, dtype=torch.long), table])  # batch row 0: no tree
+    step = TreeStep([1, 2], starts, bases, [np.array(p) for p, _ in trees],
+                    [t[1:] for _, t in trees], torch.device("cpu"))  # fmt: skip
+    query = torch.randn(total, nh, hd, generator=gen)
+    out = torch.zeros_like(query)
+    step.attend(query, k_cache, v_cache, full, torch.arange(total), out, 0.3)
+    width = step.parents.shape[1]
+    want = naive_tree_paged_attention(
+        query[step.rows], k_cache, v_cache, step.query_start_loc, table, step.bases,
+        step.bases[:, None] + torch.arange(width), step.masks[step.tree_of, step.node_of],
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+        torch.zeros(3, dtype=torch.long), 0.3,
+    )  # fmt: skip
+    torch.testing.assert_close(out[step.rows], want, atol=1e-5, rtol=1e-5)
+    assert out[: starts[0]].abs().sum() == 0  # rows of other requests untouched

@@ -3,139 +3,23 @@
 Tree attention is checked two ways: against a dense masked softmax over un-paged positions, and
 against plain causal attention on each root-to-leaf path laid out as a chain. The Triton kernels
 run in test_tree_kernels_triton.py under TRITON_INTERPRET=1 (a subprocess, see interpreted.py);
-the case builders below are shared with it.
+the cases come from :mod:`vllm_vispec.kernels.tree.selfcheck` (the kernel's start-up check), the
+oracles below are shared with it.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 from interpreted import run_interpreted
 from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
 from vllm_vispec.kernels.attention import naive_draft_paged_attention
-
-GAP = 3  # unwritten (NaN) slots scattered among each request's node positions
-
-
-def cu_from_lens(lens: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32)
-
-
-def random_parents(num_nodes: int, seed: int) -> list[int]:
-    """Topologically ordered tree: each node's parent is one of the 4 nodes before it, or -1
-    (a child of the context), so paths get deep and roots several."""
-    gen = torch.Generator().manual_seed(seed)
-    return [max(-1, j - 1 - int(torch.randint(4, (1,), generator=gen))) for j in range(num_nodes)]
-
-
-def ancestor_masks(parents: list[int]) -> list[int]:
-    """Each node's row mask: its own bit and its ancestors', as signed int64 values."""
-    masks: list[int] = []
-    for j, parent in enumerate(parents):
-        masks.append((1 << j) | (masks[parent] if parent >= 0 else 0))
-    return [m - (1 << 64) if m >= 1 << 63 else m for m in masks]
-
-
-def tree_case(
-    context_lens: list[int],
-    num_nodes: list[int],
-    row_masks: list[list[int]],
-    hidden: list[list[tuple[int, int]]],
-    *,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    block_size: int,
-    dtype: torch.dtype,
-    seed: int = 0,
-) -> dict:
-    """Keyword arguments of :func:`tree_paged_attention` over a shuffled, NaN-poisoned cache.
-
-    Nodes sit after their context in shuffled order with unwritten slots between them; hidden
-    and unwritten slots hold NaN, pages without a written slot all map to one NaN block, and
-    node_pos entries past a request's node count are garbage: reading any of them gives NaN or
-    an out-of-bounds index.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batch = len(context_lens)
-    width = max(num_nodes, default=0)
-    node_pos = torch.randint(-(10**6), 10**6, (batch, width), generator=gen)
-    ends = []
-    for b, (context, n) in enumerate(zip(context_lens, num_nodes, strict=True)):
-        node_pos[b, :n] = context + torch.randperm(n + GAP, generator=gen)[:n]
-        ends.append(context + n + GAP)
-    max_blocks = max(-(-e // block_size) for e in ends) + 1
-    num_blocks = batch * max_blocks + 2
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=dtype)
-    v_cache = torch.full(shape, float("nan"), dtype=dtype)
-    order = torch.randperm(num_blocks, generator=gen)
-    poison = order[-1]  # never holds a written value
-    table = order[: batch * max_blocks].view(batch, max_blocks).clone()
-    for b, context in enumerate(context_lens):
-        written = torch.zeros(max_blocks * block_size, dtype=torch.bool)
-        written[:context] = True
-        for start, end in hidden[b]:
-            written[start:end] = False
-        written[node_pos[b, : num_nodes[b]]] = True
-        pos = written.nonzero().squeeze(1)
-        for cache in (k_cache, v_cache):
-            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
-            cache[table[b, pos // block_size], pos % block_size] = values.to(dtype)
-        table[b, ~written.view(max_blocks, block_size).any(dim=1)] = poison
-    return {
-        "q": torch.randn(sum(map(len, row_masks)), num_heads, head_dim, generator=gen).to(dtype),
-        "k_cache": k_cache,
-        "v_cache": v_cache,
-        "query_start_loc": cu_from_lens([len(m) for m in row_masks]),
-        "block_table": table.to(torch.int32),
-        "context_lens": torch.tensor(context_lens, dtype=torch.int32),
-        "node_pos": node_pos.to(torch.int32),
-        "row_masks": torch.tensor([m for ms in row_masks for m in ms], dtype=torch.int64),
-        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
-        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
-        "cu_hidden": cu_from_lens([len(h) for h in hidden]),
-        "scale": head_dim**-0.5,
-    }
-
-
-# Contexts with hidden spans (whole pages, page parts, the very start, the whole context), trees
-# of 1..64 nodes (bit 63 used) and an empty context.
-TREE_BATCH = {
-    "context_lens": [40, 77, 5, 0, 130],
-    "hidden": [[(3, 20)], [(0, 2), (16, 48), (50, 51), (72, 77)], [(0, 5)], [], []],
-    "num_nodes": [7, 64, 3, 5, 12],
-}
-
-
-def tree_batch(
-    num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
-) -> tuple[dict, list[list[int]]]:
-    """:data:`TREE_BATCH` with one row per node (its ancestor mask); also returns the parents."""
-    parents = [random_parents(n, seed=b) for b, n in enumerate(TREE_BATCH["num_nodes"])]
-    case = tree_case(
-        TREE_BATCH["context_lens"],
-        TREE_BATCH["num_nodes"],
-        [ancestor_masks(p) for p in parents],
-        TREE_BATCH["hidden"],
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        block_size=block_size,
-        dtype=dtype,
-    )
-    return case, parents
-
-
-def reference(case: dict) -> torch.Tensor:
-    """The PyTorch path on float64 copies of a case."""
-    wide = {
-        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
-        for k, v in case.items()
-    }
-    return tree_paged_attention(**wide, use_triton=False)
+from vllm_vispec.kernels.tree.selfcheck import (
+    TREE_BATCH,
+    reference_tree_attention,
+    tree_batch,
+    tree_case,
+)
 
 
 def dense_oracle(case: dict, num_nodes: list[int]) -> torch.Tensor:
@@ -258,7 +142,7 @@ def test_reference_matches_causal_paths(num_heads: int, num_kv_heads: int, block
 
 def test_reference_on_cpu_vec_layout() -> None:
     case, parents = tree_batch(8, 2, 32, 16, torch.float32)
-    want = reference(case)
+    want = reference_tree_attention(case)
     _, case["k_cache"], case["v_cache"] = vec_layout(case["k_cache"], case["v_cache"])
     out = tree_paged_attention(**case)
     torch.testing.assert_close(out, want.float())

@@ -16,19 +16,15 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import torch
 from test_kernels import DTYPES, TOLERANCE, assert_close
-from test_tree_kernels import (
-    DST,
-    SRC,
+from test_tree_kernels import DST, SRC, check_paths, compacted, kv_pair, vec_layout
+from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
+from vllm_vispec.kernels.tree.selfcheck import (
     ancestor_masks,
-    check_paths,
-    compacted,
-    kv_pair,
-    reference,
+    check_triton_tree_attention,
+    reference_tree_attention,
     tree_batch,
     tree_case,
-    vec_layout,
 )
-from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
 
 # ----------------------------------------------------------------------- tree attention
 
@@ -46,7 +42,7 @@ def test_tree_triton_matches_reference(
     case, _ = tree_batch(num_heads, num_kv_heads, head_dim, block_size, dtype)
     out = tree_paged_attention(**case, use_triton=True)
     assert out.dtype == dtype
-    assert_close(out, reference(case), dtype)
+    assert_close(out, reference_tree_attention(case), dtype)
 
 
 def test_tree_triton_matches_causal_paths() -> None:
@@ -65,14 +61,14 @@ def test_tree_triton_random_masks_many_rows() -> None:
         num_heads=2, num_kv_heads=1, head_dim=16, block_size=16, dtype=torch.float32,
     )  # fmt: skip
     out = tree_paged_attention(**case, use_triton=True)
-    assert_close(out, reference(case), torch.float32)
+    assert_close(out, reference_tree_attention(case), torch.float32)
 
 
 @pytest.mark.parametrize("isa", ["gpu", "vec"])
 def test_tree_triton_on_vllm_cache_views(isa: str) -> None:
     """K/V as strided views into vLLM 0.32's packed GPU-layout or CPU ``vec`` cache."""
     case, _ = tree_batch(4, 2, 32, 16, torch.float16)
-    want = reference(case)
+    want = reference_tree_attention(case)
     if isa == "gpu":
         packed = torch.cat([case["k_cache"], case["v_cache"]], -1).transpose(1, 2).contiguous()
         case["k_cache"], case["v_cache"] = split_kv_cache(packed)
@@ -88,7 +84,9 @@ def test_tree_triton_without_nodes_and_empty_requests() -> None:
         [30, 20, 9], [0, 0, 0], [[0, 0], [], [0]], [[(4, 9)], [], []],
         num_heads=4, num_kv_heads=2, head_dim=16, block_size=16, dtype=torch.float32,
     )  # fmt: skip
-    assert_close(tree_paged_attention(**case, use_triton=True), reference(case), torch.float32)
+    assert_close(
+        tree_paged_attention(**case, use_triton=True), reference_tree_attention(case), torch.float32
+    )
     case.update(
         q=case["q"][:0],
         query_start_loc=case["query_start_loc"][:1],
@@ -108,7 +106,37 @@ def test_tree_triton_chain() -> None:
         num_heads=4, num_kv_heads=4, head_dim=128, block_size=32, dtype=torch.bfloat16,
     )  # fmt: skip
     out = tree_paged_attention(**case, use_triton=True)
-    assert_close(out, reference(case), torch.bfloat16)
+    assert_close(out, reference_tree_attention(case), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tree_startup_check_passes(dtype: torch.dtype) -> None:
+    """The start-up check a GPU run makes, on CPU tensors (GQA group 3 padded to 4)."""
+    assert check_triton_tree_attention(6, 2, 32, 16, dtype, "cpu") is None
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter on NaN reads
+def test_tree_startup_check_reports_a_wrong_or_failing_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm_vispec.kernels.tree import paged
+
+    right = paged.tree_paged_attention_triton
+
+    def reads_hidden_slots(**case) -> torch.Tensor:
+        case["cu_hidden"] = torch.zeros_like(case["cu_hidden"])
+        return right(**case)
+
+    monkeypatch.setattr(paged, "tree_paged_attention_triton", reads_hidden_slots)
+    failure = check_triton_tree_attention(4, 2, 32, 16, torch.float32, "cpu")
+    assert failure is not None and "differs from its PyTorch reference by nan" in failure
+
+    def fails(**case) -> torch.Tensor:
+        raise ValueError("no kernel for this GPU\nat line 3")
+
+    monkeypatch.setattr(paged, "tree_paged_attention_triton", fails)
+    failure = check_triton_tree_attention(4, 2, 32, 16, torch.float32, "cpu")
+    assert failure == "the Triton tree attention failed to run: ValueError: no kernel for this GPU"
 
 
 # ------------------------------------------------------------------------------ compact_kv

@@ -79,6 +79,8 @@ class ViSpecProposer(EagleProposer):
 
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
+        if self.tree is not None and self.device.type == "cuda":
+            self._check_tree_kernel()
         draft = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
@@ -100,6 +102,29 @@ class ViSpecProposer(EagleProposer):
             features,
             draft.attends_by_intervals,
         )
+
+    def _check_tree_kernel(self) -> None:
+        """Run the Triton tree attention once for the target's and the draft's head layouts
+        against its PyTorch reference: a kernel that cannot compile or disagrees stops the
+        engine now, not at the first tree."""
+        from vllm_vispec.kernels.tree.selfcheck import check_triton_tree_attention
+
+        model, parallel = self.vllm_config.model_config, self.vllm_config.parallel_config
+        attention = self.draft.model.layers[0].self_attn
+        layouts = {
+            (model.get_num_attention_heads(parallel), model.get_num_kv_heads(parallel),
+             model.get_head_size()),
+            (attention.num_heads, attention.num_kv_heads, attention.padded_dim),
+        }  # fmt: skip
+        block_size = self.vllm_config.cache_config.block_size or 16
+        for heads, kv_heads, head_dim in sorted(layouts):
+            problem = check_triton_tree_attention(
+                heads, kv_heads, head_dim, block_size, model.dtype, self.device
+            )
+            if problem:
+                raise RuntimeError(
+                    f"ViSpec tree verification: {problem}; unset VLLM_VISPEC_TREE to draft chains"
+                )
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 

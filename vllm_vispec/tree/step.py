@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
 
@@ -92,6 +93,7 @@ class TreeStep:
         # Recorded by attend(): the step's slots and every target layer's K/V cache views.
         self.slot_mapping: torch.Tensor | None = None
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._plan: tuple[torch.Tensor, ...] | None = None  # CPU attention's gather, per step
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- positions ------------------------------------------------------------------------------
@@ -124,6 +126,9 @@ class TreeStep:
         the cache (the rows' own K/V already written at their linear slots)."""
         self.slot_mapping = slot_mapping
         self.caches.append((k_cache, v_cache))
+        if not query.is_cuda:
+            output[self.rows] = self._attend_gathered(query, k_cache, v_cache, block_table, scale)
+            return
         width = self.parents.shape[1]
         node_pos = self.bases[:, None] + torch.arange(width, device=self.device)[None, :]
         empty = self.bases.new_zeros(0)
@@ -140,7 +145,53 @@ class TreeStep:
             empty,
             torch.zeros_like(self.query_start_loc),
             scale,
+            max_query_len=width,
         ).to(output.dtype)
+
+    def _attend_gathered(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """The CPU path: one masked SDPA over each tree's whole range [0, root + nodes).
+
+        Same result as the reference kernel (its nodes sit right after the context, so a
+        boolean mask over that range says everything), with the gather plan and the mask built
+        once per step for every layer: the reference's per-request loop cost a millisecond per
+        layer on CPU.
+        """
+        if self._plan is None:
+            self._plan = self._gather_plan(block_table, k_cache.shape[1])
+        blocks, offsets, mask, q_rows = self._plan
+        q = query[q_rows].transpose(1, 2)  # [R, nh, n, hd]
+        k = k_cache[blocks, offsets].transpose(1, 2)  # [R, nkv, L, hd]
+        v = v_cache[blocks, offsets].transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
+        )
+        return out.transpose(1, 2)[self.tree_of, self.node_of]
+
+    def _gather_plan(self, block_table: torch.Tensor, block_size: int) -> tuple[torch.Tensor, ...]:
+        width = self.parents.shape[1]
+        ends = self.bases + self.num_nodes
+        pos = torch.arange(int(ends.max()), device=self.device)
+        in_range = pos[None, :] < ends[:, None]  # [R, L]
+        table = block_table[self.batch_rows].long()
+        blocks = torch.gather(table, 1, (pos // block_size)[None, :].expand(len(ends), -1))
+        blocks = torch.where(in_range, blocks, table[:, :1])
+        offsets = (pos % block_size)[None, :].expand_as(blocks)
+        rel = pos[None, None, :] - self.bases[:, None, None]  # [R, 1, L] node index of a key
+        bits = (self.masks[:, :, None] >> rel.clamp(0, 63)) & 1  # [R, n, L]
+        mask = (rel < 0) | ((bits == 1) & (rel < width))
+        valid = torch.arange(width, device=self.device)[None, :] < self.num_nodes[:, None]
+        mask = mask & in_range[:, None, :] & valid[:, :, None]
+        mask[:, :, 0] |= ~valid  # padding rows see one key (no NaN); they are not read back
+        node = torch.arange(width, device=self.device)[None, :]
+        q_rows = self.starts[:, None] + torch.where(valid, node, 0)
+        return blocks, offsets, mask[:, None], q_rows
 
     # -- verification ---------------------------------------------------------------------------
 
