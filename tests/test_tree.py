@@ -140,6 +140,9 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     s = TreeSettings()
     assert [s.mode(b, 29) for b in (1, 2, 3)] == ["tree", "tree", "chain"]
     assert TreeSettings(chain_budget=8).mode(4, 29) == "off"
+    chains_only = TreeSettings(tree_budget=0, chain_budget=32)
+    chains_only.check(3)  # no tree shape to check
+    assert [chains_only.mode(b, 3) for b in (1, 8, 9)] == ["chain", "chain", "off"]
     for nodes, match in ((64, "at most"), (20, "look-ahead"), (29, None)):
         if match:
             with pytest.raises(ValueError, match=match):
@@ -222,19 +225,43 @@ def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
     with engine(target) as llm:
         expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
     with engine(target, draft, k=29) as llm:
-        drafter = runner(llm).drafter
-        lengths: set[int] = set()
-        take = drafter._propose_trees
-
-        def spy(*args):  # records how many drafts each request got (tree 29, chain 3)
-            out = take(*args)
-            lengths.update(drafter.draft_lengths.values())
-            return out
-
-        drafter._propose_trees = spy
+        lengths = _record_draft_lengths(llm)
         got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
     assert got == expected
     assert {3, 29} <= lengths
+
+
+def test_chains_under_load_and_no_drafts_past_the_chain_budget(
+    request: pytest.FixtureRequest,
+) -> None:
+    """tree_budget=0 with a chain budget: chains while few requests run, nothing drafted
+    while many do; outputs stay those of a run without speculation."""
+    target, draft = _models("qwen", request, tree="tree_budget=0,chain_budget=8,chain=3")
+    # 4 requests: 16 verified tokens > 8 until the two short ones finish.
+    params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 10, 40, 40)]
+    conversations = MIXED_BATCH
+    with engine(target) as llm:
+        expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+    with engine(target, draft, k=3) as llm:
+        lengths = _record_draft_lengths(llm)
+        got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+    assert got == expected
+    assert lengths == {0, 3}
+
+
+def _record_draft_lengths(llm) -> set[int]:
+    """The per-request draft lengths the proposer chose, collected over the engine's steps."""
+    drafter = runner(llm).drafter
+    lengths: set[int] = set()
+    propose = drafter._propose_trees
+
+    def spy(*args):
+        out = propose(*args)
+        lengths.update(drafter.draft_lengths.values())
+        return out
+
+    drafter._propose_trees = spy
+    return lengths
 
 
 def _committed_kv(llm) -> tuple[int, list[torch.Tensor]]:

@@ -220,7 +220,10 @@ class ViSpecProposer(EagleProposer):
             for i, r in enumerate(req_ids)
             if mode == "tree" and not partial[i] and self._tree_ok(r)
         ]
-        chain = 1 if mode == "off" or len(tree_rows) == int((~partial).sum()) else self.tree.chain
+        # Drafting off: vLLM's first pass still runs (the draft's KV stays in step), no logits.
+        chain = 0 if mode == "off" else self.tree.chain
+        if tree_rows and len(tree_rows) == int((~partial).sum()):
+            chain = 1  # every request drafts a tree: only the first pass's hidden states
         # The draft's last row per request (where its first pass samples): the tree's root.
         rejected = args[8] if args[8] is not None else 0
         last_pos = (cad.seq_lens[: len(req_ids)] - 1 - rejected).long()
@@ -229,8 +232,7 @@ class ViSpecProposer(EagleProposer):
         chains = super().propose(chain, *args)
         out = chains.new_zeros(len(req_ids), num_nodes)
         out[:, :chain] = chains
-        length = 0 if mode == "off" else chain
-        self.draft_lengths = dict.fromkeys(req_ids, length)
+        self.draft_lengths = dict.fromkeys(req_ids, chain)
         self.trees = {}
         if tree_rows:
             rows = torch.tensor(tree_rows, device=out.device)

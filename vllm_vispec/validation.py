@@ -139,6 +139,13 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
         )
     from vllm.platforms import current_platform
 
+    graphs = vllm_config.compilation_config.cudagraph_mode
+    if graphs is not None and graphs.has_full_cudagraphs():
+        raise ViSpecConfigError(
+            f"{TREE_ENV} masks tree rows in Python around the attention kernel, which a full "
+            "CUDA graph would replay without; pass --compilation-config "
+            '\'{"cudagraph_mode": "PIECEWISE"}\''
+        )
     backend = vllm_config.attention_config.backend
     if not current_platform.is_cpu() and getattr(backend, "name", backend) != "TRITON_ATTN":
         raise ViSpecConfigError(

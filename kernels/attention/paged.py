@@ -3,7 +3,9 @@
 One program per (request, block of queries, KV head), queries of a GQA group stacked as rows.
 Instead of walking every page and masking, a program walks the *visible runs* of its request,
 the gaps between hidden intervals, and only the pages each run touches: pages fully inside a
-hidden interval are never loaded, and pages cut by an interval or by causality are masked.
+hidden interval are never loaded, and pages cut by an interval or by causality are masked. The
+pieces (this loop, the online softmax, the query rows) are in :mod:`.online_softmax`, shared with
+the tree kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .._triton import dot_precision, upcast_dot_operands
+from .online_softmax import attend_visible_context, load_query_rows, query_block, store_rows
 
 
 @triton.jit
@@ -50,93 +53,25 @@ def _draft_attention_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    req = tl.program_id(0)
-    q_block = tl.program_id(1)
-    kv_head = tl.program_id(2)
-    q_start = tl.load(query_start_ptr + req)
-    q_len = tl.load(query_start_ptr + req + 1) - q_start
+    req, q_block, kv_head, q_start, q_len = query_block(query_start_ptr)
     if q_block * BLOCK_Q >= q_len:
         return
-    seq_len = tl.load(seq_lens_ptr + req)
-    context = seq_len - q_len
-
-    rows = tl.arange(0, BLOCK_Q * GROUP_PAD)
-    q_idx = q_block * BLOCK_Q + rows // GROUP_PAD
-    head = kv_head * GROUP + rows % GROUP_PAD
-    row_mask = (q_idx < q_len) & (rows % GROUP_PAD < GROUP)
-    q_pos = context + q_idx
-    dims = tl.arange(0, HD_PAD)
-    d_mask = dims < head_dim
-    q_tok = (q_start + q_idx).to(tl.int64)
-    q = tl.load(
-        q_ptr + q_tok[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
-        mask=row_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )
-    if UPCAST:
-        q = q.to(tl.float32)
+    context = tl.load(seq_lens_ptr + req) - q_len
+    q, q_idx, q_tok, head, row_mask = load_query_rows(
+        q_ptr, q_start, q_len, q_block, kv_head, head_dim, stride_qt, stride_qh,
+        GROUP, GROUP_PAD, BLOCK_Q, HD_PAD, UPCAST,
+    )  # fmt: skip
     # Keys at or past kv_end are causally invisible to every query of this block.
     kv_end = context + tl.minimum((q_block + 1) * BLOCK_Q, q_len)
-
-    m_run = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros([BLOCK_Q * GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HD_PAD], dtype=tl.float32)
-    offs = tl.arange(0, PAGE)
-    k_head = k_ptr + kv_head * stride_kh
-    v_head = v_ptr + kv_head * stride_vh
-    table = block_table_ptr + req.to(tl.int64) * stride_bt
-    first_hidden = tl.load(cu_hidden_ptr + req)
-    n_hidden = tl.load(cu_hidden_ptr + req + 1) - first_hidden
-    run_lo = 0  # visible run i spans [end of hidden i-1, start of hidden i)
-    for i in range(0, n_hidden + 1):
-        has_next = i < n_hidden
-        run_hi = tl.load(hidden_start_ptr + first_hidden + i, mask=has_next, other=seq_len)
-        run_hi = tl.minimum(run_hi, kv_end)
-        if run_lo < run_hi:
-            for page in range(run_lo // PAGE, tl.cdiv(run_hi, PAGE)):
-                block = tl.load(table + page).to(tl.int64)
-                pos = page * PAGE + offs
-                valid = (pos >= run_lo) & (pos < run_hi)
-                k = tl.load(
-                    k_head
-                    + block * stride_kb
-                    + offs[None, :] * stride_ks
-                    + dims[:, None] * stride_kd,
-                    mask=valid[None, :] & d_mask[:, None],
-                    other=0.0,
-                )
-                if UPCAST:
-                    k = k.to(tl.float32)
-                s = tl.dot(q, k, input_precision=PRECISION) * scale_log2
-                s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
-                m_new = tl.maximum(m_run, tl.max(s, axis=1))
-                # A row that has seen no visible key yet keeps m = -inf: subtract 0 instead.
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(s - m_safe[:, None])
-                alpha = tl.exp2(m_run - m_safe)
-                l_run = l_run * alpha + tl.sum(p, axis=1)
-                v = tl.load(
-                    v_head
-                    + block * stride_vb
-                    + offs[:, None] * stride_vs
-                    + dims[None, :] * stride_vd,
-                    mask=valid[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
-                p = p.to(v.dtype)
-                if UPCAST:
-                    p = p.to(tl.float32)
-                    v = v.to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-                m_run = m_new
-        run_lo = tl.load(hidden_end_ptr + first_hidden + i, mask=has_next, other=seq_len)
-
-    out = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]  # no visible key: acc is 0
-    tl.store(
-        o_ptr + q_tok[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
-        out.to(o_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & d_mask[None, :],
-    )
+    m_run, l_run, acc = attend_visible_context(
+        q, context + q_idx, kv_end,
+        k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh,
+        block_table_ptr + req.to(tl.int64) * stride_bt,
+        hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req, head_dim, scale_log2,
+        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+        HD_PAD, PAGE, PRECISION, UPCAST,
+    )  # fmt: skip
+    store_rows(o_ptr, acc, l_run, q_tok, head, row_mask, head_dim, stride_ot, stride_oh, HD_PAD)
 
 
 def draft_paged_attention_triton(

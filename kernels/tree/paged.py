@@ -6,9 +6,10 @@ differ in which tree nodes they see; the context is visible to all of them. So t
 int64 per row (bit j: sees node j, a tree has at most 64 nodes), loaded once and bit-tested in
 the kernel, rather than a dense [Q, context + Q] mask whose context part is all ones anyway.
 
-The context loop is the draft kernel's: walk the visible runs between hidden intervals, never
-loading pages that are wholly hidden. Then the nodes' K/V are gathered by position (up to 64
-columns, one tile) and folded into the same online softmax under each row's bits.
+The context loop is the draft kernel's (shared in :mod:`..attention.online_softmax`): walk the
+visible runs between hidden intervals, never loading pages that are wholly hidden. Then the
+nodes' K/V are gathered by position (up to 64 columns, one tile) and folded into the same online
+softmax under each row's bits.
 """
 
 from __future__ import annotations
@@ -18,38 +19,13 @@ import triton
 import triton.language as tl
 
 from .._triton import dot_precision, upcast_dot_operands
-
-
-@triton.jit
-def _attend(
-    q,
-    k,
-    v,
-    seen,
-    m_run,
-    l_run,
-    acc,
-    scale_log2,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """One online-softmax step of rows ``q`` over keys ``k`` [HD, N] / values ``v`` [N, HD]."""
-    if UPCAST:
-        k = k.to(tl.float32)
-    s = tl.dot(q, k, input_precision=PRECISION) * scale_log2
-    s = tl.where(seen, s, float("-inf"))
-    m_new = tl.maximum(m_run, tl.max(s, axis=1))
-    # A row that has seen no visible key yet keeps m = -inf: subtract 0 instead.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_safe[:, None])
-    alpha = tl.exp2(m_run - m_safe)
-    l_run = l_run * alpha + tl.sum(p, axis=1)
-    p = p.to(v.dtype)
-    if UPCAST:
-        p = p.to(tl.float32)
-        v = v.to(tl.float32)
-    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
-    return m_new, l_run, acc
+from ..attention.online_softmax import (
+    attend,
+    attend_visible_context,
+    load_query_rows,
+    query_block,
+    store_rows,
+)
 
 
 @triton.jit
@@ -92,82 +68,37 @@ def _tree_attention_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    req = tl.program_id(0)
-    q_block = tl.program_id(1)
-    kv_head = tl.program_id(2)
-    q_start = tl.load(query_start_ptr + req)
-    q_len = tl.load(query_start_ptr + req + 1) - q_start
+    req, q_block, kv_head, q_start, q_len = query_block(query_start_ptr)
     if q_block * BLOCK_Q >= q_len:
         return
     context = tl.load(context_lens_ptr + req)
-
-    rows = tl.arange(0, BLOCK_Q * GROUP_PAD)
-    q_idx = q_block * BLOCK_Q + rows // GROUP_PAD
-    head = kv_head * GROUP + rows % GROUP_PAD
-    q_ok = q_idx < q_len
-    row_mask = q_ok & (rows % GROUP_PAD < GROUP)
-    dims = tl.arange(0, HD_PAD)
-    d_mask = dims < head_dim
-    q_tok = (q_start + q_idx).to(tl.int64)
-    q = tl.load(
-        q_ptr + q_tok[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
-        mask=row_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )
-    if UPCAST:
-        q = q.to(tl.float32)
-
-    m_run = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros([BLOCK_Q * GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_Q * GROUP_PAD, HD_PAD], dtype=tl.float32)
+    q, q_idx, q_tok, head, row_mask = load_query_rows(
+        q_ptr, q_start, q_len, q_block, kv_head, head_dim, stride_qt, stride_qh,
+        GROUP, GROUP_PAD, BLOCK_Q, HD_PAD, UPCAST,
+    )  # fmt: skip
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
     table = block_table_ptr + req.to(tl.int64) * stride_bt
 
-    # Context: every row sees every visible position, so no per-row mask.
-    offs = tl.arange(0, PAGE)
-    first_hidden = tl.load(cu_hidden_ptr + req)
-    n_hidden = tl.load(cu_hidden_ptr + req + 1) - first_hidden
-    run_lo = 0  # visible run i spans [end of hidden i-1, start of hidden i)
-    for i in range(0, n_hidden + 1):
-        has_next = i < n_hidden
-        run_hi = tl.load(hidden_start_ptr + first_hidden + i, mask=has_next, other=context)
-        run_hi = tl.minimum(run_hi, context)
-        if run_lo < run_hi:
-            for page in range(run_lo // PAGE, tl.cdiv(run_hi, PAGE)):
-                block = tl.load(table + page).to(tl.int64)
-                pos = page * PAGE + offs
-                valid = (pos >= run_lo) & (pos < run_hi)
-                k = tl.load(
-                    k_head
-                    + block * stride_kb
-                    + offs[None, :] * stride_ks
-                    + dims[:, None] * stride_kd,
-                    mask=valid[None, :] & d_mask[:, None],
-                    other=0.0,
-                )
-                v = tl.load(
-                    v_head
-                    + block * stride_vb
-                    + offs[:, None] * stride_vs
-                    + dims[None, :] * stride_vd,
-                    mask=valid[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
-                m_run, l_run, acc = _attend(
-                    q, k, v, valid[None, :], m_run, l_run, acc, scale_log2, PRECISION, UPCAST
-                )
-        run_lo = tl.load(hidden_end_ptr + first_hidden + i, mask=has_next, other=context)
+    # Context: every row sees every visible position, so no per-row mask (q_pos None).
+    m_run, l_run, acc = attend_visible_context(
+        q, None, context, k_head, v_head, table,
+        hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req, head_dim, scale_log2,
+        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+        HD_PAD, PAGE, PRECISION, UPCAST,
+    )  # fmt: skip
 
     # Tree nodes: one tile of up to 64 columns, gathered by position, each row under its bits.
     cols = tl.arange(0, NODES_PAD)
-    bits = tl.load(row_masks_ptr + q_tok, mask=q_ok, other=0)  # int64, bit 63 included
+    bits = tl.load(row_masks_ptr + q_tok, mask=q_idx < q_len, other=0)  # int64, bit 63 included
     seen = ((bits[:, None] >> cols[None, :].to(tl.int64)) & 1) == 1
     seen = seen & (cols < num_nodes)[None, :]
     used = tl.max(seen.to(tl.int32), axis=0) > 0  # nodes no row of this block sees: not read
     node = tl.load(node_pos_ptr + req.to(tl.int64) * stride_nb + cols, mask=used, other=0)
     block = tl.load(table + node // PAGE, mask=used, other=0).to(tl.int64)
     slot = node % PAGE
+    dims = tl.arange(0, HD_PAD)
+    d_mask = dims < head_dim
     k = tl.load(
         k_head + block[None, :] * stride_kb + slot[None, :] * stride_ks + dims[:, None] * stride_kd,
         mask=used[None, :] & d_mask[:, None],
@@ -178,14 +109,8 @@ def _tree_attention_kernel(
         mask=used[:, None] & d_mask[None, :],
         other=0.0,
     )
-    m_run, l_run, acc = _attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
-
-    out = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]  # no visible key: acc is 0
-    tl.store(
-        o_ptr + q_tok[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
-        out.to(o_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & d_mask[None, :],
-    )
+    m_run, l_run, acc = attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
+    store_rows(o_ptr, acc, l_run, q_tok, head, row_mask, head_dim, stride_ot, stride_oh, HD_PAD)
 
 
 def tree_paged_attention_triton(

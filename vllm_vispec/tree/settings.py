@@ -16,6 +16,9 @@ comma-separated ``key=value`` pairs: the draft proposes EAGLE-2 trees of
 * ``chain_budget`` (0, no limit): past batch size x (chain + 1) > chain_budget the step drafts
   nothing.
 
+``tree_budget=0`` never drafts trees: ``VLLM_VISPEC_TREE=tree_budget=0,chain_budget=32`` keeps
+chains of ``chain`` tokens (at most ``num_speculative_tokens``) and stops drafting under load.
+
 Read by start-up validation in the front end and by the proposer in the workers.
 """
 
@@ -46,6 +49,12 @@ class TreeSettings:
 
     def check(self, num_nodes: int) -> None:
         """ValueError (one line, with the fix) for a tree of ``num_nodes`` nodes that cannot run."""
+        if self.chain > num_nodes:
+            raise ValueError(
+                f"{TREE_ENV}: chain={self.chain} exceeds num_speculative_tokens ({num_nodes})"
+            )
+        if self.tree_budget == 0:
+            return  # chains or nothing: no tree shape to check
         if not 1 <= num_nodes <= MAX_TREE_NODES:
             raise ValueError(
                 f"{TREE_ENV} drafts trees of num_speculative_tokens nodes, at most "
@@ -61,10 +70,6 @@ class TreeSettings:
             raise ValueError(
                 f"{TREE_ENV}: a tree of depth {self.depth} and top_k {self.top_k} has fewer "
                 f"candidates than num_speculative_tokens ({num_nodes}); lower it"
-            )
-        if self.chain > num_nodes:
-            raise ValueError(
-                f"{TREE_ENV}: chain={self.chain} exceeds num_speculative_tokens ({num_nodes})"
             )
 
 
