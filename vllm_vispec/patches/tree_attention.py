@@ -10,6 +10,7 @@ start-up validation refuses trees with any other backend.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -22,6 +23,7 @@ def wrap_forward(impl_cls: type) -> None:
 
     forward = impl_cls.forward
 
+    @functools.wraps(forward)
     def tree_forward(
         self: Any,
         layer: torch.nn.Module,

@@ -10,6 +10,7 @@ cut to what the proposer drafted for it (a tree, a chain, or nothing).
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ def apply(module: ModuleType) -> None:
     sample = runner_cls._sample
     take_drafts = runner_cls.take_draft_token_ids
 
+    @functools.wraps(prepare_inputs)
     def _prepare_inputs(self: Any, scheduler_output: Any, num_scheduled_tokens: np.ndarray) -> Any:
         out = prepare_inputs(self, scheduler_output, num_scheduled_tokens)
         step = _tree_step(self, scheduler_output) if self.speculative_config else None
@@ -67,10 +69,12 @@ def apply(module: ModuleType) -> None:
         self._vispec_tree_step = step
         return out
 
+    @functools.wraps(model_forward)
     def _model_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         with verifying(getattr(self, "_vispec_tree_step", None)):
             return model_forward(self, *args, **kwargs)
 
+    @functools.wraps(sample)
     def _sample(self: Any, logits: Any, spec_decode_metadata: Any) -> Any:
         step = getattr(self, "_vispec_tree_step", None)
         if step is None or spec_decode_metadata is None:
@@ -83,6 +87,7 @@ def apply(module: ModuleType) -> None:
         step.compact()
         return out
 
+    @functools.wraps(take_drafts)
     def take_draft_token_ids(self: Any) -> Any:
         out = take_drafts(self)
         lengths = getattr(getattr(self, "drafter", None), "draft_lengths", None)
