@@ -1,7 +1,7 @@
 """Where a speculative step's time goes, chains against trees, one request at a time.
 
 For each configuration (``VLLM_VISPEC_TREE`` value and ``num_speculative_tokens``) an
-in-process engine answers the grounded world's held-out prompts one by one; timers around the
+in-process engine answers a toy world's held-out prompts one by one; timers around the
 runner's target forward, the proposer's ``propose()`` and its tree expansion give milliseconds
 per speculative step next to tokens/s and the acceptance length. It shows what a tree costs on
 this machine: on a CPU the target's pass over a tree's tokens is compute-bound, on a GPU it
@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
         help="VLLM_VISPEC_TREE value and num_speculative_tokens ('off:4' is a chain of 4; "
         f"default {' '.join(CONFIGS)})",
     )
+    p.add_argument("--world", default="grounded", help="bench prompt set: grounded or toy")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts (default 8)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
@@ -74,7 +75,7 @@ def measure(args: argparse.Namespace, tree: str, k: int) -> dict[str, Any]:
     from vllm_vispec.bench.command import load_prompts
 
     os.environ["VLLM_VISPEC_TREE"] = tree
-    chats = [p.chat() for p in load_prompts("grounded", args.prompts)]
+    chats = [p.chat() for p in load_prompts(args.world, args.prompts)]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     totals: dict[str, float] = collections.defaultdict(float)
     with engine(args.target, args.draft, k=k) as llm:
