@@ -213,6 +213,20 @@ def test_trees_preemption(request: pytest.FixtureRequest) -> None:
     assert delta["vllm:num_preemptions"] > 0
 
 
+def test_trees_at_the_model_length_limit(request: pytest.FixtureRequest) -> None:
+    """Requests that run into max_model_len while drafting trees (tree slots past their last
+    block) stop exactly where they stop without speculation."""
+    target, draft = _models("qwen", request)
+    conversations = [MIXED_BATCH[0], MIXED_BATCH[0]]
+    params = SamplingParams(temperature=0, max_tokens=200)
+    with engine(target, max_model_len=96) as llm:
+        plain = [o.outputs[0] for o in llm.chat(conversations, params)]
+    with engine(target, draft, k=29, max_model_len=96) as llm:
+        got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+    assert got == [list(o.token_ids) for o in plain]
+    assert plain[0].finish_reason == "length" and len(plain[0].token_ids) < 200
+
+
 def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
     """Requests with a repetition penalty draft chains beside requests drafting trees; both
     give the tokens of a run without speculation."""

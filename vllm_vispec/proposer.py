@@ -288,11 +288,16 @@ class ViSpecProposer(EagleProposer):
         self._root_hidden = None
         expansion = Expansion(self._logprobs(hidden), k)
         r = rows.shape[0]
-        # Pass p writes its k nodes at the k raw indices after the previous pass's.
-        slot_index = last_pos[:, None] + 1 + torch.arange(depth * k, device=rows.device)
+        # Pass p writes its k nodes at the k raw indices after the previous pass's. Near the
+        # model's length limit some fall past the request's blocks: not written (slot -1) and
+        # read from its last slot instead (their drafts are cut by the scheduler anyway).
         bs = self.block_size
+        limit = min(block_table.shape[1] * bs, self.vllm_config.model_config.max_model_len)
+        slot_index = last_pos[:, None] + 1 + torch.arange(depth * k, device=rows.device)
+        in_range = slot_index < limit
+        slot_index = slot_index.clamp(max=limit - 1)
         blocks = torch.gather(block_table, 1, (slot_index // bs).to(block_table.dtype))
-        slots = (blocks * bs + slot_index % bs).long()
+        slots = torch.where(in_range, blocks * bs + slot_index % bs, -1).long()
         attention = draft.model.layers[0].self_attn
         cu = torch.arange(r + 1, device=rows.device, dtype=torch.int32) * k
         for p in range(depth):
