@@ -300,6 +300,7 @@ class ViSpecProposer(EagleProposer):
         slots = torch.where(in_range, blocks * bs + slot_index % bs, -1).long()
         attention = draft.model.layers[0].self_attn
         cu = torch.arange(r + 1, device=rows.device, dtype=torch.int32) * k
+        hidden_context = self._tree_hidden(rows)
         for p in range(depth):
             tokens, masks = expansion.next_pass()
             draft.vision_buffers.tree_rows(rows, k)
@@ -310,7 +311,7 @@ class ViSpecProposer(EagleProposer):
                 context_lens=last_pos + 1,
                 node_pos=slot_index,
                 row_masks=masks.reshape(-1),
-                hidden=self._tree_hidden(rows),
+                hidden=hidden_context,
             )
             try:
                 with set_forward_context(None, self.vllm_config, skip_compiled=True):
