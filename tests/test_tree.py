@@ -20,10 +20,11 @@ from engines import MIXED_BATCH, counters, engine, runner
 from test_lossless import _sampled_pit
 from vllm import SamplingParams
 from vllm_vispec.kernels import split_kv_cache
+from vllm_vispec.kernels.tree import ancestor_masks
 
 from vllm_vispec.tree.expand import Expansion
 from vllm_vispec.tree.settings import TREE_ENV, TreeSettings, tree_settings
-from vllm_vispec.tree.walk import ancestor_masks, node_depths, walk_tree
+from vllm_vispec.tree.walk import node_depths, walk_tree
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
 # Trees at every batch size (the default budget would draft chains past 2 requests).

@@ -18,8 +18,8 @@ import torch
 from test_kernels import DTYPES, TOLERANCE, assert_close
 from test_tree_kernels import DST, SRC, check_paths, compacted, kv_pair, vec_layout
 from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
+from vllm_vispec.kernels.tree import ancestor_masks
 from vllm_vispec.kernels.tree.selfcheck import (
-    ancestor_masks,
     check_triton_tree_attention,
     reference_tree_attention,
     tree_batch,
@@ -102,7 +102,7 @@ def test_tree_triton_chain() -> None:
     """A chain of 16 nodes (what a chain drafter verifies), bf16 at head dim 128."""
     parents = [j - 1 for j in range(16)]
     case = tree_case(
-        [100], [16], [ancestor_masks(parents)], [[(20, 60)]],
+        [100], [16], [ancestor_masks(torch.tensor([parents]))[0].tolist()], [[(20, 60)]],
         num_heads=4, num_kv_heads=4, head_dim=128, block_size=32, dtype=torch.bfloat16,
     )  # fmt: skip
     out = tree_paged_attention(**case, use_triton=True)

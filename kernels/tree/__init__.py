@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from .masks import ancestor_masks
 from .naive import naive_compact_kv, naive_tree_paged_attention
 
 __all__ = [
     "MAX_NODES",
+    "ancestor_masks",
     "compact_kv",
     "naive_compact_kv",
     "naive_tree_paged_attention",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.selfcheck import CHECK_TOLERANCE, _cu, relative_error
+from .masks import ancestor_masks
 from .naive import naive_tree_paged_attention
 
 GAP = 3  # unwritten (NaN) slots scattered among each request's node positions
@@ -36,14 +37,6 @@ def random_parents(num_nodes: int, seed: int) -> list[int]:
     (a child of the context), so paths get deep and roots several."""
     gen = torch.Generator().manual_seed(seed)
     return [max(-1, j - 1 - int(torch.randint(4, (1,), generator=gen))) for j in range(num_nodes)]
-
-
-def ancestor_masks(parents: list[int]) -> list[int]:
-    """Each node's row mask: its own bit and its ancestors', as signed int64 values."""
-    masks: list[int] = []
-    for j, parent in enumerate(parents):
-        masks.append((1 << j) | (masks[parent] if parent >= 0 else 0))
-    return [m - (1 << 64) if m >= 1 << 63 else m for m in masks]
 
 
 def tree_case(
@@ -125,7 +118,7 @@ def tree_batch(
     case = tree_case(
         TREE_BATCH["context_lens"],
         TREE_BATCH["num_nodes"],
-        [ancestor_masks(p) for p in parents],
+        [ancestor_masks(torch.tensor([p]))[0].tolist() for p in parents],
         TREE_BATCH["hidden"],
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vllm.v1.sample.metadata import SamplingMetadata
+from vllm.v1.sample.ops.topk_topp_sampler import random_sample
 from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
 
-from vllm_vispec.kernels.tree import compact_kv, tree_paged_attention
-from vllm_vispec.tree.walk import ancestor_masks, node_depths, walk_tree
+from vllm_vispec.kernels.tree import ancestor_masks, compact_kv, tree_paged_attention
+from vllm_vispec.tree.walk import node_depths, walk_tree
 
 _active: list[TreeStep] = []
 
@@ -80,10 +81,12 @@ class TreeStep:
         self.bases = torch.tensor(bases, dtype=torch.long, device=device)
         self.depths = node_depths(self.parents)
         self.masks = ancestor_masks(self.parents)
-        valid = torch.arange(width, device=device)[None, :] < self.num_nodes[:, None]
+        self.node_index = torch.arange(width, device=device)[None, :]
+        self.valid = valid = self.node_index < self.num_nodes[:, None]  # [R, width] real nodes
         starts = torch.tensor(query_starts, dtype=torch.long, device=device)
         # Flat input rows of every node, and per node its tree and its index in the tree.
         self.tree_of, self.node_of = valid.nonzero(as_tuple=True)
+        self.row_masks = self.masks[self.tree_of, self.node_of]
         self.rows = starts[self.tree_of] + self.node_of
         self.root_rows = starts[self.tree_of]
         self.query_start_loc = torch.zeros(len(parents) + 1, dtype=torch.int32, device=device)
@@ -130,7 +133,6 @@ class TreeStep:
             output[self.rows] = self._attend_gathered(query, k_cache, v_cache, block_table, scale)
             return
         width = self.parents.shape[1]
-        node_pos = self.bases[:, None] + torch.arange(width, device=self.device)[None, :]
         empty = self.bases.new_zeros(0)
         output[self.rows] = tree_paged_attention(
             query[self.rows],
@@ -139,8 +141,8 @@ class TreeStep:
             self.query_start_loc,
             block_table[self.batch_rows],
             self.bases,
-            node_pos,
-            self.masks[self.tree_of, self.node_of],
+            self.bases[:, None] + self.node_index,
+            self.row_masks,
             empty,
             empty,
             torch.zeros_like(self.query_start_loc),
@@ -186,11 +188,10 @@ class TreeStep:
         rel = pos[None, None, :] - self.bases[:, None, None]  # [R, 1, L] node index of a key
         bits = (self.masks[:, :, None] >> rel.clamp(0, 63)) & 1  # [R, n, L]
         mask = (rel < 0) | ((bits == 1) & (rel < width))
-        valid = torch.arange(width, device=self.device)[None, :] < self.num_nodes[:, None]
+        valid = self.valid
         mask = mask & in_range[:, None, :] & valid[:, :, None]
         mask[:, :, 0] |= ~valid  # padding rows see one key (no NaN); they are not read back
-        node = torch.arange(width, device=self.device)[None, :]
-        q_rows = self.starts[:, None] + torch.where(valid, node, 0)
+        q_rows = self.starts[:, None] + torch.where(valid, self.node_index, 0)
         return blocks, offsets, mask[:, None], q_rows
 
     # -- verification ---------------------------------------------------------------------------
@@ -227,12 +228,12 @@ class TreeStep:
         counts[self.batch_rows] = self.num_nodes
         processed = apply_sampling_constraints(logits.clone(), counts.cumsum(0), meta)
         probs = processed.softmax(dim=-1, dtype=torch.float32)
-        noise = torch.empty_like(probs).exponential_()
         row_batch = self.batch_rows[self.tree_of]
-        for batch_row, generator in meta.generators.items():
-            for i in (row_batch == batch_row).nonzero()[:, 0].tolist():
-                noise[i].exponential_(generator=generator)
-        drawn = probs.div_(noise).argmax(dim=-1)
+        # vLLM's sampler, with each seeded request's generator on every one of its nodes.
+        generators = {
+            i: meta.generators[b] for i, b in enumerate(row_batch.tolist()) if b in meta.generators
+        }
+        drawn = random_sample(probs, generators)
         is_greedy = meta.temperature[row_batch] < 1e-5
         return torch.where(is_greedy, greedy, drawn)
 
@@ -257,11 +258,6 @@ class TreeStep:
         )
 
     # -- after verification ---------------------------------------------------------------------
-
-    def accepted(self) -> torch.Tensor:
-        """[R] accepted nodes per tree (the root not counted)."""
-        assert self.path is not None
-        return (self.path >= 0).sum(dim=1) - 1
 
     def compact(self) -> None:
         """Copy each accepted node's K/V (every target layer) to the slot right after its

@@ -15,20 +15,6 @@ from __future__ import annotations
 import torch
 
 
-def ancestor_masks(parents: torch.Tensor) -> torch.Tensor:
-    """[R, N] parents (node 0 the root with parent -1; node i's parent < i; -1 past a tree's
-    nodes) -> [R, N] int64 rows, bit j set when node j is node i or one of its ancestors."""
-    n = parents.shape[1]
-    bits = (torch.ones_like(parents) << torch.arange(n, device=parents.device)).expand_as(parents)
-    masks = bits.clone()
-    up = parents
-    while bool((up >= 0).any()):  # one level per round: at most the tree's depth rounds
-        has_up, safe = up >= 0, up.clamp(min=0)
-        masks = masks | torch.where(has_up, torch.gather(bits, 1, safe), 0)
-        up = torch.where(has_up, torch.gather(parents, 1, safe), up)
-    return masks
-
-
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
     """[R, N] parents -> [R, N] depth of each node (the root 0)."""
     depth = torch.zeros_like(parents)
