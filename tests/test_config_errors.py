@@ -323,6 +323,20 @@ def test_tree_settings_that_cannot_work(
     _assert_mentions(_refusal(qwen_target, _spec(qwen_draft, k=k)), *words)
 
 
+def test_trees_with_tensor_parallelism(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tree verification has only been checked at TP=1: larger layouts are refused."""
+    monkeypatch.setenv("VLLM_VISPEC_TREE", "on")
+    message = _refusal(
+        qwen_target,
+        _spec(qwen_draft, k=29),
+        tensor_parallel_size=2,
+        distributed_executor_backend="mp",
+    )
+    _assert_mentions(message, "tensor_parallel_size 1", "unset VLLM_VISPEC_TREE")
+
+
 def test_tree_with_many_nodes_passes(
     qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

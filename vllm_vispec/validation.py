@@ -126,6 +126,12 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
         tree.check(vllm_config.speculative_config.num_speculative_tokens)
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    if tp > 1:
+        raise ViSpecConfigError(
+            f"{TREE_ENV} (trees and the tree/chain policy) is tested at tensor_parallel_size 1 "
+            f"only (got {tp}); unset {TREE_ENV} to draft chains"
+        )
     if vllm_config.scheduler_config.async_scheduling:
         raise ViSpecConfigError(
             f"{TREE_ENV} needs synchronous scheduling (the next step's positions depend on "
