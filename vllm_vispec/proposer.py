@@ -220,8 +220,10 @@ class ViSpecProposer(EagleProposer):
             for i, r in enumerate(req_ids)
             if mode == "tree" and not partial[i] and self._tree_ok(r)
         ]
+        # A seeded request drafts a chain whatever the load, so its draws never depend on it.
+        seeded = {r for r in req_ids if self._seeded(r)}
         # Drafting off: vLLM's first pass still runs (the draft's KV stays in step), no logits.
-        chain = 0 if mode == "off" else self.tree.chain
+        chain = 0 if mode == "off" and not seeded else self.tree.chain
         if tree_rows and len(tree_rows) == int((~partial).sum()):
             chain = 1  # every request drafts a tree: only the first pass's hidden states
         # The draft's last row per request (where its first pass samples): the tree's root.
@@ -233,6 +235,8 @@ class ViSpecProposer(EagleProposer):
         out = chains.new_zeros(len(req_ids), num_nodes)
         out[:, :chain] = chains
         self.draft_lengths = dict.fromkeys(req_ids, chain)
+        if mode == "off":
+            self.draft_lengths.update((r, 0) for r in req_ids if r not in seeded)
         self.trees = {}
         if tree_rows:
             rows = torch.tensor(tree_rows, device=out.device)
@@ -244,30 +248,35 @@ class ViSpecProposer(EagleProposer):
         return out
 
     def _tree_ok(self, req_id: str) -> bool:
-        """Whether a tree can be verified for this request with every sampling option kept
-        (options that read the drafted history or return per-token data take chains)."""
+        """Whether a tree can be verified for this request with every sampling option kept.
+
+        Penalties, bad words and allowed tokens are applied per node (TreeStep); min_p and
+        logit bias do nothing under speculation in vLLM (it warns at start-up). Chains for:
+        min_tokens not yet reached, thinking budgets and structured output (vLLM's state
+        machines walk the drafts as a chain), processed-logprobs modes, and seeded requests,
+        whose text must not depend on whether the step's load allowed a tree.
+        """
         request = self.runner.requests[req_id]
         params = request.sampling_params
         if params is None:
             return False
         ok = (
-            params.presence_penalty == 0
-            and params.frequency_penalty == 0
-            and params.repetition_penalty == 1
-            and not params.bad_words
-            and (params.logprobs is None or self._raw_logprobs)
-            and params.allowed_token_ids is None
+            (params.logprobs is None or self._raw_logprobs)
             and params.min_tokens <= len(request.output_token_ids)
-            and not params.min_p
             and params.structured_outputs is None
-            and not params.logit_bias
+            and params.thinking_token_budget is None
+            and params.seed is None
         )
         if not ok:
             logger.info_once(
-                "ViSpec: requests with penalties, bad words, allowed tokens, logit bias, min_p, "
-                "min_tokens, structured output or processed logprobs draft chains, not trees"
+                "ViSpec: requests with a seed, min_tokens, a thinking budget, structured output "
+                "or processed logprobs draft chains, not trees"
             )
         return ok
+
+    def _seeded(self, req_id: str) -> bool:
+        params = self.runner.requests[req_id].sampling_params
+        return params is not None and params.seed is not None
 
     def _sample_draft_tokens(
         self, hidden_states: torch.Tensor, sampling_metadata: SamplingMetadata

@@ -111,13 +111,15 @@ def validate(vllm_config: Any) -> None:
             "ViSpec drafts need a 16- or 32-bit draft KV cache (neither way of hiding image "
             'slots reads fp8); set "kv_cache_dtype": "auto" in the speculative config'
         )
-    from vllm_vispec.draft.attention_mode import draft_attention
+    from vllm_vispec.draft.attention_mode import DRAFT_ATTENTION_ENV, draft_attention
 
     try:
-        draft_attention(draft_cfg.head_dim)
+        attention = draft_attention(draft_cfg.head_dim)
         feature_cache_bytes()
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
+    if attention != "mark":
+        _check_cpu_kv_layout(vllm_config, draft_cfg.head_dim, f"{DRAFT_ATTENTION_ENV}={attention}")
 
 
 def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
@@ -137,7 +139,40 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
             f"{TREE_ENV} needs synchronous scheduling (the next step's positions depend on "
             "which tree nodes were accepted); pass --no-async-scheduling"
         )
-    text = vllm_config.model_config.hf_config.get_text_config()
+    if vllm_config.parallel_config.data_parallel_size > 1:
+        raise ViSpecConfigError(
+            f"{TREE_ENV} is not supported with data parallelism (data_parallel_size="
+            f"{vllm_config.parallel_config.data_parallel_size}): vLLM's drafter synchronises "
+            "the ranks once per draft pass and each rank would pick its own tree or chain; "
+            f"unset {TREE_ENV} to draft chains"
+        )
+    spec = vllm_config.speculative_config
+    for option, value, default in (
+        ("draft_sample_method", spec.draft_sample_method, "greedy"),
+        ("rejection_sample_method", spec.rejection_sample_method, "standard"),
+        ("enable_adaptive_verification", spec.enable_adaptive_verification, False),
+        ("num_speculative_tokens_per_batch_size", spec.num_speculative_tokens_per_batch_size,
+         None),
+    ):  # fmt: skip
+        if value != default:
+            raise ViSpecConfigError(
+                f"{TREE_ENV} verifies trees with greedy drafts and its own tree walk, which "
+                f"{option}={value!r} would change; remove {option} from the speculative "
+                f"config or unset {TREE_ENV}"
+            )
+    if str(vllm_config.cache_config.cache_dtype).startswith("fp8"):
+        raise ViSpecConfigError(
+            f"{TREE_ENV} reads the target's KV cache without fp8 scales; drop --kv-cache-dtype "
+            f"{vllm_config.cache_config.cache_dtype} or unset {TREE_ENV} to draft chains"
+        )
+    if vllm_config.lora_config is not None:
+        raise ViSpecConfigError(
+            f"{TREE_ENV} has not been verified with LoRA adapters on the target; drop "
+            f"--enable-lora or unset {TREE_ENV} to draft chains"
+        )
+    model = vllm_config.model_config
+    _check_cpu_kv_layout(vllm_config, model.get_head_size(), TREE_ENV)
+    text = model.hf_config.get_text_config()
     if getattr(text, "use_sliding_window", False):
         raise ViSpecConfigError(
             f"{TREE_ENV} cannot verify trees on a target with sliding-window attention; unset "
@@ -157,6 +192,32 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
         raise ViSpecConfigError(
             f"{TREE_ENV} verifies trees with vLLM's Triton attention backend on GPUs; pass "
             "--attention-backend TRITON_ATTN"
+        )
+
+
+def _check_cpu_kv_layout(vllm_config: Any, head_size: int, who: str) -> None:
+    """The plugin's own attention reads vLLM's CPU KV cache in the layouts of the ``vec`` and
+    ``vec16`` ISAs only; refuse the ones vLLM would pick otherwise (``amx``, ``neon``, ...)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from vllm_vispec.kernels.attention import CPU_KV_LAYOUT_ISAS
+
+    cache = vllm_config.cache_config
+    dtype = vllm_config.model_config.dtype
+    try:
+        isa = _get_attn_isa(dtype, cache.block_size, head_size, cache.cache_dtype)
+    except NotImplementedError:
+        return  # vLLM refuses this cache itself, with its own message
+    if isa not in CPU_KV_LAYOUT_ISAS:
+        raise ViSpecConfigError(
+            f"{who} reads vLLM's CPU KV cache in its {' and '.join(CPU_KV_LAYOUT_ISAS)} layouts "
+            f"only, and vLLM picks the {isa!r} layout here ({dtype}, block size "
+            f"{cache.block_size}); turn {who} off (chains with the 'mark' draft attention run "
+            "on every CPU)"
         )
 
 

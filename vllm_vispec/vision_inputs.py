@@ -95,6 +95,7 @@ class VisionBuffers:
         self.global_rows[:n].copy_(self.step_global_rows[requests].repeat_interleave(top_k, 0))
         self.compressed[:n].zero_()
         self.hidden[:n].zero_()
+        self._written = max(self._written, n)  # the next write clears these rows too
 
     def advance(self) -> None:
         """After a forward: the later steps' rows (one per request) take the first rows."""

@@ -12,7 +12,15 @@ import torch
 
 from .naive import naive_draft_paged_attention
 
-__all__ = ["draft_paged_attention", "naive_draft_paged_attention", "split_kv_cache"]
+__all__ = [
+    "CPU_KV_LAYOUT_ISAS",
+    "draft_paged_attention",
+    "naive_draft_paged_attention",
+    "split_kv_cache",
+]
+
+# vLLM CPU attention ISAs whose KV layout split_kv_cache reads (start-up refuses the others).
+CPU_KV_LAYOUT_ISAS = ("vec", "vec16")
 
 
 def draft_paged_attention(
@@ -74,7 +82,7 @@ def split_kv_cache(
     if cpu_isa is None:
         k, v = kv_cache.transpose(1, 2).split(head_dim, dim=-1)
         return k, v
-    if cpu_isa not in ("vec", "vec16"):
+    if cpu_isa not in CPU_KV_LAYOUT_ISAS:
         raise NotImplementedError(f"CPU attention ISA {cpu_isa!r} has an unsupported KV layout")
     slab = kv_cache.view(num_blocks, num_kv_heads, 2, block_size * head_dim)
     k = slab[:, :, 0].unflatten(-1, (head_dim, block_size)).permute(0, 3, 1, 2)

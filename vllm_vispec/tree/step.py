@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vllm.v1.sample.metadata import SamplingMetadata
+from vllm.v1.sample.ops.bad_words import apply_bad_words
+from vllm.v1.sample.ops.penalties import apply_all_penalties
 from vllm.v1.sample.ops.topk_topp_sampler import random_sample
 from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
 
@@ -74,6 +76,7 @@ class TreeStep:
             pad[r, : len(p)] = p
             tok[r, 1 : len(p)] = t
         self.device = device
+        self._trees = [(np.asarray(p), list(t)) for p, t in zip(parents, tokens, strict=True)]
         self.batch_rows = torch.tensor(batch_rows, dtype=torch.long, device=device)
         self.num_nodes = torch.tensor([len(p) for p in parents], dtype=torch.long, device=device)
         self.parents = torch.from_numpy(pad).to(device)
@@ -210,13 +213,54 @@ class TreeStep:
         sampled_token_ids: torch.Tensor,
     ) -> None:
         """Walk every tree on the target's picks; write its rows of ``sampled_token_ids``."""
+        constrained = self._constrain(node_logits.clone(), sampling_metadata)
         picks = torch.zeros_like(self.parents)
-        picks[self.tree_of, self.node_of] = self._pick(node_logits, sampling_metadata)
+        picks[self.tree_of, self.node_of] = self._pick(constrained, sampling_metadata)
         out, self.path = walk_tree(self.parents, self.tokens, self.num_nodes, picks)
         self.outputs, self.sampling_rows = out, sampled_token_ids.shape[0]
         width = min(out.shape[1], sampled_token_ids.shape[1])
         sampled_token_ids[self.batch_rows] = -1
         sampled_token_ids[self.batch_rows, :width] = out[:, :width].to(sampled_token_ids.dtype)
+
+    def histories(self, output_token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Per node (flat order): the request's output so far, then the node's path from the
+        root's child down to the node itself: what the target has said when it predicts the
+        node's child, i.e. the history a chain row at that depth would have."""
+        out = []
+        for batch_row, (parents, tokens) in zip(self.batch_rows.tolist(), self._trees, strict=True):
+            prefix = list(output_token_ids[batch_row])
+            paths: list[list[int]] = [[]]
+            for node in range(1, len(parents)):
+                paths.append([*paths[parents[node]], tokens[node - 1]])
+            out += [prefix + path for path in paths]
+        return out
+
+    def _constrain(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """What vLLM's rejection sampler applies at a chain's rows before it picks (penalties,
+        allowed tokens, bad words), with each node's own history: its ancestors, not the nodes
+        before it in the flat list. min_tokens and thinking budgets take chains (proposer)."""
+        rows = self.batch_rows[self.tree_of]
+        history = None
+        if not meta.no_penalties or meta.bad_words_token_ids:
+            history = self.histories(meta.output_token_ids)
+        if not meta.no_penalties:
+            assert meta.prompt_token_ids is not None and history is not None
+            logits = apply_all_penalties(
+                logits,
+                meta.prompt_token_ids[rows],
+                meta.presence_penalties[rows],
+                meta.frequency_penalties[rows],
+                meta.repetition_penalties[rows],
+                history,
+            )
+        if meta.allowed_token_ids_mask is not None:
+            logits.masked_fill_(meta.allowed_token_ids_mask[rows], float("-inf"))
+        if meta.bad_words_token_ids:
+            assert history is not None
+            words = meta.bad_words_token_ids
+            per_node = {i: words[b] for i, b in enumerate(rows.tolist()) if b in words}
+            apply_bad_words(logits, per_node, history)
+        return logits
 
     def _pick(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """One token per node: the argmax for greedy requests, else a draw from the target's
@@ -226,7 +270,7 @@ class TreeStep:
             return greedy
         counts = torch.zeros(meta.temperature.shape[0], dtype=torch.long, device=self.device)
         counts[self.batch_rows] = self.num_nodes
-        processed = apply_sampling_constraints(logits.clone(), counts.cumsum(0), meta)
+        processed = apply_sampling_constraints(logits, counts.cumsum(0), meta)
         probs = processed.softmax(dim=-1, dtype=torch.float32)
         row_batch = self.batch_rows[self.tree_of]
         # vLLM's sampler, with each seeded request's generator on every one of its nodes.
