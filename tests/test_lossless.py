@@ -192,12 +192,17 @@ def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None
     assert [list(o.outputs[0].token_ids) for o in outputs[::2]] == [list(t) for t in expected]
 
 
-def _sampled_pit(target, speculative_config: dict, conversations: list) -> tuple[float, int]:
+def _sampled_pit(
+    target, speculative_config: dict, conversations: list, seeded: bool = True
+) -> tuple[float, int]:
     """KS p-value of the randomised PIT of every token sampled at temperature 1, and how many
-    draft tokens were accepted."""
+    draft tokens were accepted. Unseeded requests draw from the engine's seeded generator
+    (seeded requests never draft trees)."""
     vocab = 512
     params = [
-        SamplingParams(temperature=1.0, max_tokens=24, seed=1000 + i, logprobs=vocab)
+        SamplingParams(
+            temperature=1.0, max_tokens=24, seed=1000 + i if seeded else None, logprobs=vocab
+        )
         for i in range(len(conversations))
     ]
     overrides = {"speculative_config": {"num_speculative_tokens": 3, **speculative_config}}

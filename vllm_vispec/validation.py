@@ -150,7 +150,6 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
     for option, value, default in (
         ("draft_sample_method", spec.draft_sample_method, "greedy"),
         ("rejection_sample_method", spec.rejection_sample_method, "standard"),
-        ("enable_adaptive_verification", spec.enable_adaptive_verification, False),
         ("num_speculative_tokens_per_batch_size", spec.num_speculative_tokens_per_batch_size,
          None),
     ):  # fmt: skip
