@@ -229,12 +229,12 @@ def test_trees_at_the_model_length_limit(request: pytest.FixtureRequest) -> None
 
 
 def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
-    """Requests with a repetition penalty draft chains beside requests drafting trees; both
+    """Requests still short of min_tokens draft chains beside requests drafting trees; both
     give the tokens of a run without speculation."""
     target, draft = _models("qwen", request)
     conversations = MIXED_BATCH * 2
     params = [
-        SamplingParams(temperature=0, max_tokens=40, repetition_penalty=1.3 if i % 2 else 1.0)
+        SamplingParams(temperature=0, max_tokens=40, min_tokens=30 if i % 2 else 0)
         for i in range(len(conversations))
     ]
     with engine(target) as llm:

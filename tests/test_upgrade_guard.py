@@ -149,3 +149,65 @@ def test_sampling_params_attributes() -> None:
     known = _assigned_attributes(SamplingParams)
     for name in patches.SAMPLING_PARAMS_ATTRIBUTES:
         assert name in known, f"ledger SAMPLING_PARAMS_ATTRIBUTES: SamplingParams has no {name!r}"
+
+
+def test_sampling_metadata_attributes() -> None:
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    known = _assigned_attributes(SamplingMetadata)
+    for name in patches.SAMPLING_METADATA_ATTRIBUTES:
+        assert name in known, f"ledger SAMPLING_METADATA_ATTRIBUTES: no {name!r} in vLLM's"
+
+
+def _runtime_vllm_imports() -> set[str]:
+    """``module:name`` of every vLLM import in the runtime (what ``vllm serve`` loads)."""
+    import ast
+
+    from test_import_hygiene import PACKAGE, TOOLING
+
+    root = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *(root / "kernels").rglob("*.py")]
+    found: set[str] = set()
+    for path in files:
+        parts = path.relative_to(root).parts
+        if parts[0] == "vllm_vispec" and len(parts) > 1 and parts[1].removesuffix(".py") in TOOLING:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vllm":
+                found |= {f"{node.module}:{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("vllm.") and alias.asname:
+                        module, _, name = alias.name.rpartition(".")
+                        found.add(f"{module}:{name}")
+    return found
+
+
+def test_every_runtime_vllm_import_is_in_the_internals_table() -> None:
+    from vllm_vispec.patches.internals import INTERNALS
+
+    listed = {internal.symbol for internal in INTERNALS}
+    missing = _runtime_vllm_imports() - listed
+    assert not missing, f"the runtime imports {sorted(missing)}: add them to patches/internals.py"
+
+
+def test_internals_resolve_with_their_parameters() -> None:
+    from vllm_vispec.patches.internals import ATTRIBUTES, INTERNALS
+
+    for internal in INTERNALS:
+        try:
+            obj = _resolve(internal.symbol)
+        except (ImportError, AttributeError) as e:
+            pytest.fail(
+                f"internals table: {internal.symbol} is gone ({e}); used by "
+                f"{internal.used_by} for: {internal.why}"
+            )
+        if internal.parameters is not None:
+            assert _parameters(obj) == internal.parameters, (
+                f"internals table: vLLM's {internal.symbol} now takes {_parameters(obj)}; "
+                f"update {internal.used_by}"
+            )
+    for symbol, names in ATTRIBUTES.items():
+        known = _assigned_attributes(_resolve(symbol))
+        for name in names:
+            assert name in known, f"internals ATTRIBUTES: vLLM's {symbol} has no {name!r}"

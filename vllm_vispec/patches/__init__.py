@@ -203,16 +203,26 @@ INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_cpu", "num_reqs", "req_ids")
 REQUEST_STATE_ATTRIBUTES = ("get_token_id", "mm_features", "output_token_ids", "sampling_params")
 # SamplingParams fields that decide whether a request's drafts can be a tree.
 SAMPLING_PARAMS_ATTRIBUTES = (
-    "allowed_token_ids",
-    "bad_words",
-    "frequency_penalty",
-    "logit_bias",
     "logprobs",
-    "min_p",
     "min_tokens",
-    "presence_penalty",
-    "repetition_penalty",
+    "seed",
     "structured_outputs",
+    "thinking_token_budget",
+)
+# SamplingMetadata fields the tree verification reads (tree/step.py: per-node penalties, bad
+# words, allowed tokens, then the pick).
+SAMPLING_METADATA_ATTRIBUTES = (
+    "all_greedy",
+    "allowed_token_ids_mask",
+    "bad_words_token_ids",
+    "frequency_penalties",
+    "generators",
+    "no_penalties",
+    "output_token_ids",
+    "presence_penalties",
+    "prompt_token_ids",
+    "repetition_penalties",
+    "temperature",
 )
 
 

@@ -8,9 +8,9 @@ comma-separated ``key=value`` pairs: the draft proposes EAGLE-2 trees of
 * ``depth`` (3): draft passes over the tree after the first, EAGLE-2's ``depth``; trees are at
   most ``depth + 1`` tokens deep.
 * ``top_k`` (8): children expanded per node and nodes kept per level.
-* ``chain`` (3): chain length for steps past ``tree_budget`` and for requests a tree cannot
-  serve (penalties, bad words, allowed tokens, logit bias, min_p, min_tokens, structured
-  output, logprobs of processed logits: what reads the drafted history or a processed row).
+* ``chain`` (3): chain length for steps past ``tree_budget`` and for requests that draft
+  chains (seeded requests, at every load; thinking budgets, structured output, min_tokens not
+  yet reached, logprobs of processed logits: see ``ViSpecProposer._tree_ok``).
 * ``tree_budget`` (64): a step drafts trees while batch size x (nodes + 1), the tokens the
   target verifies, stays within it; past it, chains.
 * ``chain_budget`` (0, no limit): past batch size x (chain + 1) > chain_budget the step drafts
