@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-fast lint demo clean
 
 $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,16 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two workers: vLLM's CPU engines compute on one core each (tests/conftest.py binds them).
 test: $(STAMP) lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The inner loop: tests that start no engine (kernels, references, worlds, the upgrade guard).
+FAST_TESTS := tests/test_kernels.py tests/test_tree_kernels.py tests/test_reference.py \
+	tests/test_upgrade_guard.py tests/test_toy_world.py tests/test_grounded_world.py \
+	tests/test_cpu_fixes.py
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -n 2 --durations=5 $(FAST_TESTS)
 
 demo: $(STAMP)
 	$(VENV)/bin/vllm-vispec demo

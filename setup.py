@@ -33,7 +33,8 @@ setup(
         "train": TRAIN,
         "bench": BENCH,  # also `vllm-vispec demo`
         # `make test` and `make demo`: every tooling extra plus the test runner.
-        "test": sorted(set(TRAIN + BENCH)) + ["pytest", "pytest-timeout", "ruff", "scipy"],
+        "test": sorted(set(TRAIN + BENCH))
+        + ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "scipy"],
     },
     entry_points={
         "vllm.general_plugins": ["vispec = vllm_vispec:register"],

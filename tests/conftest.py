@@ -11,6 +11,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`make test` runs two workers) each worker's engines compute on a core of
+# their own; vLLM's automatic binding would put both on the same one.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault(
+        "VLLM_CPU_OMP_THREADS_BIND", str(int(worker.removeprefix("gw")) % (os.cpu_count() or 1))
+    )
 
 import pytest  # noqa: E402
 

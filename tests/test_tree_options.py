@@ -338,4 +338,3 @@ def test_seeded_text_does_not_depend_on_load(
             [MIXED_BATCH[0], conversation, MIXED_BATCH[2]], [others, seeded, others], use_tqdm=False
         )
     assert _tokens(together[1:2]) == alone
-
