@@ -26,3 +26,16 @@ def test_expand_batch_to_tokens(dtype: torch.dtype) -> None:
         )
         assert got.dtype == dtype
         assert got.tolist() == [1, 1, 1, 3, 2, 2, 2, 2, 2]
+
+
+def test_top_k_over_a_step_without_drafts() -> None:
+    """Zero draft rows (a step where no request drafted) pass top-k unchanged; other rows are
+    still cut to their top k."""
+    vllm_vispec.register()
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+
+    empty = apply_top_k_top_p(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long), None)
+    assert empty.shape == (0, 8)
+    logits = torch.arange(16.0).view(2, 8)
+    cut = apply_top_k_top_p(logits.clone(), torch.tensor([1, 3]), None)
+    assert torch.isfinite(cut).sum(dim=1).tolist() == [1, 3]

@@ -38,6 +38,8 @@ TREE_TRIGGERS = (
     "vllm.v1.attention.backends.triton_attn",
     "vllm.v1.worker.gpu_model_runner",
 )
+# The same for the CPU top-k fix (patches/cpu_top_k.py).
+SAMPLER_TRIGGER = "vllm.v1.sample.ops.topk_topp_sampler"
 PATCHES = "vllm_vispec.patches"
 RESULT_MARK = "RESULT-JSON: "
 VISPEC_FEATURE = "ViSpec drafts (vllm-vispec)"
@@ -264,8 +266,9 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
         f"{PATCHES}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
-    assert out["pending_finders"] == sorted([EAGLE_MODULE, *TREE_TRIGGERS])
-    assert out["pending_finders_after_repeat"] == sorted([EAGLE_MODULE, *TREE_TRIGGERS])
+    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER, *TREE_TRIGGERS])
+    assert out["pending_finders"] == lazy
+    assert out["pending_finders_after_repeat"] == lazy
     assert out["register_model_calls"] == [DRAFT_ARCHITECTURE]
     assert out["registered"] is True
 

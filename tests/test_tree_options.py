@@ -32,7 +32,8 @@ ALWAYS = "tree_budget=100000"  # trees at every batch size
 OPTIONS: list[tuple[str, str, str]] = [
     ("`temperature`, `top_k`, `top_p`", "trees (one draw per node from the processed "
      "distribution)", "test_tree::test_tree_sampling_follows_the_target_distribution"),
-    ("`n`", "trees (each sample is a request drafting its own trees)",
+    ("`n`, `top_k` at temperature > 0", "trees (each sample is a request drafting its own "
+     "trees)",
      "::test_sampling_options_with_trees"),
     ("`seed`", "chains of `chain` tokens at every load, so the text never depends on what else "
      "runs", "::test_seeded_text_does_not_depend_on_load"),
@@ -261,14 +262,16 @@ def test_sampling_options_with_trees(
         expected = llm.chat(conversations, params, use_tqdm=False)
     with engine(qwen_target, qwen_draft, k=29, max_logprobs=4) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(conversations, params, use_tqdm=False))
-        # n > 1 needs sampling (no token-for-token baseline): each sample is a request.
-        two = llm.chat(conversations[1], SamplingParams(n=2, max_tokens=32), use_tqdm=False)
+        # n > 1 needs sampling; top_k 1 makes every draw the argmax, so both are greedy's.
+        two = llm.chat(
+            conversations[-1], SamplingParams(n=2, top_k=1, max_tokens=32), use_tqdm=False
+        )
         for refused in ({"logit_bias": {7: 50.0}}, {"min_p": 0.5}):
             with pytest.raises(VLLMValidationError, match="not yet supported with speculative"):
                 llm.chat(conversations[0], SamplingParams(max_tokens=8, **refused), use_tqdm=False)
     assert _tokens(got) == _tokens(expected)
     _assert_trees_drafted(delta)
-    assert len(two[0].outputs) == 2 and all(len(c.token_ids) == 32 for c in two[0].outputs)
+    assert _tokens(two) == _tokens(expected[-1:]) * 2
     logprobs, want = got[5].outputs[0].logprobs, expected[5].outputs[0].logprobs
     assert [sorted(d) for d in logprobs] == [sorted(d) for d in want]
     for d, w in zip(logprobs, want, strict=True):

@@ -29,6 +29,8 @@ def _resolve(symbol: str) -> object:
     module_name, _, path = symbol.partition(":")
     obj: object = importlib.import_module(module_name)
     for part in path.split("."):
+        if not hasattr(obj, part) and isinstance(obj, type(importlib)):
+            importlib.import_module(f"{obj.__name__}.{part}")  # a submodule not yet loaded
         obj = getattr(obj, part)
     return obj
 

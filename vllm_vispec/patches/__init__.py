@@ -126,6 +126,18 @@ LEDGER: tuple[Patch, ...] = (
         "without the patch until then)",
     ),
     Patch(
+        name="cpu_top_k",
+        upstream=("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_only",),
+        trigger="vllm.v1.sample.ops.topk_topp_sampler",
+        why="on CPU (no Triton) top-k over zero draft rows fails in k.max(): a sampled request "
+        "with top_k stops the engine at the first step without drafts, for every speculative "
+        "method (ngram included)",
+        how="apply_top_k_only returns zero-row logits unchanged",
+        reference="not yet reported upstream (vLLM 0.32 CPU sampling path)",
+        remove_when="vLLM's apply_top_k_only tolerates an empty batch (test_cpu_fixes.py "
+        "fails without the patch until then)",
+    ),
+    Patch(
         name="cpu_kernel_scan",
         upstream=("vllm.triton_utils.dispatcher:_rebind_kernels",),
         trigger=None,
