@@ -250,8 +250,8 @@ class ViSpecProposer(EagleProposer):
     def _tree_ok(self, req_id: str) -> bool:
         """Whether a tree can be verified for this request with every sampling option kept.
 
-        Penalties, bad words and allowed tokens are applied per node (TreeStep); min_p and
-        logit bias do nothing under speculation in vLLM (it warns at start-up). Chains for:
+        Penalties, bad words and allowed tokens are applied per node (TreeStep); vLLM refuses
+        min_p and logit bias per request under any speculation. Chains for:
         min_tokens not yet reached, thinking budgets and structured output (vLLM's state
         machines walk the drafts as a chain), processed-logprobs modes, and seeded requests,
         whose text must not depend on whether the step's load allowed a tree.
@@ -265,7 +265,7 @@ class ViSpecProposer(EagleProposer):
             and params.min_tokens <= len(request.output_token_ids)
             and params.structured_outputs is None
             and params.thinking_token_budget is None
-            and params.seed is None
+            and not self._seeded(req_id)
         )
         if not ok:
             logger.info_once(
