@@ -20,6 +20,19 @@ if worker := os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _baseline_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep engines.plain_greedy's baselines for this run: in its shared temp root under
+    xdist (each worker's temp folder is a child of it), else in the session's own."""
+    import engines
+
+    base = tmp_path_factory.getbasetemp()
+    engines.BASELINE_DIR = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / (
+        "baselines"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Tiny local VLM targets and ViSpec drafts, built once per pytest run (a few seconds each).
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,10 @@ from vllm import LLM, SamplingParams
 
 from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.testing.tiny_targets import make_test_image
+
+# Where plain_greedy keeps its results for the rest of the test run (set by conftest; shared by
+# the run's xdist workers). None: nothing is kept.
+BASELINE_DIR: pathlib.Path | None = None
 
 
 @contextlib.contextmanager
@@ -76,3 +82,46 @@ def greedy(llm: LLM, conversations: list[list[dict]], max_tokens: int = 48) -> l
         conversations, SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False
     )
     return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def plain_greedy(
+    target: pathlib.Path,
+    conversations: list[list[dict]],
+    runs: int = 1,
+    max_tokens: int = 48,
+    **overrides: Any,
+) -> list[list[list[int]]]:
+    """vLLM's greedy tokens without speculation (``runs`` passes, one engine), computed once
+    per test run for the same target content, prompts and engine settings: the baseline that
+    many lossless tests compare with, whatever draft or draft attention they test."""
+    key = hashlib.sha256(
+        json.dumps(
+            [_digest(target), conversations, runs, max_tokens, overrides],
+            default=_image_digest,
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    path = BASELINE_DIR / f"{key}.json" if BASELINE_DIR is not None else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    with engine(target, **overrides) as llm:
+        out = [greedy(llm, conversations, max_tokens) for _ in range(runs)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{id(out)}.tmp")
+        partial.write_text(json.dumps(out))
+        partial.replace(path)  # atomic: another worker never reads half a file
+    return out
+
+
+def _digest(folder: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in pathlib.Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _image_digest(obj: Any) -> str:
+    """JSON stand-in for a PIL image in a conversation: its mode, size and pixels."""
+    return f"{obj.mode}{obj.size}" + hashlib.sha256(obj.tobytes()).hexdigest()

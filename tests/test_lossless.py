@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from engines import MIXED_BATCH, chat, counters, engine, greedy, runner
+from engines import MIXED_BATCH, chat, counters, engine, greedy, plain_greedy, runner
 from scipy import stats
 from vllm import SamplingParams
 
@@ -44,8 +44,7 @@ def _models(name: str, request: pytest.FixtureRequest, attention: str = "mark"):
 
 def _compare(target, draft, conversations, runs: int = 1, **overrides) -> dict[str, float]:
     """Greedy outputs with and without the draft (``runs`` times each); returns spec counters."""
-    with engine(target, **overrides) as llm:
-        expected = [greedy(llm, conversations) for _ in range(runs)]
+    expected = plain_greedy(target, conversations, runs, **overrides)
     with engine(target, draft, **overrides) as llm:
         before = counters(llm)
         got = [greedy(llm, conversations) for _ in range(runs)]
@@ -58,9 +57,14 @@ def _compare(target, draft, conversations, runs: int = 1, **overrides) -> dict[s
 
 
 @pytest.mark.parametrize("name,attention", CASES)
-def test_mixed_batch(name: str, attention: str, request: pytest.FixtureRequest) -> None:
+def test_mixed_batch_and_prefix_cache_hits(
+    name: str, attention: str, request: pytest.FixtureRequest
+) -> None:
+    """A mixed batch, then the same prompts again: the second pass hits the prefix cache on
+    every image (one engine pair serves both cases)."""
     target, draft = _models(name, request, attention)
-    _compare(target, draft, MIXED_BATCH)
+    delta = _compare(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    assert delta["vllm:prefix_cache_hits"] > 0
 
 
 @pytest.mark.parametrize("name,attention", CASES)
@@ -69,16 +73,6 @@ def test_chunked_prefill_splitting_images(
 ) -> None:
     target, draft = _models(name, request, attention)
     _compare(target, draft, MIXED_BATCH, max_num_batched_tokens=CHUNK[name])
-
-
-@pytest.mark.parametrize("name,attention", CASES)
-def test_prefix_cache_hits_on_repeated_images(
-    name: str, attention: str, request: pytest.FixtureRequest
-) -> None:
-    """The second pass over the same prompts hits the prefix cache on every image."""
-    target, draft = _models(name, request, attention)
-    delta = _compare(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
-    assert delta["vllm:prefix_cache_hits"] > 0
 
 
 @pytest.mark.parametrize("attention", ["mark", "torch"])

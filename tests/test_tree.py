@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engines import MIXED_BATCH, counters, engine, runner
+from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy, runner
 from test_lossless import _sampled_pit
 from vllm import SamplingParams
 from vllm_vispec.kernels import split_kv_cache
@@ -162,19 +162,12 @@ def _models(name: str, request: pytest.FixtureRequest, tree: str = ALWAYS, atten
     return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
-def _compare_trees(target, draft, conversations, k: int = 29, runs: int = 1, params=None, **kw):
-    """Greedy (or ``params``) outputs with trees equal those without speculation."""
-    params = params or SamplingParams(temperature=0, max_tokens=48)
-
-    def generate(llm) -> list[list[int]]:
-        outs = llm.chat(conversations, params, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
-
-    with engine(target, **kw) as llm:
-        expected = [generate(llm) for _ in range(runs)]
+def _compare_trees(target, draft, conversations, k: int = 29, runs: int = 1, **kw):
+    """Greedy outputs with trees equal those without speculation."""
+    expected = plain_greedy(target, conversations, runs, **kw)
     with engine(target, draft, k=k, **kw) as llm:
         before = counters(llm)
-        got = [generate(llm) for _ in range(runs)]
+        got = [greedy(llm, conversations) for _ in range(runs)]
         after = counters(llm)
         trees = runner(llm).drafter.tree
     assert trees is not None
@@ -190,20 +183,18 @@ def _compare_trees(target, draft, conversations, k: int = 29, runs: int = 1, par
 @pytest.mark.parametrize(
     "name,attention", [("qwen", "mark"), ("llava", "mark"), ("qwen3", "mark"), ("qwen", "torch")]
 )
-def test_trees_mixed_batch(name: str, attention: str, request: pytest.FixtureRequest) -> None:
+def test_trees_mixed_batch_and_prefix_cache_hits(
+    name: str, attention: str, request: pytest.FixtureRequest
+) -> None:
+    """A mixed batch, then the same prompts again, hitting the prefix cache on every image."""
     target, draft = _models(name, request, attention=attention)
-    _compare_trees(target, draft, MIXED_BATCH)
+    delta = _compare_trees(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    assert delta["vllm:prefix_cache_hits"] > 0
 
 
 def test_trees_chunked_prefill_splitting_images(request: pytest.FixtureRequest) -> None:
     target, draft = _models("qwen", request)
     _compare_trees(target, draft, MIXED_BATCH, max_num_batched_tokens=64)
-
-
-def test_trees_prefix_cache_hits(request: pytest.FixtureRequest) -> None:
-    target, draft = _models("qwen", request)
-    delta = _compare_trees(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
-    assert delta["vllm:prefix_cache_hits"] > 0
 
 
 def test_trees_preemption(request: pytest.FixtureRequest) -> None:

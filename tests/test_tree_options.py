@@ -55,7 +55,7 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("`logit_bias`, `min_p`", "refused per request by vLLM whenever speculation is on (as "
      "with chains)", "::test_sampling_options_with_trees"),
     ("prefix caching, chunked prefill, preemption", "trees",
-     "test_tree::test_trees_prefix_cache_hits"),
+     "test_tree::test_trees_mixed_batch_and_prefix_cache_hits"),
     ("`kv_cache_dtype` fp8 (target)", "refused", "::test_tree_refusals"),
     ("`data_parallel_size` > 1", "refused", "::test_tree_refusals"),
     ("`tensor_parallel_size` > 1", "refused (chains: supported)",
