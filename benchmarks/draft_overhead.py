@@ -6,7 +6,8 @@ engines run in this process, one after the other, on the same tiny Qwen2.5-VL ta
 same prompts (text-only, one and two images) and greedy decoding. Every ``propose`` call (the
 first pass over the scheduled tokens plus the K-1 single-token steps) is timed; the figure of
 merit is ViSpec / EAGLE, per round and then the median over rounds (goal: <= 1.10). ViSpec runs
-once per ``--attention`` (``VLLM_VISPEC_DRAFT_ATTENTION``: how hidden image slots are left out).
+once per ``--attention`` (its engine's ``vispec.draft_attention`` setting, passed as
+``additional_config``: how hidden image slots are left out).
 
     python benchmarks/draft_overhead.py --hidden 512 --attention mark torch --out benchmarks/results
 """
@@ -36,13 +37,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per proposer")
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per prompt")
     p.add_argument("--hidden", type=int, default=128, help="target (and draft) width")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (head_dim % 32 == 0)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (head_dim %% 32 == 0)")
     p.add_argument(
         "--attention",
         nargs="+",
         default=["mark"],
         choices=["mark", "torch"],
-        help="ViSpec draft attentions to time, one engine each (default: mark)",
+        help="ViSpec draft attentions to time (the vispec.draft_attention setting), one "
+        "engine each (default: mark)",
     )
     p.add_argument(
         "--out",
@@ -76,6 +78,7 @@ def main() -> int:
 
     from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
     from vllm_vispec.draft.attention_mode import padded_head_size
+    from vllm_vispec.settings import SETTINGS_KEY
     from vllm_vispec.testing.tiny_drafts import build_tiny_draft, build_tiny_eagle_draft
     from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl, make_test_image
 
@@ -100,9 +103,11 @@ def main() -> int:
     for r in tqdm(range(args.rounds), desc="rounds (one engine per proposer)"):
         for name in order if r % 2 == 0 else order[::-1]:
             spec = {"method": "eagle", "model": str(drafts[name]), "num_speculative_tokens": args.k}
+            extra = {}
             if name.startswith("vispec-"):
-                os.environ["VLLM_VISPEC_DRAFT_ATTENTION"] = name.removeprefix("vispec-")
-            llm = LLM(model=str(target), **cpu_engine_kwargs(speculative_config=spec))
+                vispec = {"draft_attention": name.removeprefix("vispec-")}
+                extra["additional_config"] = {SETTINGS_KEY: vispec}
+            llm = LLM(model=str(target), **cpu_engine_kwargs(speculative_config=spec, **extra))
             llm.chat(prompts[:2], params, use_tqdm=False)  # warm-up, untimed
             calls: list[float] = []
             classes[name] = timed_propose(llm, calls)

@@ -77,8 +77,9 @@ def generate(
     """Greedy answers of one engine, and its spec-decode acceptance over the run."""
     from vllm import LLM, SamplingParams
 
-    from vllm_vispec.bench.command import acceptance, offline_counters
     from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.bench.offline import offline_counters
+    from vllm_vispec.bench.report import acceptance
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(

@@ -1,6 +1,6 @@
 """Where a speculative step's time goes, chains against trees, one request at a time.
 
-For each configuration (``VLLM_VISPEC_TREE`` value and ``num_speculative_tokens``) an
+For each configuration (the ``vispec.tree`` setting, JSON, and ``num_speculative_tokens``) an
 in-process engine answers a toy world's held-out prompts one by one; timers around the
 runner's target forward, the proposer's ``propose()`` and its tree expansion give milliseconds
 per speculative step next to tokens/s and the acceptance length. It shows what a tree costs on
@@ -29,7 +29,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = ("off:4", "depth=3,top_k=4:12", "on:29")
+CONFIGS = ("false:4", '{"depth":3,"top_k":4}:12', "true:29")
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,14 +43,26 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=list(CONFIGS),
         metavar="TREE:K",
-        help="VLLM_VISPEC_TREE value and num_speculative_tokens ('off:4' is a chain of 4; "
-        f"default {' '.join(CONFIGS)})",
+        help="the engine's vispec.tree setting (JSON: false, true or an object of tree "
+        "settings; see vllm_vispec.tree.settings) and num_speculative_tokens ('false:4' is a "
+        f"chain of 4; default {' '.join(CONFIGS)})",
     )
     p.add_argument("--world", default="grounded", help="bench prompt set: grounded or toy")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts (default 8)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
-    return p.parse_args()
+    args = p.parse_args()
+    args.configs = [_config(p, config) for config in args.configs]
+    return args
+
+
+def _config(p: argparse.ArgumentParser, config: str) -> tuple[Any, int]:
+    """A ``TREE:K`` of --configs as (the vispec.tree value, num_speculative_tokens)."""
+    tree, _, k = config.rpartition(":")
+    try:
+        return json.loads(tree), int(k)
+    except ValueError:
+        p.error(f"--configs {config!r}: expected TREE:K, TREE as JSON (e.g. {CONFIGS[1]!r})")
 
 
 def _timed(obj: Any, name: str, totals: dict[str, float], label: str) -> None:
@@ -67,18 +79,19 @@ def _timed(obj: Any, name: str, totals: dict[str, float], label: str) -> None:
     setattr(obj, name, timed)
 
 
-def measure(args: argparse.Namespace, tree: str, k: int) -> dict[str, Any]:
+def measure(args: argparse.Namespace, tree: Any, k: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests"))
     from engines import counters, engine, runner
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.command import load_prompts
+    from vllm_vispec.bench.prompts import load_prompts
+    from vllm_vispec.settings import SETTINGS_KEY
 
-    os.environ["VLLM_VISPEC_TREE"] = tree
     chats = [p.chat() for p in load_prompts(args.world, args.prompts)]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     totals: dict[str, float] = collections.defaultdict(float)
-    with engine(args.target, args.draft, k=k) as llm:
+    vispec = {"tree": tree}
+    with engine(args.target, args.draft, k=k, additional_config={SETTINGS_KEY: vispec}) as llm:
         for _ in range(2):  # warm-up: compilation, caches
             llm.chat(chats[:2], SamplingParams(max_tokens=16), use_tqdm=False)
         model_runner = runner(llm)
@@ -105,12 +118,15 @@ def measure(args: argparse.Namespace, tree: str, k: int) -> dict[str, Any]:
     }
 
 
+def _cell(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else json.dumps(value)
+
+
 def main() -> int:
     args = parse_args()
     rows = []
-    for config in args.configs:
-        tree, _, k = config.rpartition(":")
-        rows.append(measure(args, tree, int(k)))
+    for tree, k in args.configs:
+        rows.append(measure(args, tree, k))
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": " ".join(sys.argv),
@@ -130,9 +146,7 @@ def main() -> int:
         "|" + "---|" * len(columns),
     ]
     for r in rows:
-        cells = [
-            f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in columns
-        ]
+        cells = [_cell(r[c]) if c in r else "-" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     (args.out / "tree_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,15 +1,17 @@
 """Offline generation with a ViSpec draft: ``vllm.LLM`` + ``llm.chat`` on one image.
 
-The draft is selected the vLLM way, ``method`` "eagle" with the converted ViSpec draft folder
-as ``model``; the plugin (installed with vllm-vispec) recognises it. The output is exactly
-what the target alone would write under greedy decoding; the draft only makes it faster. At the
-end the script prints how many draft tokens the target accepted (vLLM's
-vllm:spec_decode_* counters).
+The draft is selected the vLLM way, ``method`` "eagle" with the ViSpec draft as ``model``: an
+official checkpoint as its authors publish it (hub id or folder; the plugin converts it once at
+start-up) or a folder written by ``vllm-vispec convert`` / ``train``. The plugin's settings go in
+vLLM's ``additional_config`` under "vispec" (``--vispec-config``). The output is exactly what
+the target alone would write under greedy decoding; the draft only makes it faster. At the end
+the script prints how many draft tokens the target accepted (vLLM's vllm:spec_decode_*
+counters).
 
-On a GPU, with a draft converted by examples/convert_checkpoint.sh:
+On a GPU, with the authors' draft for Qwen2.5-VL-7B (downloaded by vLLM):
 
     python examples/offline_generate.py --target Qwen/Qwen2.5-VL-7B-Instruct \\
-        --draft vispec-qwen7b --image photo.jpg
+        --draft JLKang/ViSpec-Qwen2.5-VL-7B-Instruct --image photo.jpg
 
 On a CPU (the tiny random models of the tests; --cpu is automatic on a CPU-only vLLM):
 
@@ -19,6 +21,7 @@ On a CPU (the tiny random models of the tests; --cpu is automatic on a CPU-only 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,9 +40,18 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--draft",
-        default="vispec-qwen7b",
-        help="ViSpec draft folder written by `vllm-vispec convert` or `vllm-vispec train` "
+        default="JLKang/ViSpec-Qwen2.5-VL-7B-Instruct",
+        help="ViSpec draft: an official checkpoint (hub id or folder, converted by the plugin "
+        "at start-up) or a folder written by `vllm-vispec convert` or `vllm-vispec train` "
         "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--vispec-config",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="the plugin's settings, vLLM's additional_config['vispec'] (e.g. "
+        "'{\"tree\": true}' with -k 29 for ViSpec's draft trees; default: none)",
     )
     parser.add_argument(
         "--image",
@@ -51,7 +63,7 @@ def parse_args() -> argparse.Namespace:
         "--num-speculative-tokens",
         type=int,
         default=3,
-        help="draft tokens per step, 1-8 (default %(default)s)",
+        help="draft tokens per step, 1-8; nodes per tree with draft trees (default %(default)s)",
     )
     parser.add_argument("--max-tokens", type=int, default=512, help="default %(default)s")
     parser.add_argument(
@@ -109,6 +121,7 @@ def main() -> None:
             "model": args.draft,
             "num_speculative_tokens": args.num_speculative_tokens,
         },
+        "additional_config": {"vispec": args.vispec_config},
         "disable_log_stats": False,  # keep the metrics that get_metrics() reads
         "limit_mm_per_prompt": {"image": 1, "video": 0},
     }

@@ -1,15 +1,16 @@
 """Ask a ``vllm serve`` running a ViSpec draft about one image, through the OpenAI API.
 
 Start the server first. Serving needs no command of vllm-vispec: the plugin is found by vLLM
-itself, and the draft is passed as vLLM's "eagle" method (a GPU; the draft folder from
-examples/convert_checkpoint.sh or examples/train_draft.py):
+itself, and the draft is passed as vLLM's "eagle" method (a GPU; the authors' checkpoint by hub
+id or folder, or a draft from examples/train_draft.py; the plugin's settings, e.g. draft trees,
+go in --additional-config):
 
     vllm serve Qwen/Qwen2.5-VL-7B-Instruct \\
-        --speculative-config '{"method": "eagle", "model": "vispec-qwen7b",
-                               "num_speculative_tokens": 3}'
+        --speculative-config '{"method": "eagle", "num_speculative_tokens": 3,
+                               "model": "JLKang/ViSpec-Qwen2.5-VL-7B-Instruct"}'
 
 (On a CPU, with the tiny test models, add the small-engine flags of
-vllm_vispec.testing.tiny_targets.cpu_engine_kwargs: --dtype float32 --block-size 32 --enforce-eager
+vllm_vispec.bench.cpu_engine.cpu_engine_kwargs: --dtype float32 --block-size 32 --enforce-eager
 --max-model-len 2048, and VLLM_CPU_KVCACHE_SPACE=1 in the environment.)
 
 Then, from anywhere that reaches the server:

@@ -34,6 +34,45 @@ def _baseline_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Engine start-ups, counted over the run (all xdist workers) and printed at its end: the cost
+# that decides how long the suite takes.
+
+_STARTS = {"engines": 0, "servers": 0}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from vllm import LLM
+
+    from vllm_vispec.bench.server import VllmServer
+
+    for kind, cls in (("engines", LLM), ("servers", VllmServer)):
+        init = cls.__init__
+
+        def counted(self, *args, _init=init, _kind=kind, **kwargs) -> None:
+            _STARTS[_kind] += 1
+            _init(self, *args, **kwargs)
+
+        cls.__init__ = counted
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: report to the controller
+        session.config.workeroutput["starts"] = dict(_STARTS)
+
+
+def pytest_testnodedown(node, error) -> None:
+    for kind, n in getattr(node, "workeroutput", {}).get("starts", {}).items():
+        _STARTS[kind] += n
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(
+        f"in-process vLLM engines started: {_STARTS['engines']}; vllm serve servers: "
+        f"{_STARTS['servers']} (subprocesses of examples and the CLI not counted)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Tiny local VLM targets and ViSpec drafts, built once per pytest run (a few seconds each).
 
 

@@ -22,15 +22,22 @@ BASELINE_DIR: pathlib.Path | None = None
 
 @contextlib.contextmanager
 def engine(
-    target: pathlib.Path, draft: pathlib.Path | None = None, k: int = 3, **overrides: Any
+    target: pathlib.Path,
+    draft: pathlib.Path | None = None,
+    k: int = 3,
+    vispec: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> Iterator[LLM]:
-    """An in-process engine, with the ViSpec draft when given; shut down on exit."""
+    """An in-process engine, with the ViSpec draft when given (and its ``vispec`` settings,
+    see :mod:`vllm_vispec.settings`); shut down on exit."""
     if draft is not None:
         overrides["speculative_config"] = {
             "method": "eagle",
             "model": str(draft),
             "num_speculative_tokens": k,
         }
+    if vispec is not None:
+        overrides["additional_config"] = {"vispec": vispec}
     llm = LLM(model=str(target), disable_log_stats=False, **cpu_engine_kwargs(**overrides))
     try:
         yield llm

@@ -2,8 +2,9 @@
 
 The figures of tiny random models mean nothing; what is checked is that every method and batch
 size gets a row with sane numbers, that speculation stays lossless under greedy decoding, that
-acceptance is read for the speculative methods, that the report files are written, and that user
-mistakes end with one ``error:`` line and exit code 2.
+acceptance is read for the speculative methods, that each ViSpec method's engine gets its
+``vispec`` settings, that the report files are written (also from the bench.json files of earlier
+releases), and that user mistakes end with one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import pathlib
 import pytest
 
 from vllm_vispec import cli
-from vllm_vispec.bench import command as bench
+from vllm_vispec.bench import command, report
+from vllm_vispec.bench.prompts import load_prompts
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def _bench(out: pathlib.Path, target: pathlib.Path, *args: str) -> dict:
@@ -32,11 +36,11 @@ def _check_rows(result: dict, mode: str, methods: list[str], batches: list[int])
         where = f"{mode} {r['method']} batch {r['batch']}"
         assert r["tok_per_s"] > 0 and r["latency_s"] > 0 and r["tpot_ms"] > 0, where
         assert r["lossless"] is True, f"{where}: requests {r['differing_requests']} differ"
-        if r["method"] == bench.BASELINE:
+        if r["method"] == report.BASELINE:
             assert r["speedup"] == 1.0 and "drafts" not in r, where
             continue
         assert r["speedup"] > 0, where
-        k = 29 if r["method"] in bench.TREE_METHODS else 3  # trees: positions are depths
+        k = 29 if r["method"] in command.TREE_METHODS else 3  # trees: positions are depths
         assert len(r["accepted_per_pos"]) == k, where
         assert 0 <= r["accepted_tokens"] <= r["draft_tokens"], where
         if r["method"] != "ngram":  # ngram only drafts when the output repeats the prompt
@@ -65,6 +69,11 @@ def test_bench_offline_all_methods(
     _check_rows(result, "offline", methods, [1, 2])
     tree = [r for r in result["rows"] if r["method"] == "vispec-tree"]
     assert all(r["draft_tokens"] > 4 * r["drafts"] for r in tree), "vispec-tree drafted no trees"
+    assert result["config"]["vispec"] == {
+        "vispec": {},
+        "vispec-tree": {"tree": {"tree_budget": 1_000_000}},
+        "vispec-auto": {"tree": True},
+    }
 
 
 @pytest.mark.slow
@@ -79,16 +88,56 @@ def test_bench_serve(
         "--modes", "serve",
         "--batch-sizes", "2",
         "--max-tokens", "8",
+        "--vispec-config", '{"feature_cache_mib": 32}',
     )  # fmt: skip
     _check_rows(result, "serve", ["no-spec", "vispec"], [2])
-    assert "EagleViSpecForCausalLM" in (tmp_path / "serve_vispec.log").read_text(errors="replace")
+    log = (tmp_path / "serve_vispec.log").read_text(errors="replace")
+    assert "EagleViSpecForCausalLM" in log and '"feature_cache_mib": 32' in log
+    assert (
+        '; ViSpec settings (additional_config vispec): vispec `{"feature_cache_mib": 32}`'
+        in (tmp_path / "bench.md").read_text()
+    )
+
+
+def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    args = cli.build_parser().parse_args(
+        ["bench", "--target", str(tmp_path), "--vispec-draft", str(tmp_path),
+         "--tree", '{"depth": 4, "top_k": 6}', "--vispec-config", '{"draft_attention": "torch"}']
+    )  # fmt: skip
+    methods = command._methods(args)
+    torch = {"draft_attention": "torch"}
+    assert {m.name: m.vispec for m in methods} == {
+        "no-spec": None,
+        "ngram": None,
+        "vispec": torch,
+        "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6, "tree_budget": 1_000_000}},
+        "vispec-auto": {**torch, "tree": {"depth": 4, "top_k": 6}},
+    }
+    for m in methods:
+        kwargs = command._engine_kwargs(args, m, {})
+        expected = None if m.vispec is None else {"vispec": m.vispec}
+        assert kwargs.get("additional_config") == expected, m.name
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*/bench.json")), ids=lambda p: p.parent.name)
+def test_markdown_of_earlier_results(path: pathlib.Path) -> None:
+    """bench.json files of earlier releases recorded VLLM_VISPEC_* variables, not settings."""
+    result = json.loads(path.read_text())
+    text = report.markdown(result)
+    assert "| method | batch | tok/s |" in text
+    cfg = result["config"]
+    if "draft_attention" in cfg:
+        assert f"VLLM_VISPEC_DRAFT_ATTENTION={cfg['draft_attention']}" in text
+    for name, tree in cfg.get("tree", {}).items():
+        assert f"{name} VLLM_VISPEC_TREE={tree}" in text
 
 
 def test_prompt_sets() -> None:
-    photos = bench.load_prompts("photos", 16)
+    photos = load_prompts("photos", 16)
     assert {p.image_name for p in photos} == {"grace_hopper.jpg"} and len(photos) >= 2
     for name, size in (("toy", (168, 168)), ("grounded", (896, 224))):
-        prompts = bench.load_prompts(name, 3)
+        prompts = load_prompts(name, 3)
         assert len(prompts) == 3 and len({p.image.tobytes() for p in prompts}) == 3
         assert all(p.image.size == size and "<image>" not in p.question for p in prompts)
 
@@ -101,6 +150,16 @@ def test_prompt_sets() -> None:
         (["--target", "{tmp}/model", "--prompts", "coco"], "unknown prompt set"),
         (["--target", "{tmp}/model", "--methods", "eagle"], "needs --eagle-draft"),
         (["--target", "{tmp}/model", "--engine-arg", "seed"], "KEY=VALUE"),
+        (["--target", "{tmp}/model", "--engine-arg", "additional_config={}"], "--vispec-config"),
+        (["--target", "{tmp}/model", "--tree", "on"], "--tree 'on' is not JSON"),
+        (["--target", "{tmp}/model", "--tree", "false"], "--methods vispec"),
+        (["--target", "{tmp}/model", "--tree", '{"depth": 9}'], "--tree-nodes 29: vispec.tree"),
+        (["--target", "{tmp}/model", "--tree", '{"width": 2}'], "--tree: vispec.tree="),
+        (["--target", "{tmp}/model", "--vispec-config", '{"tree": true}'], "--tree sets"),
+        (
+            ["--target", "{tmp}/model", "--vispec-config", '{"draft_attention": "fast"}'],
+            "--vispec-config: vispec.draft_attention='fast'",
+        ),
     ],
 )
 def test_user_mistakes_give_one_error_line(
@@ -108,7 +167,12 @@ def test_user_mistakes_give_one_error_line(
 ) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    argv = ["bench", *(a.format(tmp=tmp_path) for a in args), "--out", str(tmp_path / "out")]
+    argv = [
+        "bench",
+        *(a.replace("{tmp}", str(tmp_path)) for a in args),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err

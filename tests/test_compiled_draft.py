@@ -19,14 +19,12 @@ from vllm_vispec.draft.model import draft_compiles
 
 
 @pytest.mark.slow
-def test_compiled_draft_is_lossless(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", "mark")
+def test_compiled_draft_is_lossless(request: pytest.FixtureRequest) -> None:
     target, draft = request.getfixturevalue("qwen_target"), request.getfixturevalue("qwen_draft")
     with engine(target) as llm:
         expected = greedy(llm, MIXED_BATCH)
-    with engine(target, draft, enforce_eager=False) as llm:
+    vispec = {"draft_attention": "mark"}
+    with engine(target, draft, vispec=vispec, enforce_eager=False) as llm:
         before = counters(llm)
         assert greedy(llm, MIXED_BATCH) == expected
         after = counters(llm)
@@ -39,11 +37,11 @@ def test_compiled_draft_is_lossless(
 
 
 @pytest.mark.parametrize(("attention", "compiles"), [("mark", True), ("torch", False)])
-def test_only_the_mark_attention_is_compiled(
-    attention: str, compiles: bool, qwen_draft, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_only_the_mark_attention_is_compiled(attention: str, compiles: bool, qwen_draft) -> None:
     """The skipping attentions call their kernel from Python: that draft stays eager."""
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
     hf_config = NS(to_dict=lambda: json.loads((qwen_draft / "config.json").read_text()))
-    config = NS(speculative_config=NS(draft_model_config=NS(hf_config=hf_config)))
+    config = NS(
+        speculative_config=NS(draft_model_config=NS(hf_config=hf_config)),
+        additional_config={"vispec": {"draft_attention": attention}},
+    )
     assert draft_compiles(config) is compiles

@@ -25,7 +25,7 @@ from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
 from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-from vllm_vispec.checkpoint import CONVERT_COMMAND, CheckpointError, draft_config_for_target
+from vllm_vispec.checkpoint import CheckpointError, draft_config_for_target
 from vllm_vispec.feature_cache import FeatureCache
 from vllm_vispec.testing.tiny_drafts import (
     random_official_checkpoint,
@@ -65,6 +65,11 @@ def _refusal(target: pathlib.Path, speculative_config: dict[str, Any], **overrid
     return message
 
 
+def _vispec(**settings: Any) -> dict[str, Any]:
+    """Engine arguments that give the plugin these ``vispec`` settings."""
+    return {"additional_config": {"vispec": settings}}
+
+
 def _assert_mentions(message: str, *words: str) -> None:
     for word in words:
         assert word in message, f"{word!r} missing from: {message}"
@@ -102,8 +107,21 @@ def wrong_vocab_draft(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.
 
 @pytest.fixture(scope="module")
 def official_draft(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
-    """An official-layout ViSpec checkpoint (Llama config.json, no vispec block): unconverted."""
-    return random_official_checkpoint(work / "official", draft_config_for_target(qwen_target))
+    """An official-layout ViSpec checkpoint (Llama config.json, no vispec block) whose weights
+    file was cut short in the download."""
+    draft = random_official_checkpoint(work / "official", draft_config_for_target(qwen_target))
+    weights = draft / checkpoint.SAFETENSORS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return draft
+
+
+@pytest.fixture(scope="module")
+def official_wrong_hidden_draft(qwen_target: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
+    """A well-formed official checkpoint trained for a target of hidden size 64."""
+    cfg = draft_config_for_target(
+        qwen_target, hidden_size=64, num_attention_heads=2, num_key_value_heads=2
+    )
+    return random_official_checkpoint(work / "official-64", cfg, fmt="bin")
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +222,20 @@ def test_draft_for_another_vocab(
     _assert_mentions(message, "vocab", "640", "512", "another model")
 
 
-def test_unconverted_official_checkpoint(
-    qwen_target: pathlib.Path, official_draft: pathlib.Path
+def test_broken_official_checkpoints(
+    qwen_target: pathlib.Path,
+    official_draft: pathlib.Path,
+    official_wrong_hidden_draft: pathlib.Path,
+    work: pathlib.Path,
 ) -> None:
-    message = _refusal(qwen_target, _spec(official_draft))
-    _assert_mentions(message, "not been converted", f"{CONVERT_COMMAND} {official_draft}")
+    """Official checkpoints are converted at start-up with every check of the converter: a
+    corrupt one (never cached) or one for another target stops the engine with one line."""
+    cache = work / "official-cache"
+    message = _refusal(qwen_target, _spec(official_draft), download_dir=str(cache))
+    _assert_mentions(message, "corrupt or truncated", str(official_draft))
+    assert not list(cache.glob("vispec-drafts/*/config.json")), "a corrupt draft was cached"
+    message = _refusal(qwen_target, _spec(official_wrong_hidden_draft), download_dir=str(cache))
+    _assert_mentions(message, "hidden size 64", "another model")
 
 
 def test_unsupported_target_family(
@@ -276,7 +303,7 @@ def test_fp8_draft_kv_cache(
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        ("fast", ("VLLM_VISPEC_DRAFT_ATTENTION='fast'", "auto, mark, triton, torch")),
+        ("fast", ("vispec.draft_attention='fast'", "auto, mark, triton, torch")),
         ("triton", ("needs a GPU", "'torch'", "TRITON_INTERPRET=1")),
     ],
 )
@@ -287,63 +314,100 @@ def test_draft_attention_that_cannot_run_here(
     value: str,
     words: tuple[str, ...],
 ) -> None:
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", value)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    _assert_mentions(_refusal(qwen_target, _spec(qwen_draft)), *words)
+    message = _refusal(qwen_target, _spec(qwen_draft), **_vispec(draft_attention=value))
+    _assert_mentions(message, *words)
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "lots"])
+@pytest.mark.parametrize("value", [0, -5, "lots", True])
 def test_feature_cache_size_that_cannot_work(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, value
 ) -> None:
-    monkeypatch.setenv("VLLM_VISPEC_FEATURE_CACHE_MIB", value)
+    message = _refusal(qwen_target, _spec(qwen_draft), **_vispec(feature_cache_mib=value))
+    _assert_mentions(message, f"vispec.feature_cache_mib={value!r}", "positive number of MiB")
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"colour": "blue"}, ["vispec.colour is not a ViSpec setting", "draft_attention"]),
+        ({"draft_attention": "Mark"}, ["vispec.draft_attention='Mark'"]),
+    ],
+)
+def test_unknown_settings(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, settings: dict, words: list[str]
+) -> None:
+    _assert_mentions(_refusal(qwen_target, _spec(qwen_draft), **_vispec(**settings)), *words)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "equivalent"),
+    [
+        ("VLLM_VISPEC_TREE", "depth=2,top_k=4", '{"vispec": {"tree": {"depth": 2, "top_k": 4}}}'),
+        ("VLLM_VISPEC_TREE", "on", '{"vispec": {"tree": true}}'),
+        ("VLLM_VISPEC_DRAFT_ATTENTION", "torch", '{"vispec": {"draft_attention": "torch"}}'),
+        ("VLLM_VISPEC_FEATURE_CACHE_MIB", "128", '{"vispec": {"feature_cache_mib": 128}}'),
+    ],
+)
+def test_retired_environment_variables(
+    qwen_target: pathlib.Path,
+    qwen_draft: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: str,
+    value: str,
+    equivalent: str,
+) -> None:
+    """A setting of an earlier release left in the environment stops the start-up with the
+    --additional-config that says the same; engines without a ViSpec draft ignore it."""
+    monkeypatch.setenv(env, value)
     message = _refusal(qwen_target, _spec(qwen_draft))
-    _assert_mentions(message, f"VLLM_VISPEC_FEATURE_CACHE_MIB={value!r}", "positive number of MiB")
+    _assert_mentions(message, f"{env} is no longer read", f"--additional-config '{equivalent}'")
+    _create_config(qwen_target, None)
 
 
 @pytest.mark.parametrize(
     ("tree", "k", "words"),
     [
-        ("depth=two", 29, ["VLLM_VISPEC_TREE='depth=two'", "key=value"]),
-        ("on", 20, ["depth x top_k", "num_speculative_tokens (20)"]),
-        ("on", 64, ["at most 63"]),
-        ("depth=1,top_k=2", 7, ["fewer candidates"]),
-        ("chain=30", 29, ["chain=30"]),
+        ({"depth": "two"}, 29, ["vispec.tree.depth='two'", "non-negative integer"]),
+        ("on", 29, ['vispec.tree="on"', "true, false or an object"]),
+        (True, 20, ["depth x top_k", "num_speculative_tokens (20)"]),
+        (True, 64, ["at most 63"]),
+        ({"depth": 1, "top_k": 2}, 7, ["fewer candidates"]),
+        ({"chain": 30}, 29, ["chain=30"]),
     ],
 )
 def test_tree_settings_that_cannot_work(
     qwen_target: pathlib.Path,
     qwen_draft: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tree: str,
+    tree: Any,
     k: int,
     words: list[str],
 ) -> None:
-    monkeypatch.setenv("VLLM_VISPEC_TREE", tree)
-    _assert_mentions(_refusal(qwen_target, _spec(qwen_draft, k=k)), *words)
+    message = _refusal(qwen_target, _spec(qwen_draft, k=k), **_vispec(tree=tree))
+    _assert_mentions(message, *words)
 
 
-def test_trees_with_tensor_parallelism(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trees_with_tensor_parallelism(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     """Tree verification has only been checked at TP=1: larger layouts are refused."""
-    monkeypatch.setenv("VLLM_VISPEC_TREE", "on")
     message = _refusal(
         qwen_target,
         _spec(qwen_draft, k=29),
         tensor_parallel_size=2,
         distributed_executor_backend="mp",
+        **_vispec(tree=True),
     )
-    _assert_mentions(message, "tensor_parallel_size 1", "unset VLLM_VISPEC_TREE")
+    _assert_mentions(message, "tensor_parallel_size 1", "set vispec.tree to false")
 
 
-def test_tree_with_many_nodes_passes(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Trees lift the chain's 1-8 range: 29 nodes (ViSpec's default tree) start."""
-    monkeypatch.setenv("VLLM_VISPEC_TREE", "on")
-    config = _create_config(qwen_target, _spec(qwen_draft, k=29))
+def test_tree_with_many_nodes_passes(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
+    """Trees lift the chain's 1-8 range: 29 nodes (ViSpec's default tree) start; the settings
+    are part of vLLM's config hash."""
+    config = _create_config(qwen_target, _spec(qwen_draft, k=29), **_vispec(tree=True))
     assert config.speculative_config.num_speculative_tokens == 29
+    other = _create_config(
+        qwen_target, _spec(qwen_draft, k=29), **_vispec(tree={"depth": 2, "top_k": 4})
+    )
+    assert config.compute_hash() != other.compute_hash()
 
 
 def test_feature_cache_is_bounded_in_bytes() -> None:
@@ -359,12 +423,11 @@ def test_feature_cache_is_bounded_in_bytes() -> None:
     assert len(cache) == 1 and "big" in cache
 
 
-@pytest.mark.parametrize("value", ["mark", "torch", "Auto", ""])
+@pytest.mark.parametrize("value", ["mark", "torch", "auto"])
 def test_draft_attention_that_runs_here_passes(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, value
 ) -> None:
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", value)
-    config = _create_config(qwen_target, _spec(qwen_draft))
+    config = _create_config(qwen_target, _spec(qwen_draft), **_vispec(draft_attention=value))
     assert config.speculative_config is not None
 
 
@@ -384,7 +447,7 @@ def test_unpadded_drafter_batch(qwen_target: pathlib.Path, qwen_draft: pathlib.P
     ("draft_fixture", "words"),
     [
         ("wrong_hidden_draft", ("hidden size",)),
-        ("official_draft", ("not been converted", CONVERT_COMMAND)),
+        ("official_draft", ("corrupt or truncated",)),
     ],
 )
 def test_llm_refuses_before_the_engine_starts(
@@ -412,11 +475,12 @@ def test_llm_refuses_before_the_engine_starts(
 # Mistakes vLLM would otherwise report with its own error, later or without the fix.
 
 
-def test_unconverted_official_checkpoint_without_method(
-    qwen_target: pathlib.Path, official_draft: pathlib.Path
+def test_official_checkpoint_without_method(
+    qwen_target: pathlib.Path, official_wrong_hidden_draft: pathlib.Path, work: pathlib.Path
 ) -> None:
-    message = _refusal(qwen_target, {"model": str(official_draft), "num_speculative_tokens": 3})
-    _assert_mentions(message, "not been converted", CONVERT_COMMAND)
+    spec = {"model": str(official_wrong_hidden_draft), "num_speculative_tokens": 3}
+    message = _refusal(qwen_target, spec, download_dir=str(work / "official-cache"))
+    _assert_mentions(message, "'draft_model'", '"method": "eagle"')
 
 
 def test_eagle3_method(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
@@ -438,10 +502,9 @@ def test_triton_attention_that_fails_its_startup_check(
         raise RuntimeError("the Triton draft attention failed to run: no kernel")
 
     monkeypatch.setattr(selfcheck, "check_triton_attention", broken)
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", requested)
     if requested == "auto":
-        assert attention_mode.checked_triton(28, 4, 128, 16) == "mark"
+        assert attention_mode.checked_triton(28, 4, 128, 16, requested) == "mark"
         assert "no kernel" in caplog.text and "mark instead" in caplog.text
     else:
-        with pytest.raises(RuntimeError, match="no kernel; set VLLM_VISPEC_DRAFT_ATTENTION=mark"):
-            attention_mode.checked_triton(28, 4, 128, 16)
+        with pytest.raises(RuntimeError, match="no kernel; set vispec.draft_attention to 'mark'"):
+            attention_mode.checked_triton(28, 4, 128, 16, requested)

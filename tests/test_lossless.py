@@ -23,7 +23,7 @@ from engines import MIXED_BATCH, chat, counters, engine, greedy, plain_greedy, r
 from scipy import stats
 from vllm import SamplingParams
 
-# (target, VLLM_VISPEC_DRAFT_ATTENTION): every target with the portable hiding channel, and the
+# (target, vispec.draft_attention): every target with the portable hiding channel, and the
 # attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
 CASES = [
     ("qwen", "mark"),
@@ -37,15 +37,16 @@ CASES = [
 CHUNK = {"qwen": 40, "llava": 160, "llava15": 40, "qwen3": 40}
 
 
-def _models(name: str, request: pytest.FixtureRequest, attention: str = "mark"):
-    request.getfixturevalue("monkeypatch").setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
+def _models(name: str, request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
-def _compare(target, draft, conversations, runs: int = 1, **overrides) -> dict[str, float]:
+def _compare(
+    target, draft, conversations, runs: int = 1, attention: str = "mark", **overrides
+) -> dict[str, float]:
     """Greedy outputs with and without the draft (``runs`` times each); returns spec counters."""
     expected = plain_greedy(target, conversations, runs, **overrides)
-    with engine(target, draft, **overrides) as llm:
+    with engine(target, draft, vispec={"draft_attention": attention}, **overrides) as llm:
         before = counters(llm)
         got = [greedy(llm, conversations) for _ in range(runs)]
         after = counters(llm)
@@ -62,8 +63,10 @@ def test_mixed_batch_and_prefix_cache_hits(
 ) -> None:
     """A mixed batch, then the same prompts again: the second pass hits the prefix cache on
     every image (one engine pair serves both cases)."""
-    target, draft = _models(name, request, attention)
-    delta = _compare(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    target, draft = _models(name, request)
+    delta = _compare(
+        target, draft, MIXED_BATCH, runs=2, attention=attention, enable_prefix_caching=True
+    )
     assert delta["vllm:prefix_cache_hits"] > 0
 
 
@@ -71,8 +74,8 @@ def test_mixed_batch_and_prefix_cache_hits(
 def test_chunked_prefill_splitting_images(
     name: str, attention: str, request: pytest.FixtureRequest
 ) -> None:
-    target, draft = _models(name, request, attention)
-    _compare(target, draft, MIXED_BATCH, max_num_batched_tokens=CHUNK[name])
+    target, draft = _models(name, request)
+    _compare(target, draft, MIXED_BATCH, attention=attention, max_num_batched_tokens=CHUNK[name])
 
 
 @pytest.mark.parametrize("attention", ["mark", "torch"])
@@ -84,9 +87,10 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
     The compressed image tokens come from cached draft KV and the global feature from the
     proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
     """
-    target, draft = _models("qwen", request, attention)
+    target, draft = _models("qwen", request)
     prompts = [chat([(7, (224, 224))]), chat([(8, (320, 200)), (9, (224, 224))])]
-    with engine(target, draft, enable_prefix_caching=True) as llm:
+    vispec = {"draft_attention": attention}
+    with engine(target, draft, vispec=vispec, enable_prefix_caching=True) as llm:
         accepted = []
         for _ in range(2):
             before = counters(llm)
@@ -109,8 +113,15 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
 @pytest.mark.parametrize("name,attention", CASES)
 def test_preemption(name: str, attention: str, request: pytest.FixtureRequest) -> None:
     """A KV cache of a few blocks forces vLLM to preempt and recompute requests."""
-    target, draft = _models(name, request, attention)
-    delta = _compare(target, draft, MIXED_BATCH * 2, num_gpu_blocks_override=16, max_model_len=448)
+    target, draft = _models(name, request)
+    delta = _compare(
+        target,
+        draft,
+        MIXED_BATCH * 2,
+        attention=attention,
+        num_gpu_blocks_override=16,
+        max_model_len=448,
+    )
     assert delta["vllm:num_preemptions"] > 0
 
 
@@ -187,7 +198,11 @@ def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None
 
 
 def _sampled_pit(
-    target, speculative_config: dict, conversations: list, seeded: bool = True
+    target,
+    speculative_config: dict,
+    conversations: list,
+    seeded: bool = True,
+    vispec: dict | None = None,
 ) -> tuple[float, int]:
     """KS p-value of the randomised PIT of every token sampled at temperature 1, and how many
     draft tokens were accepted. Unseeded requests draw from the engine's seeded generator
@@ -200,7 +215,7 @@ def _sampled_pit(
         for i in range(len(conversations))
     ]
     overrides = {"speculative_config": {"num_speculative_tokens": 3, **speculative_config}}
-    with engine(target, max_logprobs=vocab, **overrides) as llm:
+    with engine(target, vispec=vispec, max_logprobs=vocab, **overrides) as llm:
         before = counters(llm)
         outputs = llm.chat(conversations, params, use_tqdm=False)
         after = counters(llm)

@@ -142,20 +142,19 @@ def _image_token(target: pathlib.Path) -> int:
     ids=lambda v: {None: "whole", 40: "chunked", 160: "chunked"}.get(v, v),
 )
 def test_first_pass_matches_reference(
-    name: str, chunk: int | None, attention: str, request, monkeypatch
+    name: str, chunk: int | None, attention: str, request
 ) -> None:
-    """``attention``: how hidden slots are left out (``VLLM_VISPEC_DRAFT_ATTENTION``). The
+    """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
     ``triton`` cases run the kernel interpreted, in a subprocess (test_triton_draft_attention)."""
     if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs TRITON_INTERPRET=1 (run by test_triton_draft_attention)")
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
     target = request.getfixturevalue(f"{name}_target")
     draft = request.getfixturevalue(f"{name}_draft")
     # No prefix caching: every prompt position must pass through the draft once.
     overrides = {"enable_prefix_caching": False}
     if chunk is not None:
         overrides.update(max_num_batched_tokens=chunk, max_num_seqs=1)
-    with engine(target, draft, **overrides) as llm:
+    with engine(target, draft, vispec={"draft_attention": attention}, **overrides) as llm:
         recorder = FirstPassRecorder(llm)
         assert recorder.drafter.draft.model.layers[0].self_attn.mode == attention
         outputs = llm.chat(

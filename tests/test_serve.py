@@ -1,13 +1,15 @@
 """End to end through ``vllm serve``: ViSpec speculation changes no greedy answer of a real server.
 
-Starts two real OpenAI-compatible servers on loopback for the tiny Qwen2.5-VL target, as users
-run them (``vllm serve``, multiprocess engine, plugin loaded through the ``vllm.general_plugins``
-entry point): a plain one and one with ``--speculative-config`` pointing at the plugin-format
-ViSpec draft. Concurrent chat completions (text only, one base64 PNG, two PNGs of different
-sizes) at temperature 0 must give the same text and the same token ids from both servers, and
-the speculative server's ``/metrics`` must show that drafts were proposed and some draft tokens
-accepted. This proves the CLI/JSON path (config parsing, draft loading, image inputs through the
-HTTP front end, batching of concurrent requests) works with the plugin and keeps outputs lossless.
+Starts two real OpenAI-compatible servers on loopback for the tiny Qwen2.5-VL target, as users run
+them (``vllm serve``, multiprocess engine, plugin loaded through the ``vllm.general_plugins`` entry
+point): a plain one and one with ``--speculative-config`` pointing at an official-layout ViSpec
+checkpoint (the tiny draft's weights as the authors publish them, converted by the plugin at
+start-up) and ``--additional-config`` carrying the plugin's settings. Concurrent chat completions
+(text only, one base64 PNG, two PNGs of different sizes) at temperature 0 must give the same text
+and the same token ids from both servers, and the speculative server's ``/metrics`` must show that
+drafts were proposed and some draft tokens accepted. This proves the CLI/JSON path (config parsing,
+draft loading, image inputs through the HTTP front end, batching of concurrent requests) works with
+the plugin and keeps outputs lossless.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from vllm_vispec import checkpoint
 from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.bench.server import VllmServer, spec_decode_counters
+from vllm_vispec.testing.tiny_drafts import write_official_checkpoint
 from vllm_vispec.testing.tiny_targets import make_test_image
 
 NUM_SPECULATIVE_TOKENS = 3
@@ -106,18 +110,25 @@ def _ask_all(url: str) -> dict[str, tuple[str, list[int] | None]]:
 def test_vllm_serve_vispec_matches_plain_server(
     qwen_target: pathlib.Path, qwen_draft: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
+    cfg, tensors = checkpoint.load_draft(qwen_draft)
+    official = write_official_checkpoint(tmp_path / "official", cfg, tensors)
     spec_config = {
         "method": "eagle",
-        "model": str(qwen_draft),
+        "model": str(official),
         "num_speculative_tokens": NUM_SPECULATIVE_TOKENS,
     }
+    settings = {"vispec": {"draft_attention": "mark", "feature_cache_mib": 16}}
     # Both with the CPU test engine settings, as ``vllm serve`` flags.
     specs = [
         ("plain", qwen_target, cpu_engine_kwargs(), tmp_path / "plain.log"),
         (
             "speculative",
             qwen_target,
-            cpu_engine_kwargs(speculative_config=spec_config),
+            cpu_engine_kwargs(
+                speculative_config=spec_config,
+                additional_config=settings,
+                download_dir=str(tmp_path / "cache"),
+            ),
             tmp_path / "speculative.log",
         ),
     ]
@@ -149,8 +160,12 @@ def test_vllm_serve_vispec_matches_plain_server(
         assert text, f"{name}: empty answer"
         assert token_ids, f"{name}: the server returned no token ids"
 
-    # The draft ran as the plugin's model, not as some stock vLLM EAGLE head.
-    assert "EagleViSpecForCausalLM" in (tmp_path / "speculative.log").read_text(errors="replace")
+    # The draft ran as the plugin's model, not as some stock vLLM EAGLE head, from the copy
+    # converted at start-up, with the settings given.
+    log = (tmp_path / "speculative.log").read_text(errors="replace")
+    assert "EagleViSpecForCausalLM" in log
+    assert f"converted the official checkpoint {official}" in log
+    assert '"feature_cache_mib": 16' in log and "adaptor outputs of up to 16 MiB" in log
     assert drafts > 0, f"no drafts proposed by the speculative server ({report}, all: {delta})"
     assert draft_tokens >= drafts, report
     # The echo draft proposes the target's last token; the tiny target repeats tokens now and

@@ -63,13 +63,14 @@ def _conversations() -> list[list[dict]]:
     ]
 
 
-def _run(speculate: bool, **overrides: Any) -> dict[str, Any]:
-    """One engine: greedy tokens of each pass, the prompts' token ids and counter deltas."""
-    draft = DRAFT if speculate else None
+def _run(attention: str | None, **overrides: Any) -> dict[str, Any]:
+    """One engine (with the draft and this draft attention, unless None): greedy tokens of each
+    pass, the prompts' token ids and counter deltas."""
+    draft, vispec = (None, None) if attention is None else (DRAFT, {"draft_attention": attention})
     conversations = _conversations()
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     result: dict[str, Any] = {"tokens": [], "delta": []}
-    with engine(TARGET, draft, **SETTINGS, **overrides) as llm:
+    with engine(TARGET, draft, vispec=vispec, **SETTINGS, **overrides) as llm:
         for _ in range(PASSES):
             before = counters(llm)
             outputs = llm.chat(conversations, params, use_tqdm=False)
@@ -92,26 +93,22 @@ def tp_env() -> Any:
 
 @pytest.fixture(scope="module")
 def tp1_plain() -> dict[str, Any]:
-    return _run(False)
+    return _run(None)
 
 
 @pytest.fixture(scope="module")
 def tp1_vispec() -> dict[str, Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_VISPEC_DRAFT_ATTENTION", "mark")
-        return _run(True)
+    return _run("mark")
 
 
 @pytest.fixture(scope="module")
 def tp2_plain(tp_env: Any) -> dict[str, Any]:
-    return _run(False, **TP2)
+    return _run(None, **TP2)
 
 
 @pytest.fixture(scope="module", params=["mark", "torch"])
 def tp2_vispec(request: pytest.FixtureRequest, tp_env: Any) -> dict[str, Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_VISPEC_DRAFT_ATTENTION", request.param)
-        return _run(True, **TP2)
+    return _run(request.param, **TP2)
 
 
 # --------------------------------------------------------------------------------------------

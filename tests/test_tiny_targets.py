@@ -17,15 +17,13 @@ import torch
 
 from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.testing.tiny_targets import (
-    LLAVA_IMAGE_TOKEN,
-    QWEN_IMAGE_TOKEN,
-    VOCAB_SIZE,
     build_tiny_llava,
     build_tiny_llava_next,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen3_vl,
     make_test_image,
 )
+from vllm_vispec.testing.tiny_tokenizers import LLAVA_IMAGE_TOKEN, QWEN_IMAGE_TOKEN, VOCAB_SIZE
 
 NEW_TOKENS = 24
 QUESTION = "Describe the image."

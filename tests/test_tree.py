@@ -1,4 +1,4 @@
-"""Tree drafting and tree verification (``VLLM_VISPEC_TREE``) never change what the target says.
+"""Tree drafting and tree verification (``vispec.tree``) never change what the target says.
 
 Pure parts first (seconds): the tree walk against a brute-force enumeration of root-to-node
 paths, ancestor rows and depths, the EAGLE-2 expansion's choice of nodes. Then real engines:
@@ -22,13 +22,14 @@ from vllm import SamplingParams
 from vllm_vispec.kernels import split_kv_cache
 from vllm_vispec.kernels.tree import ancestor_masks
 
+from vllm_vispec.settings import ViSpecSettings
 from vllm_vispec.tree.expand import Expansion
-from vllm_vispec.tree.settings import TREE_ENV, TreeSettings, tree_settings
+from vllm_vispec.tree.settings import TreeSettings
 from vllm_vispec.tree.walk import node_depths, walk_tree
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
 # Trees at every batch size (the default budget would draft chains past 2 requests).
-ALWAYS = "tree_budget=100000"
+ALWAYS = {"tree_budget": 100000}
 
 
 def _random_tree(rng: np.random.Generator, n: int, vocab: int) -> tuple[list[int], list[int]]:
@@ -127,17 +128,17 @@ def test_expansion_keeps_the_best_candidates_depth_first() -> None:
             assert vals == sorted(vals, reverse=True)
 
 
-def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TREE_ENV, raising=False)
-    assert tree_settings() is None
-    monkeypatch.setenv(TREE_ENV, "on")
-    assert tree_settings() == TreeSettings()
-    monkeypatch.setenv(TREE_ENV, "depth=2, top_k=4")
-    assert tree_settings() == TreeSettings(depth=2, top_k=4)
-    for bad in ("depth=x", "width=3", "depth=0"):
-        monkeypatch.setenv(TREE_ENV, bad)
-        with pytest.raises(ValueError, match=TREE_ENV):
-            tree_settings()
+def test_settings_from_additional_config() -> None:
+    def tree(value) -> TreeSettings | None:
+        return ViSpecSettings.from_dict({"tree": value}).tree
+
+    assert ViSpecSettings.from_dict({}).tree is None
+    assert tree(False) is None
+    assert tree(True) == tree({}) == TreeSettings()
+    assert tree({"depth": 2, "top_k": 4}) == TreeSettings(depth=2, top_k=4)
+    for bad in ({"depth": "x"}, {"width": 3}, {"depth": 0}, {"depth": True}, "on", 1):
+        with pytest.raises(ValueError, match="vispec.tree"):
+            tree(bad)
     s = TreeSettings()
     assert [s.mode(b, 29) for b in (1, 2, 3)] == ["tree", "tree", "chain"]
     assert TreeSettings(chain_budget=8).mode(4, 29) == "off"
@@ -155,17 +156,21 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- engines ------------------------------------------------------------------------------------
 
 
-def _models(name: str, request: pytest.FixtureRequest, tree: str = ALWAYS, attention="mark"):
-    mp = request.getfixturevalue("monkeypatch")
-    mp.setenv("VLLM_VISPEC_DRAFT_ATTENTION", attention)
-    mp.setenv(TREE_ENV, tree)
+def _models(name: str, request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
-def _compare_trees(target, draft, conversations, k: int = 29, runs: int = 1, **kw):
+def _trees(tree: dict = ALWAYS, attention: str = "mark") -> dict:
+    """The ``vispec`` settings of a tree engine."""
+    return {"tree": tree, "draft_attention": attention}
+
+
+def _compare_trees(
+    target, draft, conversations, k: int = 29, runs: int = 1, attention: str = "mark", **kw
+):
     """Greedy outputs with trees equal those without speculation."""
     expected = plain_greedy(target, conversations, runs, **kw)
-    with engine(target, draft, k=k, **kw) as llm:
+    with engine(target, draft, k=k, vispec=_trees(attention=attention), **kw) as llm:
         before = counters(llm)
         got = [greedy(llm, conversations) for _ in range(runs)]
         after = counters(llm)
@@ -187,8 +192,10 @@ def test_trees_mixed_batch_and_prefix_cache_hits(
     name: str, attention: str, request: pytest.FixtureRequest
 ) -> None:
     """A mixed batch, then the same prompts again, hitting the prefix cache on every image."""
-    target, draft = _models(name, request, attention=attention)
-    delta = _compare_trees(target, draft, MIXED_BATCH, runs=2, enable_prefix_caching=True)
+    target, draft = _models(name, request)
+    delta = _compare_trees(
+        target, draft, MIXED_BATCH, runs=2, attention=attention, enable_prefix_caching=True
+    )
     assert delta["vllm:prefix_cache_hits"] > 0
 
 
@@ -213,7 +220,7 @@ def test_trees_at_the_model_length_limit(request: pytest.FixtureRequest) -> None
     params = SamplingParams(temperature=0, max_tokens=200)
     with engine(target, max_model_len=96) as llm:
         plain = [o.outputs[0] for o in llm.chat(conversations, params)]
-    with engine(target, draft, k=29, max_model_len=96) as llm:
+    with engine(target, draft, k=29, vispec=_trees(), max_model_len=96) as llm:
         got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
     assert got == [list(o.token_ids) for o in plain]
     assert plain[0].finish_reason == "length" and len(plain[0].token_ids) < 200
@@ -230,7 +237,7 @@ def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
     ]
     with engine(target) as llm:
         expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
-    with engine(target, draft, k=29) as llm:
+    with engine(target, draft, k=29, vispec=_trees()) as llm:
         lengths = _record_draft_lengths(llm)
         got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
     assert got == expected
@@ -242,13 +249,14 @@ def test_chains_under_load_and_no_drafts_past_the_chain_budget(
 ) -> None:
     """tree_budget=0 with a chain budget: chains while few requests run, nothing drafted
     while many do; outputs stay those of a run without speculation."""
-    target, draft = _models("qwen", request, tree="tree_budget=0,chain_budget=8,chain=3")
+    target, draft = _models("qwen", request)
+    chains = _trees({"tree_budget": 0, "chain_budget": 8, "chain": 3})
     # 4 requests: 16 verified tokens > 8 until the two short ones finish.
     params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 10, 40, 40)]
     conversations = MIXED_BATCH
     with engine(target) as llm:
         expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
-    with engine(target, draft, k=3) as llm:
+    with engine(target, draft, k=3, vispec=chains) as llm:
         lengths = _record_draft_lengths(llm)
         got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
     assert got == expected
@@ -291,12 +299,11 @@ def _committed_kv(llm) -> tuple[int, list[torch.Tensor]]:
     return n, out
 
 
-def test_committed_kv_equals_a_run_without_speculation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_committed_kv_equals_a_run_without_speculation() -> None:
     """After tree steps that accepted side branches (the trained toy draft), every committed
     position's target K/V equals the no-speculation run's at that position."""
     from vllm_vispec.toy.world import prompts
 
-    monkeypatch.setenv(TREE_ENV, ALWAYS)
     _, image, question = prompts(1, 30_000)[0]
     prompt = (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
@@ -305,7 +312,8 @@ def test_committed_kv_equals_a_run_without_speculation(monkeypatch: pytest.Monke
     params = SamplingParams(temperature=0, max_tokens=400)
 
     def run(draft) -> tuple[int, list[torch.Tensor], int]:
-        with engine(TOY / "target", draft, k=29) as llm:
+        vispec = _trees() if draft is not None else None
+        with engine(TOY / "target", draft, k=29, vispec=vispec) as llm:
             llm.llm_engine.add_request("r", {"prompt": prompt, "multi_modal_data":
                                               {"image": image}}, params)  # fmt: skip
             n, kv, moved = 0, [], 0
@@ -331,12 +339,11 @@ def test_committed_kv_equals_a_run_without_speculation(monkeypatch: pytest.Monke
         torch.testing.assert_close(a, b[:n_spec], atol=1e-4, rtol=1e-4)
 
 
-def test_tree_sampling_follows_the_target_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tree_sampling_follows_the_target_distribution() -> None:
     """Temperature 1 with trees of the trained toy draft (often accepted, side branches too):
     every token is a draw from the target's conditional distribution (randomised PIT + KS)."""
     from vllm_vispec.toy.world import prompts
 
-    monkeypatch.setenv(TREE_ENV, "depth=2,top_k=4,tree_budget=100000")
     conversations = [
         [
             {
@@ -350,7 +357,8 @@ def test_tree_sampling_follows_the_target_distribution(monkeypatch: pytest.Monke
         for _, image, question in prompts(96, 30_000)
     ]
     spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
-    pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, seeded=False)
+    trees = _trees({"depth": 2, "top_k": 4, "tree_budget": 100000})
+    pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, False, trees)
     assert accepted > 500, f"only {accepted} tree nodes accepted"
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
 
@@ -385,3 +393,23 @@ def test_cpu_tree_rows_equal_the_reference_kernel() -> None:
     )  # fmt: skip
     torch.testing.assert_close(out[step.rows], want, atol=1e-5, rtol=1e-5)
     assert out[: starts[0]].abs().sum() == 0  # rows of other requests untouched
+
+
+def test_two_engines_with_their_own_settings_in_one_process(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Settings live in each engine's config, not in the process: an engine drafting trees and
+    one drafting chains with the skipping attention run side by side, both lossless."""
+    target, draft = _models("qwen", request)
+    expected = plain_greedy(target, MIXED_BATCH)[0]
+    with (
+        engine(target, draft, k=29, vispec=_trees()) as trees,
+        engine(target, draft, vispec={"draft_attention": "torch"}) as chains,
+    ):
+        assert greedy(trees, MIXED_BATCH) == expected
+        assert greedy(chains, MIXED_BATCH) == expected
+        assert greedy(trees, MIXED_BATCH[:1]) == expected[:1]
+        tree_drafter, chain_drafter = runner(trees).drafter, runner(chains).drafter
+    assert tree_drafter.tree is not None and chain_drafter.tree is None
+    attention = [d.draft.model.layers[0].self_attn.mode for d in (tree_drafter, chain_drafter)]
+    assert attention == ["mark", "torch"]

@@ -1,7 +1,7 @@
 """Every vLLM option that touches sampling, KV or parallelism meets trees: kept, or refused.
 
 :data:`OPTIONS` is the table README's "Options with trees" section shows: per option, what a
-request or an engine gets with ``VLLM_VISPEC_TREE`` on, and the test that proves it (a greedy
+request or an engine gets with ``vispec.tree`` on, and the test that proves it (a greedy
 or distributional identity with vLLM, or a one-line refusal at start-up). A test below checks
 that README shows this very table and that every test it names exists, so neither can drift.
 """
@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 import torch
 from engines import MIXED_BATCH, chat, counters, engine, runner
-from test_config_errors import _assert_mentions, _create_config, _refusal, _spec
+from test_config_errors import _assert_mentions, _create_config, _refusal, _spec, _vispec
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import StructuredOutputsParams
 
-from vllm_vispec.tree.settings import TREE_ENV
+from vllm_vispec.tree.settings import TREE_SETTING
 from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-ALWAYS = "tree_budget=100000"  # trees at every batch size
+ALWAYS = {"tree": {"tree_budget": 100000}}  # vispec settings: trees at every batch size
 
 # (option, with trees, the test that proves it: "module::test", "::test" for this module)
 OPTIONS: list[tuple[str, str, str]] = [
@@ -108,7 +108,6 @@ def test_readme_shows_the_options_table() -> None:
 def test_tree_refusals(
     qwen_target: pathlib.Path,
     qwen_draft: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
     spec_extra: dict,
     engine_extra: dict,
     words: list[str],
@@ -118,10 +117,10 @@ def test_tree_refusals(
     and async scheduling are refused on GPUs only (validation._check_trees): vLLM's CPU
     platform turns async scheduling off itself. vLLM refuses adaptive verification on its V1
     runner, which ViSpec needs, for every drafter."""
-    monkeypatch.setenv(TREE_ENV, "on")
-    message = _refusal(qwen_target, _spec(qwen_draft, k=29, **spec_extra), **engine_extra)
-    _assert_mentions(message, TREE_ENV, *words)
-    monkeypatch.delenv(TREE_ENV)
+    message = _refusal(
+        qwen_target, _spec(qwen_draft, k=29, **spec_extra), **engine_extra, **_vispec(tree=True)
+    )
+    _assert_mentions(message, TREE_SETTING, *words)
     if "kv_cache_dtype" in engine_extra:
         spec_extra = {**spec_extra, "kv_cache_dtype": "auto"}  # the draft's stays 16/32-bit
     _create_config(qwen_target, _spec(qwen_draft, k=3, **spec_extra), **engine_extra)
@@ -143,16 +142,14 @@ def test_cpu_kv_layouts_that_trees_cannot_read(
     else:
         monkeypatch.setattr(platform, "machine", lambda: "aarch64")
         engine_extra = {}
-    monkeypatch.setenv(TREE_ENV, "on")
-    _assert_mentions(
-        _refusal(qwen_target, _spec(qwen_draft, k=29), **engine_extra), TREE_ENV, repr(isa)
+    trees = _refusal(qwen_target, _spec(qwen_draft, k=29), **engine_extra, **_vispec(tree=True))
+    _assert_mentions(trees, TREE_SETTING, repr(isa))
+    torch_attention = _vispec(draft_attention="torch")
+    message = _refusal(qwen_target, _spec(qwen_draft), **engine_extra, **torch_attention)
+    _assert_mentions(message, "vispec.draft_attention=torch", repr(isa))
+    _create_config(
+        qwen_target, _spec(qwen_draft), **engine_extra, **_vispec(draft_attention="mark")
     )
-    monkeypatch.setenv(TREE_ENV, "off")
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", "torch")
-    message = _refusal(qwen_target, _spec(qwen_draft), **engine_extra)
-    _assert_mentions(message, "VLLM_VISPEC_DRAFT_ATTENTION=torch", repr(isa))
-    monkeypatch.setenv("VLLM_VISPEC_DRAFT_ATTENTION", "mark")
-    _create_config(qwen_target, _spec(qwen_draft), **engine_extra)
 
 
 # -- buffers -------------------------------------------------------------------------------------
@@ -211,13 +208,12 @@ def penalised_target(qwen_target: pathlib.Path, tmp_path_factory) -> pathlib.Pat
 
 
 def test_generation_config_penalties_draft_trees(
-    penalised_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    penalised_target: pathlib.Path, qwen_draft: pathlib.Path
 ) -> None:
     """With the model's default repetition penalty every request still drafts trees, each
     node penalised with the request's output plus its own ancestors: the tokens are those of
     vLLM without speculation, which applies the same penalty. vLLM's acceptance counters
     count accepted tokens by depth (a tree accepts a path), drafts by node."""
-    monkeypatch.setenv(TREE_ENV, ALWAYS)
 
     def generate(llm) -> list[list[int]]:
         params = llm.get_default_sampling_params()
@@ -227,7 +223,7 @@ def test_generation_config_penalties_draft_trees(
 
     with engine(penalised_target) as llm:
         expected = generate(llm)
-    with engine(penalised_target, qwen_draft, k=29) as llm:
+    with engine(penalised_target, qwen_draft, k=29, vispec=ALWAYS) as llm:
         got, delta = _tree_delta(llm, generate)
         depth = runner(llm).drafter.tree.depth
     assert got == expected
@@ -238,13 +234,10 @@ def test_generation_config_penalties_draft_trees(
     assert per_pos == sorted(per_pos, reverse=True), "a depth accepted more often than its parent"
 
 
-def test_sampling_options_with_trees(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sampling_options_with_trees(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     """One batch, a request per option, greedy: every request's tokens (and log-probabilities)
     are vLLM's without speculation, with trees drafted. vLLM refuses logit_bias and min_p
     per request under any speculation."""
-    monkeypatch.setenv(TREE_ENV, ALWAYS)
     conversations = [MIXED_BATCH[i % len(MIXED_BATCH)] for i in range(8)]
     greedy = {"temperature": 0.0, "max_tokens": 32}
     options: list[dict[str, Any]] = [
@@ -260,7 +253,7 @@ def test_sampling_options_with_trees(
     params = [SamplingParams(**{**greedy, **o}) for o in options]
     with engine(qwen_target, max_logprobs=4) as llm:
         expected = llm.chat(conversations, params, use_tqdm=False)
-    with engine(qwen_target, qwen_draft, k=29, max_logprobs=4) as llm:
+    with engine(qwen_target, qwen_draft, k=29, vispec=ALWAYS, max_logprobs=4) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(conversations, params, use_tqdm=False))
         # n > 1 needs sampling; top_k 1 makes every draw the argmax, so both are greedy's.
         two = llm.chat(
@@ -281,11 +274,10 @@ def test_sampling_options_with_trees(
 
 
 def test_processed_logprobs_draft_chains(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
 ) -> None:
     """A processed-logprobs engine drafts chains for requests asking logprobs (the tree rows
     keep raw logits only) and trees for the others; tokens and log-probabilities are vLLM's."""
-    monkeypatch.setenv(TREE_ENV, ALWAYS)
     params = [
         SamplingParams(temperature=0.0, max_tokens=24, logprobs=2, repetition_penalty=1.2),
         SamplingParams(temperature=0.0, max_tokens=24),
@@ -294,7 +286,7 @@ def test_processed_logprobs_draft_chains(
     kw = {"max_logprobs": 2, "logprobs_mode": "processed_logprobs"}
     with engine(qwen_target, **kw) as llm:
         expected = llm.chat(conversations, params, use_tqdm=False)
-    with engine(qwen_target, qwen_draft, k=29, **kw) as llm:
+    with engine(qwen_target, qwen_draft, k=29, vispec=ALWAYS, **kw) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(conversations, params, use_tqdm=False))
     assert _tokens(got) == _tokens(expected)
     _assert_trees_drafted(delta)
@@ -304,13 +296,10 @@ def test_processed_logprobs_draft_chains(
             assert d[token].logprob == pytest.approx(w[token].logprob, abs=1e-4)
 
 
-def test_thinking_budget_draft_chains(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_thinking_budget_draft_chains(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     """A reasoning config whose thinking starts at the assistant header: vLLM forces the end
     of thinking once a request's budget is spent. Requests with a budget draft chains, which
     vLLM's verification keeps within it; the tokens are those without speculation."""
-    monkeypatch.setenv(TREE_ENV, ALWAYS)
     reasoning = {"reasoning_start_str": "<|im_start|>", "reasoning_end_str": "<|vision_end|>"}
     params = [
         SamplingParams(temperature=0.0, max_tokens=32, thinking_token_budget=budget)
@@ -319,7 +308,7 @@ def test_thinking_budget_draft_chains(
     with engine(qwen_target, reasoning_config=reasoning) as llm:
         expected = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
         end = llm.get_tokenizer().convert_tokens_to_ids("<|vision_end|>")
-    with engine(qwen_target, qwen_draft, k=29, reasoning_config=reasoning) as llm:
+    with engine(qwen_target, qwen_draft, k=29, vispec=ALWAYS, reasoning_config=reasoning) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(MIXED_BATCH, params, use_tqdm=False))
     assert end in expected[0], "the budget never forced the end of thinking"
     assert _tokens(got) == expected
@@ -327,15 +316,14 @@ def test_thinking_budget_draft_chains(
 
 
 def test_seeded_text_does_not_depend_on_load(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
 ) -> None:
     """A seeded temperature-1 request gives the same text alone (where the default budget
     would allow a tree) and beside two other requests (where it would not)."""
-    monkeypatch.setenv(TREE_ENV, "on")
     seeded = SamplingParams(temperature=1.0, max_tokens=40, seed=7)
     others = SamplingParams(temperature=1.0, max_tokens=40)
     conversation = chat([(1, (224, 224))])
-    with engine(qwen_target, qwen_draft, k=29) as llm:
+    with engine(qwen_target, qwen_draft, k=29, vispec={"tree": True}) as llm:
         alone = _tokens(llm.chat([conversation], seeded, use_tqdm=False))
         together = llm.chat(
             [MIXED_BATCH[0], conversation, MIXED_BATCH[2]], [others, seeded, others], use_tqdm=False

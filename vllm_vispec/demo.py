@@ -111,8 +111,8 @@ def _run_engine(
     from tqdm import tqdm
     from vllm import LLM
 
-    from vllm_vispec.bench.command import offline_counters
     from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.bench.offline import offline_counters
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(model=str(target), disable_log_stats=False, **cpu_engine_kwargs(**extra))
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, log: pathlib.Path, say: Callable, console: TextIO) -> int:
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.command import acceptance
+    from vllm_vispec.bench.report import acceptance
 
     target, draft, trained = _models(args, say)
     named = _conversations(args.images)

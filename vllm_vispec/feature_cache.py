@@ -4,27 +4,8 @@ still finds its image's compressed tokens and global feature."""
 from __future__ import annotations
 
 import collections
-import os
 
 import torch
-
-FEATURE_CACHE_ENV = "VLLM_VISPEC_FEATURE_CACHE_MIB"
-DEFAULT_FEATURE_CACHE_MIB = 64
-
-
-def feature_cache_bytes() -> int:
-    """The cache's bound from ``VLLM_VISPEC_FEATURE_CACHE_MIB``; ValueError for a bad value."""
-    raw = os.environ.get(FEATURE_CACHE_ENV, "").strip() or str(DEFAULT_FEATURE_CACHE_MIB)
-    try:
-        mib = float(raw)
-    except ValueError:
-        mib = -1.0
-    if mib <= 0:
-        raise ValueError(
-            f"{FEATURE_CACHE_ENV}={raw!r} is not a positive number of MiB; unset it for the "
-            f"default {DEFAULT_FEATURE_CACHE_MIB}"
-        )
-    return int(mib * 2**20)
 
 
 class FeatureCache:

@@ -10,7 +10,7 @@ as it is. Around it this class
 * feeds the draft raw 1-D positions, also on M-RoPE targets, so that RoPE and KV slots follow
   the raw token index (vLLM's default would use the M-RoPE temporal row),
 * pairs a partial prefill chunk's last position with the true next prompt token,
-* with ``VLLM_VISPEC_TREE`` on, drafts EAGLE-2 trees (:mod:`vllm_vispec.tree`) where the step's
+* with ``vispec.tree`` on, drafts EAGLE-2 trees (:mod:`vllm_vispec.tree`) where the step's
   budget allows and the request's sampling can be verified on a tree, chains otherwise; after
   a tree step the draft's first pass reads each request's accepted path as a chain.
 
@@ -34,9 +34,9 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 
 from vllm_vispec.draft.attention import TreePass
 from vllm_vispec.draft.model import EagleViSpecForCausalLM
-from vllm_vispec.feature_cache import FeatureCache, feature_cache_bytes
+from vllm_vispec.feature_cache import FeatureCache
+from vllm_vispec.settings import vispec_settings
 from vllm_vispec.tree.expand import Expansion
-from vllm_vispec.tree.settings import tree_settings
 from vllm_vispec.vision_inputs import Intervals, VisionInputsBuilder
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ class ViSpecProposer(EagleProposer):
         # Images reach the draft through its adaptor (VisionInputs) only: vLLM's merge of the
         # chunk's image embeddings into the draft's input embeddings would never be used.
         self.supports_mm_inputs = False
-        self.tree = tree_settings()
+        self.settings = vispec_settings(vllm_config)
+        self.tree = self.settings.tree
         # Read by the tree patches before the next step: the parents of each request's tree
         # (root first) and how many of each request's drafts are real.
         self.trees: dict[str, np.ndarray] = {}
@@ -84,11 +85,11 @@ class ViSpecProposer(EagleProposer):
         draft = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
-        features = FeatureCache(feature_cache_bytes())
+        features = FeatureCache(self.settings.feature_cache_bytes)
         per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
         logger.info(
             "ViSpec: adaptor outputs of up to %d MiB of images are kept for prefix-cache hits "
-            "(%d bytes an image, about %d images; VLLM_VISPEC_FEATURE_CACHE_MIB)",
+            "(%d bytes an image, about %d images; vispec.feature_cache_mib)",
             features.capacity_bytes >> 20,
             per_image,
             features.capacity_bytes // per_image,
@@ -123,7 +124,7 @@ class ViSpecProposer(EagleProposer):
             )
             if problem:
                 raise RuntimeError(
-                    f"ViSpec tree verification: {problem}; unset VLLM_VISPEC_TREE to draft chains"
+                    f"ViSpec tree verification: {problem}; set vispec.tree to false to draft chains"
                 )
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------

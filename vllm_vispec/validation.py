@@ -10,10 +10,13 @@ import json
 import pathlib
 from typing import Any
 
+from vllm.logger import init_logger
+
 from vllm_vispec import checkpoint
+from vllm_vispec.checkpoint.resolve import resolve_draft
 from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
-from vllm_vispec.feature_cache import feature_cache_bytes
-from vllm_vispec.tree.settings import TREE_ENV, TreeSettings, tree_settings
+from vllm_vispec.settings import SETTINGS_KEY, refuse_environment, setting, vispec_settings
+from vllm_vispec.tree.settings import TREE_SETTING, TreeSettings
 
 SUPPORTED_TARGETS = (
     "Qwen2_5_VLForConditionalGeneration",
@@ -22,6 +25,8 @@ SUPPORTED_TARGETS = (
     "Qwen3VLForConditionalGeneration",
 )
 MAX_SPECULATIVE_TOKENS = 8
+
+logger = init_logger(f"vllm.{__name__}")
 
 
 class ViSpecConfigError(ValueError):
@@ -39,13 +44,19 @@ def is_vispec_draft(speculative_config: Any) -> bool:
 def validate(vllm_config: Any) -> None:
     """Raise :class:`ViSpecConfigError` when the ViSpec set-up cannot run."""
     spec = vllm_config.speculative_config
-    if spec is None:
+    if spec is None or not is_vispec_draft(spec):
+        if SETTINGS_KEY in (vllm_config.additional_config or {}):
+            logger.warning(
+                "additional_config[%r] is set but the engine has no ViSpec draft: ignored",
+                SETTINGS_KEY,
+            )
         return
-    draft_path = getattr(spec, "model", None)
-    if not is_vispec_draft(spec):
-        # Whatever the method: without one, vLLM runs the folder as a standalone draft model.
-        _refuse_unconverted(draft_path)
-        return
+    try:
+        refuse_environment()
+        settings = vispec_settings(vllm_config)
+    except ValueError as e:
+        raise ViSpecConfigError(str(e)) from None
+    logger.info("ViSpec settings (additional_config): %s", json.dumps(settings.as_dict()))
     if spec.method != "eagle":
         raise ViSpecConfigError(
             f"ViSpec drafts run with method 'eagle', not {spec.method!r}; set "
@@ -58,7 +69,7 @@ def validate(vllm_config: Any) -> None:
             f"ViSpec drafts support targets {', '.join(SUPPORTED_TARGETS)}; the target model is "
             f"{', '.join(archs) or 'unknown'}"
         )
-    draft_cfg = checkpoint.check_draft(draft_path)
+    draft_cfg = checkpoint.check_draft(spec.model)
     text = target.get_text_config()
     if draft_cfg.hidden_size != text.hidden_size:
         raise ViSpecConfigError(
@@ -84,12 +95,8 @@ def validate(vllm_config: Any) -> None:
     if problem:
         raise ViSpecConfigError(problem)
     k = spec.num_speculative_tokens
-    try:
-        tree = tree_settings()
-    except ValueError as e:
-        raise ViSpecConfigError(str(e)) from None
-    if tree is not None:
-        _check_trees(tree, vllm_config)
+    if settings.tree is not None:
+        _check_trees(settings.tree, vllm_config)
     elif not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise ViSpecConfigError(
             f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for ViSpec "
@@ -111,15 +118,16 @@ def validate(vllm_config: Any) -> None:
             "ViSpec drafts need a 16- or 32-bit draft KV cache (neither way of hiding image "
             'slots reads fp8); set "kv_cache_dtype": "auto" in the speculative config'
         )
-    from vllm_vispec.draft.attention_mode import DRAFT_ATTENTION_ENV, draft_attention
+    from vllm_vispec.draft.attention_mode import draft_attention
 
     try:
-        attention = draft_attention(draft_cfg.head_dim)
-        feature_cache_bytes()
+        attention = draft_attention(draft_cfg.head_dim, settings.draft_attention)
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
     if attention != "mark":
-        _check_cpu_kv_layout(vllm_config, draft_cfg.head_dim, f"{DRAFT_ATTENTION_ENV}={attention}")
+        _check_cpu_kv_layout(
+            vllm_config, draft_cfg.head_dim, f"{setting('draft_attention')}={attention}"
+        )
 
 
 def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
@@ -131,20 +139,20 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
     tp = vllm_config.parallel_config.tensor_parallel_size
     if tp > 1:
         raise ViSpecConfigError(
-            f"{TREE_ENV} (trees and the tree/chain policy) is tested at tensor_parallel_size 1 "
-            f"only (got {tp}); unset {TREE_ENV} to draft chains"
+            f"{TREE_SETTING} (trees and the tree/chain policy) is tested at tensor_parallel_size 1 "
+            f"only (got {tp}); set {TREE_SETTING} to false to draft chains"
         )
     if vllm_config.scheduler_config.async_scheduling:
         raise ViSpecConfigError(
-            f"{TREE_ENV} needs synchronous scheduling (the next step's positions depend on "
+            f"{TREE_SETTING} needs synchronous scheduling (the next step's positions depend on "
             "which tree nodes were accepted); pass --no-async-scheduling"
         )
     if vllm_config.parallel_config.data_parallel_size > 1:
         raise ViSpecConfigError(
-            f"{TREE_ENV} is not supported with data parallelism (data_parallel_size="
+            f"{TREE_SETTING} is not supported with data parallelism (data_parallel_size="
             f"{vllm_config.parallel_config.data_parallel_size}): vLLM's drafter synchronises "
             "the ranks once per draft pass and each rank would pick its own tree or chain; "
-            f"unset {TREE_ENV} to draft chains"
+            f"set {TREE_SETTING} to false to draft chains"
         )
     spec = vllm_config.speculative_config
     for option, value, default in (
@@ -155,41 +163,41 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
     ):  # fmt: skip
         if value != default:
             raise ViSpecConfigError(
-                f"{TREE_ENV} verifies trees with greedy drafts and its own tree walk, which "
+                f"{TREE_SETTING} verifies trees with greedy drafts and its own tree walk, which "
                 f"{option}={value!r} would change; remove {option} from the speculative "
-                f"config or unset {TREE_ENV}"
+                f"config or set {TREE_SETTING} to false"
             )
     if str(vllm_config.cache_config.cache_dtype).startswith("fp8"):
         raise ViSpecConfigError(
-            f"{TREE_ENV} reads the target's KV cache without fp8 scales; drop --kv-cache-dtype "
-            f"{vllm_config.cache_config.cache_dtype} or unset {TREE_ENV} to draft chains"
+            f"{TREE_SETTING} reads the target's KV cache without fp8 scales; drop --kv-cache-dtype "
+            f"{vllm_config.cache_config.cache_dtype} or set {TREE_SETTING} to false to draft chains"
         )
     if vllm_config.lora_config is not None:
         raise ViSpecConfigError(
-            f"{TREE_ENV} has not been verified with LoRA adapters on the target; drop "
-            f"--enable-lora or unset {TREE_ENV} to draft chains"
+            f"{TREE_SETTING} has not been verified with LoRA adapters on the target; drop "
+            f"--enable-lora or set {TREE_SETTING} to false to draft chains"
         )
     model = vllm_config.model_config
-    _check_cpu_kv_layout(vllm_config, model.get_head_size(), TREE_ENV)
+    _check_cpu_kv_layout(vllm_config, model.get_head_size(), TREE_SETTING)
     text = model.hf_config.get_text_config()
     if getattr(text, "use_sliding_window", False):
         raise ViSpecConfigError(
-            f"{TREE_ENV} cannot verify trees on a target with sliding-window attention; unset "
-            f"{TREE_ENV} to draft chains"
+            f"{TREE_SETTING} cannot verify trees on a target with sliding-window attention; set "
+            f"{TREE_SETTING} to false to draft chains"
         )
     from vllm.platforms import current_platform
 
     graphs = vllm_config.compilation_config.cudagraph_mode
     if graphs is not None and graphs.has_full_cudagraphs():
         raise ViSpecConfigError(
-            f"{TREE_ENV} masks tree rows in Python around the attention kernel, which a full "
+            f"{TREE_SETTING} masks tree rows in Python around the attention kernel, which a full "
             "CUDA graph would replay without; pass --compilation-config "
             '\'{"cudagraph_mode": "PIECEWISE"}\''
         )
     backend = vllm_config.attention_config.backend
     if not current_platform.is_cpu() and getattr(backend, "name", backend) != "TRITON_ATTN":
         raise ViSpecConfigError(
-            f"{TREE_ENV} verifies trees with vLLM's Triton attention backend on GPUs; pass "
+            f"{TREE_SETTING} verifies trees with vLLM's Triton attention backend on GPUs; pass "
             "--attention-backend TRITON_ATTN"
         )
 
@@ -242,28 +250,40 @@ def _heads_split(num_heads: int, num_kv_heads: int, tp: int) -> bool:
     return num_heads % tp == 0 and (num_kv_heads % tp == 0 or tp % num_kv_heads == 0)
 
 
-def precheck(speculative_config: Any, tensor_parallel_size: int | None = None) -> None:
-    """Checks of the raw speculative config that must run before vLLM builds its own.
+def precheck(
+    speculative_config: Any,
+    tensor_parallel_size: int | None = None,
+    download_dir: str | None = None,
+) -> Any:
+    """Checks of the raw speculative config that must run before vLLM builds its own; returns
+    the speculative config vLLM should build.
 
-    vLLM parses the draft's config.json and safetensors header and resolves its architecture
-    while it builds ``SpeculativeConfig``; a broken ViSpec draft or a wrong method would
-    otherwise stop it with vLLM's own error (wrapped by pydantic, without the file or the fix).
-    So would draft heads that do not divide by ``tensor_parallel_size`` (the engine's, when
-    the caller passes it).
+    An official ViSpec checkpoint (a folder or a hub id) becomes its converted copy
+    (:mod:`vllm_vispec.checkpoint.resolve`). vLLM parses the draft's config.json and safetensors
+    header and resolves its architecture while it builds ``SpeculativeConfig``; a broken ViSpec
+    draft or a wrong method would otherwise stop it with vLLM's own error (wrapped by pydantic,
+    without the file or the fix). So would draft heads that do not divide by
+    ``tensor_parallel_size`` (the engine's, when the caller passes it).
     """
     if not isinstance(speculative_config, dict):
-        return
+        return speculative_config
     draft_path = speculative_config.get("model")
-    if not isinstance(draft_path, str) or not pathlib.Path(draft_path).is_dir():
-        return
+    if not isinstance(draft_path, str):
+        return speculative_config
+    method = speculative_config.get("method")
+    revision = speculative_config.get("revision")
+    converted = resolve_draft(draft_path, method, revision, download_dir)
+    if converted is not None:
+        speculative_config = {**speculative_config, "model": converted, "revision": None}
+        draft_path = converted
+    if not pathlib.Path(draft_path).is_dir():
+        return speculative_config
     try:
         d = json.loads((pathlib.Path(draft_path) / checkpoint.CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
-        return  # not a checkpoint folder vLLM can use either; vLLM says so
+        return speculative_config  # not a checkpoint folder vLLM can use either; vLLM says so
     if not (isinstance(d, dict) and is_plugin_config(d)):
-        _refuse_unconverted(draft_path)
-        return
-    method = speculative_config.get("method")
+        return speculative_config
     if method is not None and method != "eagle":
         raise ViSpecConfigError(
             f"ViSpec drafts run with method 'eagle', not {method!r}; set "
@@ -276,12 +296,4 @@ def precheck(speculative_config: Any, tensor_parallel_size: int | None = None) -
         )
         if problem:
             raise ViSpecConfigError(problem)
-
-
-def _refuse_unconverted(draft_path: Any) -> None:
-    if draft_path and pathlib.Path(draft_path).is_dir():
-        if "imadpt.q" in checkpoint.tensor_names(pathlib.Path(draft_path)):
-            raise ViSpecConfigError(
-                f"{draft_path} is an official ViSpec checkpoint that has not been converted; "
-                f"run `vllm-vispec convert {draft_path} DST` and pass DST as the draft model"
-            )
+    return speculative_config

@@ -276,7 +276,7 @@ class VisionInputsBuilder:
             logger.warning_once(
                 "ViSpec: the adaptor output of a prefix-cached image was evicted from the "
                 "feature cache (%d MiB); the draft uses a zero image feature for it. Output is "
-                "unchanged, acceptance may drop: raise VLLM_VISPEC_FEATURE_CACHE_MIB.",
+                "unchanged, acceptance may drop: raise vispec.feature_cache_mib.",
                 self.features.capacity_bytes >> 20,
             )
             value = torch.zeros(self.num_q, self.hidden_size, device=self.device)

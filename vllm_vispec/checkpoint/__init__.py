@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,8 @@ CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
 CONVERT_COMMAND = "vllm-vispec convert"
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # a hub id, as "JLKang/ViSpec-Qwen2.5-VL-7B-Instruct"
+_HF_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+$")
 
 # Old EAGLE code saved RoPE's inverse frequencies as a persistent buffer; they are a function of
 # rope_theta, so they are dropped instead of being reported as unexpected.
@@ -175,6 +178,20 @@ def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor
     cfg = _config_from_dict(d, src, num_q=q.shape[0])
     validate_tensors(cfg, tensors, str(file))
     return cfg, tensors
+
+
+def provenance(src: Path) -> dict[str, str]:
+    """Where a converted draft came from, recorded in its config.json."""
+    from vllm_vispec import __version__
+
+    src = src.resolve()
+    found = _HF_CACHE_SNAPSHOT.search(src.as_posix())
+    return {
+        # The hub repo id for a folder in the hub cache, else the absolute path.
+        "converted_from": f"{found[1]}/{found[2]}" if found else str(src),
+        "source_file": find_weights(src).name,
+        "converter_version": __version__,
+    }
 
 
 def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +31,6 @@ example:
     '{"method": "eagle", "model": "vispec-qwen7b", "num_speculative_tokens": 3}'"""
 
 DTYPES = ("keep", "float32", "bfloat16", "float16")
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_HF_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+$")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -86,17 +83,17 @@ def convert(src: Path, dst: Path, target: str | None, dtype: str, force: bool) -
     """Validate everything, then write DST atomically; returns a short summary for the user."""
     import torch
 
-    from vllm_vispec import __version__
     from vllm_vispec.checkpoint import (
+        REPO_ID,
         CheckpointError,
         check_against_target,
         check_destination,
-        find_weights,
         load_official,
+        provenance,
         save_draft,
     )
 
-    if not src.exists() and _REPO_ID.match(str(src)):
+    if not src.exists() and REPO_ID.match(str(src)):
         raise CheckpointError(
             f"SRC {src} is not a local folder; download it first: "
             f"hf download {src} --local-dir {src.name}"
@@ -109,15 +106,11 @@ def convert(src: Path, dst: Path, target: str | None, dtype: str, force: bool) -
         check_against_target(cfg, target)
     if dtype != "keep":
         tensors = _cast(tensors, getattr(torch, dtype))
-    provenance = {
-        "converted_from": _source_name(src),
-        "source_file": find_weights(src).name,
-        "converter_version": __version__,
-    }
-    out = save_draft(dst, cfg, tensors, provenance, overwrite=force)
+    origin = provenance(src)
+    out = save_draft(dst, cfg, tensors, origin, overwrite=force)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
     return (
-        f"converted {provenance['converted_from']} ({provenance['source_file']}) -> {out}\n"
+        f"converted {origin['converted_from']} ({origin['source_file']}) -> {out}\n"
         f"  num_q {cfg.num_q}, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads} "
         f"(kv {cfg.num_key_value_heads}), intermediate {cfg.intermediate_size}, "
         f"vocab {cfg.vocab_size}, qkv_bias {cfg.qkv_bias}, {len(tensors)} tensors, "
@@ -141,10 +134,3 @@ def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, tor
                 f"use --dtype bfloat16 or keep"
             )
     return cast
-
-
-def _source_name(src: Path) -> str:
-    """The HF repo id for a folder in the hub cache, else the absolute path."""
-    src = src.resolve()
-    found = _HF_CACHE_SNAPSHOT.search(src.as_posix())
-    return f"{found[1]}/{found[2]}" if found else str(src)

@@ -27,13 +27,14 @@ from vllm.platforms import current_platform
 
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.draft.attention_mode import (
-    DRAFT_ATTENTION_ENV,
+    DRAFT_ATTENTION_SETTING,
     checked_triton,
     draft_attention,
     padded_head_size,
 )
 from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
 from vllm_vispec.kernels.tree import tree_paged_attention
+from vllm_vispec.settings import vispec_settings
 from vllm_vispec.vision_inputs import Intervals
 
 HIDDEN_SCORE = 30000.0
@@ -76,10 +77,13 @@ class ViSpecAttention(nn.Module):
         )
         self.num_heads = self.qkv_proj.num_heads  # this rank's
         self.num_kv_heads = self.qkv_proj.num_kv_heads
-        self.mode = draft_attention(cfg.head_dim)
+        requested = vispec_settings(vllm_config).draft_attention
+        self.mode = draft_attention(cfg.head_dim, requested)
         if self.mode == "triton":
             block_size = vllm_config.cache_config.block_size or 16
-            self.mode = checked_triton(self.num_heads, self.num_kv_heads, self.head_dim, block_size)
+            self.mode = checked_triton(
+                self.num_heads, self.num_kv_heads, self.head_dim, block_size, requested
+            )
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
         self.hidden_intervals: Intervals | None = None
@@ -115,7 +119,7 @@ class ViSpecAttention(nn.Module):
         if self.mode != "mark" and self.attn.attn_backend.forward_includes_kv_cache_update:
             raise ValueError(
                 f"the {self.attn.attn_backend.get_name()} attention backend writes its KV cache "
-                f"inside its own attention; set {DRAFT_ATTENTION_ENV}=mark"
+                f"inside its own attention; set {DRAFT_ATTENTION_SETTING} to 'mark'"
             )
 
     def _pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:

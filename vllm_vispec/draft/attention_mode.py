@@ -1,4 +1,4 @@
-"""How the draft's attention leaves hidden image positions out (``VLLM_VISPEC_DRAFT_ATTENTION``).
+"""How the draft's attention leaves hidden image positions out (``vispec.draft_attention``).
 
 * ``mark``: any vLLM attention backend, with one extra head channel (see
   :mod:`vllm_vispec.draft.attention`). Costs: the head is padded to the next size the backends
@@ -21,46 +21,39 @@ from vllm.platforms import current_platform
 
 logger = init_logger(f"vllm.{__name__}")
 
-DRAFT_ATTENTION_ENV = "VLLM_VISPEC_DRAFT_ATTENTION"
-DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
+DRAFT_ATTENTION_SETTING = "vispec.draft_attention"
 # Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
 _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
-def _requested_attention() -> str:
-    return os.environ.get(DRAFT_ATTENTION_ENV, "auto").strip().lower() or "auto"
-
-
-def draft_attention(head_dim: int) -> str:
-    """How this process hides image positions: ``mark``, ``triton`` or ``torch``.
+def draft_attention(head_dim: int, choice: str) -> str:
+    """How the draft hides image positions here, for the requested ``choice`` (one of
+    :data:`vllm_vispec.settings.DRAFT_ATTENTION_CHOICES`): ``mark``, ``triton`` or ``torch``.
 
     ``auto`` (the default) is ``triton`` on CUDA/ROCm, where the draft's KV cache uses vLLM's
     Triton attention backend (head sizes >= 32), and ``mark`` elsewhere. Raises ValueError for
-    a value that cannot run here.
+    a choice that cannot run here.
     """
-    choice = _requested_attention()
-    if choice not in DRAFT_ATTENTION_CHOICES:
-        raise ValueError(
-            f"{DRAFT_ATTENTION_ENV}={choice!r} is not one of {', '.join(DRAFT_ATTENTION_CHOICES)}"
-        )
     gpu = current_platform.is_cuda_alike()
     if choice == "auto":
         return "triton" if gpu and head_dim >= 32 else "mark"
     if choice == "triton" and not gpu and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
-            f"{DRAFT_ATTENTION_ENV}=triton needs a GPU; on CPU use 'torch' (the same attention "
+            f"{DRAFT_ATTENTION_SETTING}=triton needs a GPU; on CPU use 'torch' (the same attention "
             "in PyTorch) or 'mark', or set TRITON_INTERPRET=1 to run the kernel interpreted "
             "(slow, for tests)"
         )
     if choice != "mark" and gpu and head_dim < 32:
         raise ValueError(
-            f"{DRAFT_ATTENTION_ENV}={choice} needs head_dim >= 32 on GPUs (the draft has "
+            f"{DRAFT_ATTENTION_SETTING}={choice} needs head_dim >= 32 on GPUs (the draft has "
             f"{head_dim}); use 'mark'"
         )
     return choice
 
 
-def checked_triton(num_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> str:
+def checked_triton(
+    num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, choice: str
+) -> str:
     """``triton`` if the kernel compiles and matches its reference for this draft here.
 
     Otherwise ``auto`` falls back to ``mark`` with a warning, and an explicit ``triton`` stops
@@ -72,8 +65,8 @@ def checked_triton(num_heads: int, num_kv_heads: int, head_dim: int, block_size:
         dtype, device = torch.get_default_dtype(), current_platform.device_type
         check_triton_attention(num_heads, num_kv_heads, head_dim, block_size, dtype, device)
     except RuntimeError as e:
-        if _requested_attention() == "triton":
-            raise RuntimeError(f"{e}; set {DRAFT_ATTENTION_ENV}=mark") from e
+        if choice == "triton":
+            raise RuntimeError(f"{e}; set {DRAFT_ATTENTION_SETTING} to 'mark'") from e
         logger.warning("ViSpec: %s; the draft hides image slots with the mark instead", e)
         return "mark"
     return "triton"

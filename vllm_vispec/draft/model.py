@@ -34,6 +34,7 @@ from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.draft.adaptor import ImageFeatureFc, VisionAdaptor
 from vllm_vispec.draft.attention import ViSpecAttention
 from vllm_vispec.draft.attention_mode import draft_attention
+from vllm_vispec.settings import vispec_settings
 from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 
@@ -57,7 +58,7 @@ def draft_compiles(vllm_config: VllmConfig) -> bool:
     """vLLM may compile the draft (as its own EAGLE drafts) only with the ``mark`` attention:
     the skipping attentions call their kernel from Python around vLLM's cache update."""
     cfg = ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
-    return draft_attention(cfg.head_dim) == "mark"
+    return draft_attention(cfg.head_dim, vispec_settings(vllm_config).draft_attention) == "mark"
 
 
 def _draft_hf_config(vllm_config: VllmConfig) -> Any:

@@ -28,6 +28,13 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("vllm.platforms:current_platform", "CPU/GPU paths", "draft, validation, patches"),
     Internal("vllm.triton_utils:HAS_TRITON", "CPU patches only without Triton", "patches"),
     Internal("vllm.config:VllmConfig", "typing of the proposer and draft", "proposer, draft"),
+    Internal("vllm:envs", "VLLM_CACHE_ROOT: where converted official checkpoints are kept",
+             "checkpoint.resolve"),
+    Internal("vllm.model_executor.model_loader.weight_utils:download_weights_from_hf",
+             "fetches an official checkpoint named by hub id as vLLM fetches drafts",
+             "checkpoint.resolve",
+             "(model_name_or_path, cache_dir, allow_patterns, revision=None, subfolder=None, "
+             "ignore_patterns=None)"),
     # -- model layers (as vLLM's llama_eagle.py uses them) ----------------------------------
     Internal("vllm.model_executor.layers.attention:Attention", "draft attention layer",
              "draft.attention"),
@@ -107,4 +114,9 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     ),
     "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl": ("do_kv_cache_update",),
     "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl": ("do_kv_cache_update",),
+    # The plugin's settings (settings.py) and what the start-up patch rewrites or reads.
+    "vllm.config:VllmConfig": ("additional_config",),
+    "vllm.engine.arg_utils:EngineArgs": (
+        "speculative_config", "tensor_parallel_size", "download_dir",
+    ),
 }  # fmt: skip

@@ -2,7 +2,8 @@
 
 Wraps ``EngineArgs.create_engine_config`` (``LLM(...)`` and ``vllm serve`` alike): the raw
 speculative config is prechecked before vLLM parses the draft (whose own errors would not name
-the file or the fix), the built ``VllmConfig`` is validated after.
+the file or the fix) and an official ViSpec checkpoint in it replaced by its converted copy; the
+built ``VllmConfig`` is validated after.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ def apply(module: ModuleType) -> None:
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
         # vLLM's signature is passed through untouched (it grows with releases); only the
         # speculative config is read.
-        precheck(self.speculative_config, self.tensor_parallel_size)
+        self.speculative_config = precheck(
+            self.speculative_config, self.tensor_parallel_size, self.download_dir
+        )
         config = create(self, *args, **kwargs)
         validate(config)
         return config

@@ -1,4 +1,4 @@
-"""Tree verification in vLLM's V1 runner (``VLLM_VISPEC_TREE``): no effect on chain steps.
+"""Tree verification in vLLM's V1 runner (``vispec.tree``): no effect on chain steps.
 
 ``_prepare_inputs``: after vLLM computed slots from linear positions, the tree requests' nodes
 move to root + depth (:class:`~vllm_vispec.tree.step.TreeStep`). ``_model_forward``: the

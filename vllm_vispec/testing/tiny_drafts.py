@@ -68,9 +68,19 @@ def random_official_checkpoint(
     ``embed_tokens`` (the target's input embedding, [vocab, hidden]) replaces the random one, as
     in a trained draft, whose embedding is a frozen copy of the target's.
     """
+    return write_official_checkpoint(path, cfg, random_tensors(cfg, seed, embed_tokens), fmt)
+
+
+def write_official_checkpoint(
+    path: str | Path,
+    cfg: ViSpecConfig,
+    tensors: dict[str, torch.Tensor],
+    fmt: Literal["safetensors", "bin"] = "safetensors",
+) -> Path:
+    """Write ``tensors`` as an official-layout ViSpec checkpoint folder (the authors' Llama
+    config.json and one weights file) and return it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = random_tensors(cfg, seed, embed_tokens)
     (path / CONFIG_FILE).write_text(json.dumps(official_config_dict(cfg), indent=2) + "\n")
     if fmt == "safetensors":
         safetensors.torch.save_file(tensors, path / SAFETENSORS_FILE, metadata={"format": "pt"})

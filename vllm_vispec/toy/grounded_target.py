@@ -152,7 +152,8 @@ def _customise(out: Path, recipe: GroundedRecipe) -> None:
     (new weights, initialised like the builder's, only if the vision tower changes)."""
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from vllm_vispec.testing.tiny_targets import QWEN_SPECIAL_TOKENS, _finish, _save_model
+    from vllm_vispec.testing.tiny_targets import finish, save_model
+    from vllm_vispec.testing.tiny_tokenizers import QWEN_SPECIAL_TOKENS
 
     config = Qwen2_5_VLConfig.from_pretrained(out)
     config.text_config.rope_parameters["rope_theta"] = recipe.rope_theta
@@ -168,8 +169,8 @@ def _customise(out: Path, recipe: GroundedRecipe) -> None:
         tokenizer = AutoTokenizer.from_pretrained(out)
         never = [tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS
                  if "vision" in t or "pad" in t]  # fmt: skip
-        _save_model(Qwen2_5_VLForConditionalGeneration, config, out, recipe.seed, never)
-    _finish(out)
+        save_model(Qwen2_5_VLForConditionalGeneration, config, out, recipe.seed, never)
+    finish(out)
 
 
 def _truncate_progress(out: Path, step: int) -> None:

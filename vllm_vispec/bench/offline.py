@@ -1,0 +1,78 @@
+"""The bench's offline mode: ``vllm.LLM`` in this process, a batch is one ``LLM.chat`` call.
+
+One engine per method, reused across batch sizes; times come from vLLM's own per-request stats
+and acceptance from the engine's metrics, so no client or server sits between the figures and
+the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Any
+
+from vllm_vispec.bench.prompts import Prompt, cycle
+from vllm_vispec.bench.report import Answer, acceptance, row
+from vllm_vispec.bench.server import SPEC_COUNTERS, SPEC_PER_POS
+
+WARMUP_TOKENS = 8
+"""Output tokens of the warm-up, in both modes: every distinct prompt once, which also fills
+the prefix cache (every timed request then starts from a cached prompt, for every method)."""
+
+
+def measure(
+    args: argparse.Namespace, method: str, kwargs: dict[str, Any], prompts: list[Prompt]
+) -> list[dict[str, Any]]:
+    """One vllm.LLM for every batch size; one row per batch size."""
+    from vllm import LLM
+
+    llm = LLM(model=str(args.target), **{**kwargs, "disable_log_stats": False})
+    try:
+        llm.chat([p.chat() for p in prompts], _sampling(args, WARMUP_TOKENS), use_tqdm=False)
+        params = _sampling(args, args.max_tokens)
+        rows = []
+        for batch in args.batch_sizes:
+            chats = [p.chat() for p in cycle(prompts, batch)]
+            before = offline_counters(llm)
+            start = time.monotonic()  # the engine core stamps tokens with the same clock
+            outputs = llm.chat(chats, params, use_tqdm=True)
+            seconds = time.monotonic() - start
+            after = offline_counters(llm)
+            answers = [
+                Answer(
+                    list(o.outputs[0].token_ids),
+                    o.metrics.first_token_ts - start,
+                    o.metrics.last_token_ts - start,
+                )
+                for o in outputs
+            ]
+            spec = acceptance(before, after) if after else None
+            rows.append(row("offline", method, batch, answers, seconds, spec))
+        return rows
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()  # an in-process engine's weights go now, before the next method's load
+
+
+def offline_counters(llm: Any) -> dict[str, Any]:
+    """An in-process engine's vllm:spec_decode_* counters, under the short names of
+    :data:`~vllm_vispec.bench.server.SPEC_COUNTERS` and ``per_pos`` ({} without speculation)."""
+    from vllm.v1.metrics.reader import Counter, Vector
+
+    out: dict[str, Any] = {}
+    for m in llm.get_metrics():
+        if isinstance(m, Counter) and m.name in SPEC_COUNTERS:
+            out[SPEC_COUNTERS[m.name]] = m.value
+        elif isinstance(m, Vector) and m.name == SPEC_PER_POS:
+            out["per_pos"] = list(m.values)
+    return out
+
+
+def _sampling(args: argparse.Namespace, max_tokens: int) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature, max_tokens=max_tokens, ignore_eos=args.ignore_eos
+    )

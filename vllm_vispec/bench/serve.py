@@ -1,0 +1,100 @@
+"""The bench's serve mode: a real ``vllm serve`` per method, asked through the OpenAI API.
+
+What users run in production: a batch is that many concurrent streaming chat completions
+(images as base64 data URLs), timed by the client; acceptance is read from the server's
+Prometheus /metrics. The server process itself is :class:`~vllm_vispec.bench.server.VllmServer`,
+which the tests share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import time
+from typing import Any
+
+from vllm_vispec.bench.offline import WARMUP_TOKENS
+from vllm_vispec.bench.prompts import Prompt, cycle
+from vllm_vispec.bench.report import Answer, acceptance, row
+from vllm_vispec.bench.server import VllmServer, spec_decode_counters
+
+REQUEST_TIMEOUT_S = 1800.0
+
+
+def measure(
+    args: argparse.Namespace, method: str, kwargs: dict[str, Any], prompts: list[Prompt]
+) -> list[dict[str, Any]]:
+    """One ``vllm serve`` for every batch size; one row per batch size."""
+    from vllm.logger import init_logger
+
+    messages = [p.messages() for p in prompts]
+    with VllmServer(pathlib.Path(args.target), kwargs, args.out / f"serve_{method}.log") as server:
+        elapsed = server.wait_healthy()
+        init_logger(f"vllm.{__name__}").info("%s server healthy after %.0f s", method, elapsed)
+        asyncio.run(_ask(server.url, messages, args, WARMUP_TOKENS, progress=None))
+        rows = []
+        for batch in args.batch_sizes:
+            before = spec_decode_counters(server.url)
+            answers, seconds = asyncio.run(
+                _ask(
+                    server.url,
+                    cycle(messages, batch),
+                    args,
+                    args.max_tokens,
+                    progress=f"serve {method} batch {batch}",
+                )
+            )
+            after = spec_decode_counters(server.url)
+            spec = acceptance(before, after) if after else None
+            rows.append(row("serve", method, batch, answers, seconds, spec))
+    return rows
+
+
+async def _ask(
+    url: str,
+    conversations: list[list[dict[str, Any]]],
+    args: argparse.Namespace,
+    max_tokens: int,
+    progress: str | None,
+) -> tuple[list[Answer], float]:
+    """All conversations at once as streaming chat completions; (answers, wall seconds).
+
+    A small client rather than ``vllm bench serve``: that runs as its own process per batch,
+    reads prompts from a dataset file and returns texts, while the lossless check needs the
+    generated token ids (``return_token_ids``) and the batches here are in-memory image chats.
+    """
+    import openai
+    from tqdm import tqdm
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", timeout=REQUEST_TIMEOUT_S)
+    model = (await client.models.list()).data[0].id
+    bar = tqdm(total=len(conversations), desc=progress, disable=progress is None)
+
+    async def one(messages: list[dict[str, Any]]) -> Answer:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=messages,
+            temperature=args.temperature,
+            max_tokens=max_tokens,
+            stream=True,
+            extra_body={"return_token_ids": True, "ignore_eos": args.ignore_eos},
+        )
+        token_ids: list[int] = []
+        first = None
+        async for chunk in stream:
+            for choice in chunk.choices:
+                new = (choice.model_extra or {}).get("token_ids") or []
+                if new and first is None:
+                    first = time.perf_counter() - start
+                token_ids += new
+        bar.update()
+        latency = time.perf_counter() - start
+        return Answer(token_ids, latency if first is None else first, latency)
+
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(one(m) for m in conversations))
+    seconds = time.perf_counter() - start
+    bar.close()
+    await client.close()
+    return list(answers), seconds

@@ -1,0 +1,146 @@
+"""The plugin's settings: ``additional_config["vispec"]`` of vLLM's engine config.
+
+``vllm serve ... --additional-config '{"vispec": {"tree": {"depth": 3}}}'`` or
+``LLM(..., additional_config={"vispec": {...}})``. vLLM hands that config to every worker and
+hashes it into its config hash (compiled graphs are cached per hash), so two engines in one
+process may differ and nothing is read from the environment. Keys:
+
+* ``tree``: ``false`` (the default: chains of ``num_speculative_tokens``, vLLM's verification),
+  ``true`` (EAGLE-2 trees with ViSpec's defaults) or an object of
+  :class:`~vllm_vispec.tree.settings.TreeSettings` fields;
+* ``draft_attention``: how the draft leaves hidden image slots out
+  (:mod:`vllm_vispec.draft.attention_mode`): ``auto``, ``mark``, ``triton`` or ``torch``;
+* ``feature_cache_mib``: bound of the adaptor outputs kept for prefix-cache hits (64).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from vllm_vispec.tree.settings import TreeSettings
+
+SETTINGS_KEY = "vispec"
+DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
+DEFAULT_FEATURE_CACHE_MIB = 64
+# Environment variables of earlier releases, by the key that replaces them.
+RETIRED_ENVIRONMENT = {
+    "tree": "VLLM_VISPEC_TREE",
+    "draft_attention": "VLLM_VISPEC_DRAFT_ATTENTION",
+    "feature_cache_mib": "VLLM_VISPEC_FEATURE_CACHE_MIB",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViSpecSettings:
+    tree: TreeSettings | None = None
+    draft_attention: str = "auto"
+    feature_cache_mib: float = DEFAULT_FEATURE_CACHE_MIB
+
+    @property
+    def feature_cache_bytes(self) -> int:
+        return int(self.feature_cache_mib * 2**20)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ViSpecSettings:
+        """Settings from the ``vispec`` object; ValueError (one line, with the fix) if bad."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{setting()} must be a JSON object, got {raw!r}")
+        unknown = sorted(set(raw) - set(RETIRED_ENVIRONMENT))
+        if unknown:
+            raise ValueError(
+                f"{setting(unknown[0])} is not a ViSpec setting; the settings are "
+                f"{', '.join(RETIRED_ENVIRONMENT)}"
+            )
+        attention = raw.get("draft_attention", "auto")
+        if attention not in DRAFT_ATTENTION_CHOICES:
+            raise ValueError(
+                f"{setting('draft_attention')}={attention!r} is not one of "
+                f"{', '.join(DRAFT_ATTENTION_CHOICES)}"
+            )
+        mib = raw.get("feature_cache_mib", DEFAULT_FEATURE_CACHE_MIB)
+        if isinstance(mib, bool) or not isinstance(mib, int | float) or mib <= 0:
+            raise ValueError(
+                f"{setting('feature_cache_mib')}={mib!r} is not a positive number of MiB; "
+                f"leave it out for the default {DEFAULT_FEATURE_CACHE_MIB}"
+            )
+        return cls(_tree(raw.get("tree", False)), attention, mib)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``vispec`` object that gives these settings (what the start-up log shows)."""
+        tree = dataclasses.asdict(self.tree) if self.tree is not None else False
+        return {
+            "tree": tree,
+            "draft_attention": self.draft_attention,
+            "feature_cache_mib": self.feature_cache_mib,
+        }
+
+
+def _tree(value: Any) -> TreeSettings | None:
+    if value is False:
+        return None
+    if value is True:
+        return TreeSettings()
+    fields = [f.name for f in dataclasses.fields(TreeSettings)]
+    if not isinstance(value, dict) or not set(value) <= set(fields):
+        raise ValueError(
+            f"{setting('tree')}={json.dumps(value)}: expected true, false or an object with "
+            f'integer fields {", ".join(fields)} (e.g. {{"depth": 3, "top_k": 8}})'
+        )
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{setting('tree')}.{key}={v!r} must be a non-negative integer")
+    tree = TreeSettings(**value)
+    if min(tree.depth, tree.top_k, tree.chain) < 1:
+        raise ValueError(f"{setting('tree')}: depth, top_k and chain must be at least 1")
+    return tree
+
+
+def setting(key: str | None = None) -> str:
+    """How messages name a setting: ``vispec.tree`` (of ``--additional-config``)."""
+    return SETTINGS_KEY if key is None else f"{SETTINGS_KEY}.{key}"
+
+
+def vispec_settings(vllm_config: Any) -> ViSpecSettings:
+    """The settings of an engine (its ``additional_config``); ValueError for bad ones."""
+    additional = getattr(vllm_config, "additional_config", None)
+    raw = additional.get(SETTINGS_KEY, {}) if isinstance(additional, dict) else {}
+    return ViSpecSettings.from_dict(raw)
+
+
+def refuse_environment() -> None:
+    """ValueError when a retired ``VLLM_VISPEC_*`` variable is still set, with the
+    ``--additional-config`` that says the same."""
+    found = {key: os.environ[env] for key, env in RETIRED_ENVIRONMENT.items() if env in os.environ}
+    if not found:
+        return
+    equivalent = {key: _translated(key, value) for key, value in found.items()}
+    names = " and ".join(RETIRED_ENVIRONMENT[key] for key in found)
+    raise ValueError(
+        f"{names} {'is' if len(found) == 1 else 'are'} no longer read; unset and pass "
+        f"--additional-config '{json.dumps({SETTINGS_KEY: equivalent})}' "
+        "(additional_config=... in LLM(...)) instead"
+    )
+
+
+def _translated(key: str, value: str) -> Any:
+    """An old environment value as the JSON value of its setting (as written if unclear)."""
+    value = value.strip()
+    if key == "draft_attention":
+        return value.lower()
+    if key == "feature_cache_mib":
+        try:
+            return float(value) if "." in value else int(value)
+        except ValueError:
+            return value
+    low = value.lower()
+    if low in ("", "0", "off", "false", "no"):
+        return False
+    if low in ("1", "on", "true", "yes"):
+        return True
+    pairs = [item.partition("=") for item in low.split(",")]
+    if all(sep and v.strip().isdigit() for _, sep, v in pairs):
+        return {k.strip(): int(v) for k, _, v in pairs}
+    return value
