@@ -41,6 +41,7 @@ _STARTS = {"engines": 0, "servers": 0}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    from engines import settle_heap
     from vllm import LLM
 
     from vllm_vispec.bench.server import VllmServer
@@ -53,6 +54,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             _init(self, *args, **kwargs)
 
         cls.__init__ = counted
+    settle_heap()  # the imports' objects, before the first engine starts
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

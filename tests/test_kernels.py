@@ -1,8 +1,8 @@
-"""Kernel PyTorch paths against independent references, and the Triton kernels via a subprocess.
+"""Kernel PyTorch paths against independent references.
 
 The Triton tests live in test_kernels_triton.py and need TRITON_INTERPRET=1 before Triton is
-imported, which other test modules (vLLM) do first; ``test_triton_kernels_interpreted`` runs that
-file in a fresh interpreter. The case builders below are shared with it.
+imported, which other test modules (vLLM) do first; test_interpreted.py runs that file in a
+fresh interpreter. The case builders below are shared with it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from interpreted import run_interpreted
 from vllm_vispec.kernels import (
     absorb_queries,
     draft_paged_attention,
@@ -190,12 +189,3 @@ def test_split_kv_cache_cpu_layout(isa: str, block_size: int) -> None:
     torch.testing.assert_close(v[slots // block_size, slots % block_size], value)
     with pytest.raises(NotImplementedError):
         split_kv_cache(kv, cpu_isa="amx")
-
-
-# ------------------------------------------------------------------------------- Triton
-
-
-def test_triton_kernels_interpreted() -> None:
-    """Run test_kernels_triton.py under TRITON_INTERPRET=1 in a fresh interpreter."""
-    pytest.importorskip("triton")
-    run_interpreted("test_kernels_triton.py", "--noconftest")

@@ -1,7 +1,7 @@
 """Triton kernels on CPU through Triton's interpreter, against the PyTorch references.
 
 Needs TRITON_INTERPRET=1 before Triton is first imported, so a full test run skips this module
-and test_kernels.py::test_triton_kernels_interpreted runs it in a subprocess. Run it alone with
+and test_interpreted.py runs it in a subprocess. Run it alone with
 ``TRITON_INTERPRET=1 python -m pytest tests/test_kernels_triton.py``.
 """
 
@@ -12,7 +12,7 @@ import os
 import pytest
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (run by test_kernels.py)", allow_module_level=True)
+    pytest.skip("needs TRITON_INTERPRET=1 (run by test_interpreted.py)", allow_module_level=True)
 
 import torch
 from test_kernels import (

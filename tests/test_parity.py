@@ -18,7 +18,6 @@ import pytest
 import safetensors
 import torch
 from engines import chat, engine, runner
-from interpreted import run_interpreted
 from vllm import SamplingParams
 
 from vllm_vispec.checkpoint import load_draft
@@ -145,9 +144,9 @@ def test_first_pass_matches_reference(
     name: str, chunk: int | None, attention: str, request
 ) -> None:
     """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
-    ``triton`` cases run the kernel interpreted, in a subprocess (test_triton_draft_attention)."""
+    ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py)."""
     if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs TRITON_INTERPRET=1 (run by test_triton_draft_attention)")
+        pytest.skip("needs TRITON_INTERPRET=1 (run by test_interpreted.py)")
     target = request.getfixturevalue(f"{name}_target")
     draft = request.getfixturevalue(f"{name}_draft")
     # No prefix caching: every prompt position must pass through the draft once.
@@ -233,10 +232,3 @@ def test_qwen3_image_inputs_are_the_target_input_embeddings(qwen3_target, qwen3_
     hidden = embeds.shape[1]
     assert encoded.shape[1] > hidden, "no DeepStack channels: the test would not bite"
     torch.testing.assert_close(encoded[:, :hidden], embeds, atol=1e-4, rtol=1e-4)
-
-
-def test_triton_draft_attention() -> None:
-    """The ``triton`` cases above: the Triton kernel as the engine's draft attention,
-    interpreted on CPU."""
-    pytest.importorskip("triton")
-    run_interpreted("test_parity.py", "-k", "first_pass and triton")

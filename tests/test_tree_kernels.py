@@ -2,7 +2,7 @@
 
 Tree attention is checked two ways: against a dense masked softmax over un-paged positions, and
 against plain causal attention on each root-to-leaf path laid out as a chain. The Triton kernels
-run in test_tree_kernels_triton.py under TRITON_INTERPRET=1 (a subprocess, see interpreted.py);
+run in test_tree_kernels_triton.py under TRITON_INTERPRET=1 (a subprocess, see test_interpreted.py);
 the cases come from :mod:`vllm_vispec.kernels.tree.selfcheck` (the kernel's start-up check), the
 oracles below are shared with it.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from interpreted import run_interpreted
 from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
 from vllm_vispec.kernels.attention import naive_draft_paged_attention
 from vllm_vispec.kernels.tree.selfcheck import (
@@ -214,12 +213,3 @@ def test_compact_kv_no_pairs() -> None:
     empty = torch.zeros(0, dtype=torch.int64)
     compact_kv(k, v, empty, empty)
     assert torch.equal(k, before[0]) and torch.equal(v, before[1])
-
-
-# ------------------------------------------------------------------------------- Triton
-
-
-def test_triton_tree_kernels_interpreted() -> None:
-    """Run test_tree_kernels_triton.py under TRITON_INTERPRET=1 in a fresh interpreter."""
-    pytest.importorskip("triton")
-    run_interpreted("test_tree_kernels_triton.py", "--noconftest")
