@@ -71,7 +71,7 @@ def test_bench_offline_all_methods(
     assert all(r["draft_tokens"] > 4 * r["drafts"] for r in tree), "vispec-tree drafted no trees"
     assert result["config"]["vispec"] == {
         "vispec": {},
-        "vispec-tree": {"tree": {"tree_budget": 1_000_000}},
+        "vispec-tree": {"tree": True},
         "vispec-auto": {"tree": True},
     }
 
@@ -111,8 +111,15 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "no-spec": None,
         "ngram": None,
         "vispec": torch,
-        "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6, "tree_budget": 1_000_000}},
+        "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6}},
         "vispec-auto": {**torch, "tree": {"depth": 4, "top_k": 6}},
+    }
+    schedules = {m.name: m.spec.get("num_speculative_tokens_per_batch_size") for m in methods[1:]}
+    assert schedules == {
+        "ngram": None,
+        "vispec": None,
+        "vispec-tree": None,
+        "vispec-auto": [[1, 2, 29], [3, max(args.batch_sizes + [3]), 3]],
     }
     for m in methods:
         kwargs = command._engine_kwargs(args, m, {})

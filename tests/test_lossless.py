@@ -247,18 +247,28 @@ def _sampled_pit(
     return stats.kstest(pit, "uniform").pvalue, after[accepted] - before.get(accepted, 0)
 
 
-@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec"])
+@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec", "vispec-scheduled-trees"])
 def test_sampling_follows_the_target_distribution(
     method: str, request: pytest.FixtureRequest
 ) -> None:
+    """``vispec-scheduled-trees``: vLLM's batch-size schedule gives chains of 2 while 7-8
+    requests run and trees of 8 nodes below, so K changes within the run."""
     target = request.getfixturevalue("qwen_target")
+    vispec_draft = {"method": "eagle", "model": str(request.getfixturevalue("qwen_draft"))}
     speculative_config = {
         "ngram": {"method": "ngram", "prompt_lookup_max": 2, "prompt_lookup_min": 1},
         "eagle": {"method": "eagle", "model": str(request.getfixturevalue("qwen_eagle_draft"))},
-        "vispec": {"method": "eagle", "model": str(request.getfixturevalue("qwen_draft"))},
+        "vispec": vispec_draft,
+        "vispec-scheduled-trees": {
+            **vispec_draft,
+            "num_speculative_tokens": 8,
+            "num_speculative_tokens_per_batch_size": [[1, 6, 8], [7, 8, 2]],
+        },
     }[method]
+    # Seeded requests draft chains: the tree case leaves the seeds to the engine's generator.
+    trees = {"tree": {"depth": 2, "top_k": 4}} if method == "vispec-scheduled-trees" else None
     conversations = [chat([(s % 3, (224, 224))]) if s % 2 else chat([]) for s in range(96)]
-    pvalue, _ = _sampled_pit(target, speculative_config, conversations)
+    pvalue, _ = _sampled_pit(target, speculative_config, conversations, trees is None, trees)
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
 
 

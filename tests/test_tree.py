@@ -29,7 +29,7 @@ from vllm_vispec.tree.walk import node_depths, walk_tree
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
 # Trees at every batch size (the default budget would draft chains past 2 requests).
-ALWAYS = {"tree_budget": 100000}
+ALWAYS = True  # trees of num_speculative_tokens nodes at every step
 
 
 def _random_tree(rng: np.random.Generator, n: int, vocab: int) -> tuple[list[int], list[int]]:
@@ -140,11 +140,8 @@ def test_settings_from_additional_config() -> None:
         with pytest.raises(ValueError, match="vispec.tree"):
             tree(bad)
     s = TreeSettings()
-    assert [s.mode(b, 29) for b in (1, 2, 3)] == ["tree", "tree", "chain"]
-    assert TreeSettings(chain_budget=8).mode(4, 29) == "off"
-    chains_only = TreeSettings(tree_budget=0, chain_budget=32)
-    chains_only.check(3)  # no tree shape to check
-    assert [chains_only.mode(b, 3) for b in (1, 8, 9)] == ["chain", "chain", "off"]
+    assert s.min_nodes == 24
+    assert [s.mode(k) for k in (0, 1, 8, 23, 24, 29)] == ["off", *["chain"] * 3, "tree", "tree"]
     for nodes, match in ((64, "at most"), (20, "look-ahead"), (29, None)):
         if match:
             with pytest.raises(ValueError, match=match):
@@ -160,7 +157,7 @@ def _models(name: str, request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
-def _trees(tree: dict = ALWAYS, attention: str = "mark") -> dict:
+def _trees(tree: dict | bool = ALWAYS, attention: str = "mark") -> dict:
     """The ``vispec`` settings of a tree engine."""
     return {"tree": tree, "draft_attention": attention}
 
@@ -244,23 +241,28 @@ def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
     assert {3, 29} <= lengths
 
 
-def test_chains_under_load_and_no_drafts_past_the_chain_budget(
-    request: pytest.FixtureRequest,
-) -> None:
-    """tree_budget=0 with a chain budget: chains while few requests run, nothing drafted
-    while many do; outputs stay those of a run without speculation."""
+def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) -> None:
+    """vLLM's num_speculative_tokens_per_batch_size gives each step its K: nothing while 3-4
+    requests run, chains of 3 at two, trees of 12 nodes alone; with images split across
+    prefill chunks, the tokens stay those of a run without speculation."""
     target, draft = _models("qwen", request)
-    chains = _trees({"tree_budget": 0, "chain_budget": 8, "chain": 3})
-    # 4 requests: 16 verified tokens > 8 until the two short ones finish.
-    params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 10, 40, 40)]
-    conversations = MIXED_BATCH
-    with engine(target) as llm:
-        expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
-    with engine(target, draft, k=3, vispec=chains) as llm:
+    schedule = [[1, 1, 12], [2, 2, 3], [3, 8, 0]]
+    params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
+    chunked = {"max_num_batched_tokens": 64}
+    with engine(target, **chunked) as llm:
+        expected = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
+    spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 12,
+            "num_speculative_tokens_per_batch_size": schedule}  # fmt: skip
+    trees = _trees({"depth": 3, "top_k": 4})
+    with engine(target, speculative_config=spec, vispec=trees, **chunked) as llm:
         lengths = _record_draft_lengths(llm)
-        got = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]
+        got = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
     assert got == expected
-    assert lengths == {0, 3}
+    assert lengths == {0, 3, 12}
+
+
+def _tokens(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
 
 
 def _record_draft_lengths(llm) -> set[int]:
@@ -357,7 +359,7 @@ def test_tree_sampling_follows_the_target_distribution() -> None:
         for _, image, question in prompts(96, 30_000)
     ]
     spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
-    trees = _trees({"depth": 2, "top_k": 4, "tree_budget": 100000})
+    trees = _trees({"depth": 2, "top_k": 4})
     pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, False, trees)
     assert accepted > 500, f"only {accepted} tree nodes accepted"
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"

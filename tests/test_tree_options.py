@@ -26,7 +26,7 @@ from vllm_vispec.tree.settings import TREE_SETTING
 from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-ALWAYS = {"tree": {"tree_budget": 100000}}  # vispec settings: trees at every batch size
+ALWAYS = {"tree": True}  # vispec settings: trees of num_speculative_tokens nodes, every step
 
 # (option, with trees, the test that proves it: "module::test", "::test" for this module)
 OPTIONS: list[tuple[str, str, str]] = [
@@ -35,8 +35,9 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("`n`, `top_k` at temperature > 0", "trees (each sample is a request drafting its own "
      "trees)",
      "::test_sampling_options_with_trees"),
-    ("`seed`", "chains of `chain` tokens at every load, so the text never depends on what else "
-     "runs", "::test_seeded_text_does_not_depend_on_load"),
+    ("`seed`", "chains of `chain` tokens in tree steps, so the text does not depend on what "
+     "else runs (unless a batch-size schedule changes K, as it does for vLLM's chains)",
+     "::test_seeded_text_does_not_depend_on_load"),
     ("`logprobs` (raw modes), `prompt_logprobs`", "trees (the accepted nodes' rows)",
      "::test_sampling_options_with_trees"),
     ("`logprobs` with `processed_*` logprobs modes", "chains",
@@ -65,8 +66,10 @@ OPTIONS: list[tuple[str, str, str]] = [
     ("`draft_sample_method` probabilistic", "refused", "::test_tree_refusals"),
     ("`rejection_sample_method` synthetic or block", "refused",
      "::test_tree_refusals"),
-    ("`num_speculative_tokens_per_batch_size`", "refused",
-     "::test_tree_refusals"),
+    ("`num_speculative_tokens_per_batch_size` (vLLM's batch-size schedule)", "each step's K: "
+     "trees of K nodes when K is at least `depth` x `top_k`, chains of K below, nothing at 0; a "
+     "K that is neither a chain (1-8) nor a tree is refused",
+     "test_tree::test_trees_follow_vllms_batch_size_schedule"),
     ("LoRA on the target (`enable_lora`)", "refused", "::test_tree_refusals"),
     ("CPU attention ISAs `amx`, `neon` and others", "refused (`vec`, `vec16` run trees; also "
      "for the `torch` draft attention)", "::test_cpu_kv_layouts_that_trees_cannot_read"),
@@ -98,9 +101,9 @@ def test_readme_shows_the_options_table() -> None:
         ({"draft_sample_method": "probabilistic"}, {}, ["draft_sample_method='probabilistic'"]),
         ({"rejection_sample_method": "block"}, {}, ["rejection_sample_method='block'"]),
         (
-            {"num_speculative_tokens_per_batch_size": [(1, 4, 29), (5, 64, 0)]},
+            {"num_speculative_tokens_per_batch_size": [(1, 4, 29), (5, 64, 12)]},
             {},
-            ["num_speculative_tokens_per_batch_size"],
+            ["num_speculative_tokens_per_batch_size gives steps K=12", "neither a chain"],
         ),
         ({}, {"enable_lora": True}, ["LoRA", "--enable-lora"]),
     ],
@@ -318,8 +321,8 @@ def test_thinking_budget_draft_chains(qwen_target: pathlib.Path, qwen_draft: pat
 def test_seeded_text_does_not_depend_on_load(
     qwen_target: pathlib.Path, qwen_draft: pathlib.Path
 ) -> None:
-    """A seeded temperature-1 request gives the same text alone (where the default budget
-    would allow a tree) and beside two other requests (where it would not)."""
+    """A seeded temperature-1 request drafts chains of ``chain`` tokens beside requests drafting
+    trees: it gives the same text alone and beside two other requests."""
     seeded = SamplingParams(temperature=1.0, max_tokens=40, seed=7)
     others = SamplingParams(temperature=1.0, max_tokens=40)
     conversation = chat([(1, (224, 224))])

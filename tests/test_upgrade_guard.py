@@ -213,3 +213,18 @@ def test_internals_resolve_with_their_parameters() -> None:
         known = _assigned_attributes(_resolve(symbol))
         for name in names:
             assert name in known, f"internals ATTRIBUTES: vLLM's {symbol} has no {name!r}"
+
+
+def test_kv_cache_layouts_the_kernels_read() -> None:
+    """The plugin's attention reads the per-layer KV views vLLM hands each backend: on CPU a
+    contiguous [blocks, KV heads, block size, 2 x head size] slab (``split_kv_cache`` views it,
+    ``vec``/``vec16`` ISAs only); with the Triton backend any layout vLLM resolves, through
+    the view's strides. A vLLM that lets the CPU backend take another layout, or pins Triton's
+    to one, changes what the kernels must read."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
+    from vllm.v1.kv_cache_layout import KVCacheLayout
+
+    assert CPUAttentionBackend.supported_kv_cache_layouts() == (KVCacheLayout.LBHNC,)
+    assert TritonAttentionBackend.supported_kv_cache_layouts() is None
+    assert KVCacheLayout.LBHNC.layer_view_order == (0, 1, 2, 3)  # [B, H, N, C], contiguous

@@ -10,8 +10,8 @@ as it is. Around it this class
 * feeds the draft raw 1-D positions, also on M-RoPE targets, so that RoPE and KV slots follow
   the raw token index (vLLM's default would use the M-RoPE temporal row),
 * pairs a partial prefill chunk's last position with the true next prompt token,
-* with ``vispec.tree`` on, drafts EAGLE-2 trees (:mod:`vllm_vispec.tree`) where the step's
-  budget allows and the request's sampling can be verified on a tree, chains otherwise; after
+* with ``vispec.tree`` on, drafts EAGLE-2 trees (:mod:`vllm_vispec.tree`) where the step's K
+  (vLLM's, by its batch-size schedule when set) is a tree's size and the request's
   a tree step the draft's first pass reads each request's accepted path as a chain.
 
 Every base method overridden here and every runner attribute read here is listed in the
@@ -70,12 +70,13 @@ class ViSpecProposer(EagleProposer):
         self._root_hidden: torch.Tensor | None = None
         if self.tree is not None:
             logger.info(
-                "ViSpec: tree drafting on (%s; %d nodes), chains of %d past %d verified tokens "
-                "a step",
+                "ViSpec: tree drafting on (%s): steps whose K is %d or more draft trees of K "
+                "nodes, smaller K chains (K: num_speculative_tokens %d, or vLLM's batch-size "
+                "schedule %s)",
                 self.tree,
+                self.tree.min_nodes,
                 self.num_speculative_tokens,
-                self.tree.chain,
-                self.tree.tree_budget,
+                vllm_config.speculative_config.num_speculative_tokens_per_batch_size,
             )
 
     def load_model(self, target_model: torch.nn.Module) -> None:
@@ -206,14 +207,15 @@ class ViSpecProposer(EagleProposer):
     # -- trees ------------------------------------------------------------------------------
 
     def _propose_trees(self, num_nodes: int, args: tuple) -> torch.Tensor:
-        """Trees for the requests that can take one when the step's budget allows, chains (or
-        nothing, past ``chain_budget``) for the rest; [B, num_nodes], cut per request by
+        """A step of vLLM's K = ``num_nodes``: trees of K nodes for the requests that can take
+        one when K is a tree's size, chains for the rest (of K tokens when K is too small for a
+        tree, else of ``chain``), nothing at K = 0; [B, K], cut per request by
         :attr:`draft_lengths`."""
         assert self.tree is not None
         cad: CommonAttentionMetadata = args[5]
         batch = self.runner.input_batch
         req_ids = batch.req_ids[: batch.num_reqs]
-        mode = self.tree.mode(len(req_ids), num_nodes)
+        mode = self.tree.mode(num_nodes)
         # Rows mid-prefill draft nothing vLLM keeps: no tree for them.
         partial = self.runner.discard_request_mask.np[: len(req_ids)].astype(bool)
         tree_rows = [
@@ -221,10 +223,8 @@ class ViSpecProposer(EagleProposer):
             for i, r in enumerate(req_ids)
             if mode == "tree" and not partial[i] and self._tree_ok(r)
         ]
-        # A seeded request drafts a chain whatever the load, so its draws never depend on it.
-        seeded = {r for r in req_ids if self._seeded(r)}
-        # Drafting off: vLLM's first pass still runs (the draft's KV stays in step), no logits.
-        chain = 0 if mode == "off" and not seeded else self.tree.chain
+        # K = 0: vLLM's first pass still runs (the draft's KV stays in step), no logits.
+        chain = min(self.tree.chain, num_nodes) if mode == "tree" else num_nodes
         if tree_rows and len(tree_rows) == int((~partial).sum()):
             chain = 1  # every request drafts a tree: only the first pass's hidden states
         # The draft's last row per request (where its first pass samples): the tree's root.
@@ -236,8 +236,6 @@ class ViSpecProposer(EagleProposer):
         out = chains.new_zeros(len(req_ids), num_nodes)
         out[:, :chain] = chains
         self.draft_lengths = dict.fromkeys(req_ids, chain)
-        if mode == "off":
-            self.draft_lengths.update((r, 0) for r in req_ids if r not in seeded)
         self.trees = {}
         if tree_rows:
             rows = torch.tensor(tree_rows, device=out.device)

@@ -155,12 +155,11 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
             f"set {TREE_SETTING} to false to draft chains"
         )
     spec = vllm_config.speculative_config
+    _check_schedule(tree, vllm_config)
     for option, value, default in (
         ("draft_sample_method", spec.draft_sample_method, "greedy"),
         ("rejection_sample_method", spec.rejection_sample_method, "standard"),
-        ("num_speculative_tokens_per_batch_size", spec.num_speculative_tokens_per_batch_size,
-         None),
-    ):  # fmt: skip
+    ):
         if value != default:
             raise ViSpecConfigError(
                 f"{TREE_SETTING} verifies trees with greedy drafts and its own tree walk, which "
@@ -200,6 +199,34 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
             f"{TREE_SETTING} verifies trees with vLLM's Triton attention backend on GPUs; pass "
             "--attention-backend TRITON_ATTN"
         )
+
+
+def _check_schedule(tree: TreeSettings, vllm_config: Any) -> None:
+    """Every K that vLLM's batch-size schedule can give a step is a chain or a tree here."""
+    spec = vllm_config.speculative_config
+    if spec.num_speculative_tokens_per_batch_size is None:
+        return
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    lookup = build_dynamic_sd_schedule_lookup(
+        spec.num_speculative_tokens_per_batch_size,
+        vllm_config.scheduler_config.max_num_seqs,
+        spec.num_speculative_tokens,
+    )
+    for k in sorted(set(lookup[1:])):
+        if tree.mode(k) == "chain" and k > MAX_SPECULATIVE_TOKENS:
+            raise ViSpecConfigError(
+                f"num_speculative_tokens_per_batch_size gives steps K={k}, neither a chain "
+                f"(1-{MAX_SPECULATIVE_TOKENS}) nor a tree ({TREE_SETTING} drafts trees of "
+                f"depth x top_k = {tree.min_nodes} nodes or more); change that K"
+            )
+        if tree.mode(k) == "tree":
+            try:
+                tree.check(k)
+            except ValueError as e:
+                raise ViSpecConfigError(
+                    f"num_speculative_tokens_per_batch_size gives steps K={k}: {e}"
+                ) from None
 
 
 def _check_cpu_kv_layout(vllm_config: Any, head_size: int, who: str) -> None:

@@ -1,11 +1,11 @@
 """``vllm-vispec bench``: end-to-end speed of ViSpec against plain decoding, ngram and EAGLE.
 
-Runs one target on the same image + question prompts with every method in one go, so the figures
-are comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EAGLE with a
-plain EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as
-vispec-tree (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and
-vispec-auto (the plugin's default policy: trees at small batches, chains of the tree settings'
-`chain` length past their `tree_budget`). A method whose draft is not given is skipped
+Runs one target on the same image + question prompts with every method in one go, so the figures are
+comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EAGLE with a plain
+EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as vispec-tree
+(EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and vispec-auto (the
+same trees under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size: trees of
+--tree-nodes at batch sizes 1-2, chains of --k beyond). A method whose draft is not given is skipped
 (--methods picks a subset). ViSpec's settings reach its engines as vLLM's additional_config
 {"vispec": {...}}: --vispec-config for every ViSpec method, plus --tree for the tree methods.
 Each method runs at every batch size (the number of concurrent requests) in two modes:
@@ -69,12 +69,9 @@ RUNNERS = {"offline": offline.measure, "serve": serve.measure}
 MODES = tuple(RUNNERS)
 VISPEC_METHODS = ("vispec", "vispec-tree", "vispec-auto")
 SPEC_METHODS = ("ngram", "eagle", *VISPEC_METHODS)
-# The ViSpec methods with trees and the vispec.tree fields each sets over --tree: trees at every
-# batch size, or the tree/chain policy exactly as --tree gives it.
-TREE_METHODS: dict[str, dict[str, int]] = {
-    "vispec-tree": {"tree_budget": 1_000_000},
-    "vispec-auto": {},
-}
+# The ViSpec methods with trees: at every batch size, or under vLLM's batch-size schedule.
+TREE_METHODS = ("vispec-tree", "vispec-auto")
+AUTO_TREE_BATCH = 2  # vispec-auto drafts trees up to this batch size, chains of --k beyond
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
 
@@ -160,8 +157,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="JSON",
         help="the vispec.tree setting of the tree methods: true (ViSpec's depth 3, top_k 8; the "
         'default) or an object of tree settings, e.g. \'{"depth": 4, "top_k": 6}\'; '
-        "vispec-tree drafts trees at every batch size (tree_budget 1000000), vispec-auto takes "
-        "it as given (chains past tree_budget)",
+        "vispec-tree drafts trees at every batch size, vispec-auto at batch sizes 1-"
+        f"{AUTO_TREE_BATCH} (vLLM's num_speculative_tokens_per_batch_size; chains of --k beyond)",
     )
     parser.add_argument(
         "--tree-nodes",
@@ -320,6 +317,11 @@ def _methods(args: argparse.Namespace) -> list[Method]:
             raise BenchError(f"{flag} {folder}: no config.json (not a draft folder)")
         k = args.tree_nodes if name in TREE_METHODS else args.k
         spec = {"method": "eagle", "model": str(folder), "num_speculative_tokens": k}
+        if name == "vispec-auto":
+            spec["num_speculative_tokens_per_batch_size"] = [
+                [1, AUTO_TREE_BATCH, args.tree_nodes],
+                [AUTO_TREE_BATCH + 1, max(args.batch_sizes + [AUTO_TREE_BATCH + 1]), args.k],
+            ]
         methods.append(Method(name, spec, vispec.get(name)))
     return methods
 
@@ -342,9 +344,8 @@ def _vispec_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "--methods vispec"
         )
     settings = {"vispec": config}
-    for name, fields in TREE_METHODS.items():
-        method_tree = {**({} if tree is True else tree), **fields} if fields else tree
-        settings[name] = {**config, "tree": method_tree}
+    for name in TREE_METHODS:
+        settings[name] = {**config, "tree": tree}
         try:
             _check("--tree", settings[name]).tree.check(args.tree_nodes)
         except ValueError as e:

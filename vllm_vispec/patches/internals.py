@@ -90,6 +90,11 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("vllm.v1.sample.ops.bad_words:apply_bad_words",
              "bad words at tree nodes with each node's history", "tree.step",
              "(logits, bad_words_token_ids, past_tokens_ids)"),
+    Internal("vllm.v1.spec_decode.dynamic.utils:build_dynamic_sd_schedule_lookup",
+             "every K vLLM's batch-size schedule gives, checked against the tree shape",
+             "validation",
+             "(num_speculative_tokens_per_batch_size, vllm_max_batch_size, "
+             "vllm_num_speculative_tokens)"),
     Internal("vllm.v1.attention.backends.cpu_attn:_get_attn_isa",
              "which CPU KV layout vLLM will use (start-up refusal of unread layouts)",
              "validation", "(dtype, block_size, head_size=None, kv_cache_dtype=None)"),

@@ -1,24 +1,20 @@
-"""Whether ViSpec drafts trees, their shape, and when a step drafts one (``vispec.tree``).
+"""ViSpec's EAGLE-2 tree shape (``vispec.tree``), and which steps draft trees.
 
 Set in vLLM's ``additional_config`` (:mod:`vllm_vispec.settings`): ``false`` or absent, chains
 of ``num_speculative_tokens`` (vLLM's own verification); ``true``, or an object of the fields
-below, EAGLE-2 trees of ``num_speculative_tokens`` nodes (ViSpec's ``total_token`` 30 is
-``num_speculative_tokens`` 29) that the plugin verifies. Fields (defaults reproduce ViSpec's
-``exp.sh``):
+below, EAGLE-2 trees that the plugin verifies. Fields (defaults reproduce ViSpec's ``exp.sh``):
 
 * ``depth`` (3): draft passes over the tree after the first, EAGLE-2's ``depth``; trees are at
   most ``depth + 1`` tokens deep.
 * ``top_k`` (8): children expanded per node and nodes kept per level.
-* ``chain`` (3): chain length for steps past ``tree_budget`` and for requests that draft
-  chains (seeded requests, at every load; thinking budgets, structured output, min_tokens not
-  yet reached, logprobs of processed logits: see ``ViSpecProposer._tree_ok``).
-* ``tree_budget`` (64): a step drafts trees while batch size x (nodes + 1), the tokens the
-  target verifies, stays within it; past it, chains.
-* ``chain_budget`` (0, no limit): past batch size x (chain + 1) > chain_budget the step drafts
-  nothing.
+* ``chain`` (3): chain length, within a tree step, of the requests that draft chains (seeded
+  requests; thinking budgets, structured output, min_tokens not yet reached, logprobs of
+  processed logits: see ``ViSpecProposer._tree_ok``).
 
-``tree_budget`` 0 never drafts trees: ``{"tree_budget": 0, "chain_budget": 32}`` keeps chains
-of ``chain`` tokens (at most ``num_speculative_tokens``) and stops drafting under load.
+How many tokens a step drafts per request is vLLM's K: ``num_speculative_tokens``, or, with
+``num_speculative_tokens_per_batch_size``, the K of vLLM's schedule for the step's batch size.
+A K of at least ``depth x top_k`` (the draft's KV look-ahead for a tree) drafts trees of K
+nodes (ViSpec's ``total_token`` 30 is K = 29), a smaller K chains of K tokens, 0 nothing.
 """
 
 from __future__ import annotations
@@ -34,16 +30,17 @@ class TreeSettings:
     depth: int = 3
     top_k: int = 8
     chain: int = 3
-    tree_budget: int = 64
-    chain_budget: int = 0
 
-    def mode(self, batch_size: int, num_nodes: int) -> str:
-        """``tree``, ``chain`` or ``off`` for a step of ``batch_size`` requests."""
-        if batch_size * (num_nodes + 1) <= self.tree_budget:
-            return "tree"
-        if not self.chain_budget or batch_size * (self.chain + 1) <= self.chain_budget:
-            return "chain"
-        return "off"
+    @property
+    def min_nodes(self) -> int:
+        """The smallest K that drafts a tree: the draft writes depth x top_k KV slots."""
+        return self.depth * self.top_k
+
+    def mode(self, k: int) -> str:
+        """``tree``, ``chain`` or ``off`` for a step whose K (vLLM's) is ``k``."""
+        if k == 0:
+            return "off"
+        return "tree" if k >= self.min_nodes else "chain"
 
     def check(self, num_nodes: int) -> None:
         """ValueError (one line, with the fix) for a tree of ``num_nodes`` nodes that cannot run."""
@@ -51,8 +48,6 @@ class TreeSettings:
             raise ValueError(
                 f"{TREE_SETTING}: chain={self.chain} exceeds num_speculative_tokens ({num_nodes})"
             )
-        if self.tree_budget == 0:
-            return  # chains or nothing: no tree shape to check
         if not 1 <= num_nodes <= MAX_TREE_NODES:
             raise ValueError(
                 f"{TREE_SETTING} drafts trees of num_speculative_tokens nodes, at most "
