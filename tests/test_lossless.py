@@ -70,11 +70,22 @@ def test_mixed_batch_and_prefix_cache_hits(
 
 
 @pytest.mark.parametrize("name,attention", CASES)
-def test_chunked_prefill_splitting_images(
+def test_chunked_prefill_and_preemption(
     name: str, attention: str, request: pytest.FixtureRequest
 ) -> None:
+    """Prefill chunks that split images, and a KV cache of a few blocks that forces vLLM to
+    preempt and recompute requests (one engine pair serves both cases)."""
     target, draft = _models(name, request)
-    _compare(target, draft, MIXED_BATCH, attention=attention, max_num_batched_tokens=CHUNK[name])
+    delta = _compare(
+        target,
+        draft,
+        MIXED_BATCH * 2,
+        attention=attention,
+        max_num_batched_tokens=CHUNK[name],
+        num_gpu_blocks_override=16,
+        max_model_len=448,
+    )
+    assert delta["vllm:num_preemptions"] > 0
 
 
 @pytest.mark.parametrize("attention", ["mark", "torch"])
@@ -107,21 +118,6 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
         features = len(runner(llm).drafter.vision.features)
     assert accepted[0] == accepted[1]
     assert features == 3  # one adaptor output per distinct image, computed once
-
-
-@pytest.mark.parametrize("name,attention", CASES)
-def test_preemption(name: str, attention: str, request: pytest.FixtureRequest) -> None:
-    """A KV cache of a few blocks forces vLLM to preempt and recompute requests."""
-    target, draft = _models(name, request)
-    delta = _compare(
-        target,
-        draft,
-        MIXED_BATCH * 2,
-        attention=attention,
-        num_gpu_blocks_override=16,
-        max_model_len=448,
-    )
-    assert delta["vllm:num_preemptions"] > 0
 
 
 def _video(seed: int, frames: int = 4) -> tuple[np.ndarray, dict]:

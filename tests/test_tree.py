@@ -196,15 +196,16 @@ def test_trees_mixed_batch_and_prefix_cache_hits(
     assert delta["vllm:prefix_cache_hits"] > 0
 
 
-def test_trees_chunked_prefill_splitting_images(request: pytest.FixtureRequest) -> None:
-    target, draft = _models("qwen", request)
-    _compare_trees(target, draft, MIXED_BATCH, max_num_batched_tokens=64)
-
-
-def test_trees_preemption(request: pytest.FixtureRequest) -> None:
+def test_trees_chunked_prefill_and_preemption(request: pytest.FixtureRequest) -> None:
+    """Prefill chunks that split images, and preemption by a KV cache of a few blocks."""
     target, draft = _models("qwen", request)
     delta = _compare_trees(
-        target, draft, MIXED_BATCH * 2, num_gpu_blocks_override=24, max_model_len=448
+        target,
+        draft,
+        MIXED_BATCH * 2,
+        max_num_batched_tokens=64,
+        num_gpu_blocks_override=24,
+        max_model_len=448,
     )
     assert delta["vllm:num_preemptions"] > 0
 
