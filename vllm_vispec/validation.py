@@ -45,7 +45,8 @@ def validate(vllm_config: Any) -> None:
     """Raise :class:`ViSpecConfigError` when the ViSpec set-up cannot run."""
     spec = vllm_config.speculative_config
     if spec is None or not is_vispec_draft(spec):
-        if SETTINGS_KEY in (vllm_config.additional_config or {}):
+        additional = vllm_config.additional_config
+        if isinstance(additional, dict) and SETTINGS_KEY in additional:
             logger.warning(
                 "additional_config[%r] is set but the engine has no ViSpec draft: ignored",
                 SETTINGS_KEY,
