@@ -370,6 +370,7 @@ def test_retired_environment_variables(
     [
         ({"depth": "two"}, 29, ["vispec.tree.depth='two'", "non-negative integer"]),
         ("on", 29, ['vispec.tree="on"', "true, false or an object"]),
+        ({"tree_budget": 64}, 29, ["vispec.tree.tree_budget is gone", "per_batch_size"]),
         (True, 20, ["depth x top_k", "num_speculative_tokens (20)"]),
         (True, 64, ["at most 63"]),
         ({"depth": 1, "top_k": 2}, 7, ["fewer candidates"]),

@@ -84,6 +84,13 @@ def _tree(value: Any) -> TreeSettings | None:
     if value is True:
         return TreeSettings()
     fields = [f.name for f in dataclasses.fields(TreeSettings)]
+    given = set(value) if isinstance(value, dict) else set()
+    if retired := sorted(given & {"tree_budget", "chain_budget"}):
+        raise ValueError(
+            f"{setting('tree')}.{retired[0]} is gone: vLLM's batch-size schedule decides each "
+            "step's K (trees, chains or nothing); set num_speculative_tokens_per_batch_size in "
+            "--speculative-config instead"
+        )
     if not isinstance(value, dict) or not set(value) <= set(fields):
         raise ValueError(
             f"{setting('tree')}={json.dumps(value)}: expected true, false or an object with "
