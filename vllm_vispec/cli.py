@@ -10,8 +10,10 @@ from vllm_vispec import __version__
 DESCRIPTION = """\
 Vision-aware speculative decoding (ViSpec) for vision-language models in vLLM.
 
-Serving needs no command of ours: pass a converted draft to vLLM with
-  --speculative-config '{"method": "eagle", "model": DRAFT_DIR, "num_speculative_tokens": 3}'
+Serving needs no command of ours: pass an official ViSpec checkpoint (hub id or folder) or a
+draft of ours to vLLM with
+  --speculative-config '{"method": "eagle", "model": DRAFT, "num_speculative_tokens": 3}'
+and the plugin's settings with --additional-config '{"vispec": {...}}'.
 These subcommands prepare and measure drafts."""
 
 
