@@ -105,6 +105,11 @@ def greedy(llm: LLM, conversations: list[list[dict]], max_tokens: int = 48) -> l
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
+def output_tokens(outputs: list[Any]) -> list[list[int]]:
+    """The generated token ids of each completion (``n`` > 1 requests give several)."""
+    return [list(c.token_ids) for o in outputs for c in o.outputs]
+
+
 def plain_greedy(
     target: pathlib.Path,
     conversations: list[list[dict]],

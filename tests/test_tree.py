@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy, runner
+from engines import MIXED_BATCH, counters, engine, greedy, output_tokens, plain_greedy, runner
 from test_lossless import _sampled_pit
 from vllm import SamplingParams
 from vllm_vispec.kernels import split_kv_cache
@@ -251,19 +251,15 @@ def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) 
     params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
     chunked = {"max_num_batched_tokens": 64}
     with engine(target, **chunked) as llm:
-        expected = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
+        expected = output_tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 12,
             "num_speculative_tokens_per_batch_size": schedule}  # fmt: skip
     trees = _trees({"depth": 3, "top_k": 4})
     with engine(target, speculative_config=spec, vispec=trees, **chunked) as llm:
         lengths = _record_draft_lengths(llm)
-        got = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
+        got = output_tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
     assert got == expected
     assert lengths == {0, 3, 12}
-
-
-def _tokens(outputs) -> list[list[int]]:
-    return [list(o.outputs[0].token_ids) for o in outputs]
 
 
 def _record_draft_lengths(llm) -> set[int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from engines import MIXED_BATCH, chat, counters, engine, runner
+from engines import MIXED_BATCH, chat, counters, engine, output_tokens, runner
 from test_config_errors import _assert_mentions, _create_config, _refusal, _spec, _vispec
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
@@ -174,10 +174,6 @@ def test_tree_rows_are_cleared_by_the_next_write() -> None:
 # -- engines -------------------------------------------------------------------------------------
 
 
-def _tokens(outputs) -> list[list[int]]:
-    return [list(c.token_ids) for o in outputs for c in o.outputs]
-
-
 def _tree_delta(llm, run) -> tuple[Any, dict[str, Any]]:
     """``run(llm)``'s result and vLLM's spec-decode counters over it."""
     before = counters(llm)
@@ -222,7 +218,7 @@ def test_generation_config_penalties_draft_trees(
         params = llm.get_default_sampling_params()
         assert params.repetition_penalty == 1.3
         params.temperature, params.max_tokens = 0.0, 48
-        return _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
+        return output_tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
 
     with engine(penalised_target) as llm:
         expected = generate(llm)
@@ -265,9 +261,9 @@ def test_sampling_options_with_trees(qwen_target: pathlib.Path, qwen_draft: path
         for refused in ({"logit_bias": {7: 50.0}}, {"min_p": 0.5}):
             with pytest.raises(VLLMValidationError, match="not yet supported with speculative"):
                 llm.chat(conversations[0], SamplingParams(max_tokens=8, **refused), use_tqdm=False)
-    assert _tokens(got) == _tokens(expected)
+    assert output_tokens(got) == output_tokens(expected)
     _assert_trees_drafted(delta)
-    assert _tokens(two) == _tokens(expected[-1:]) * 2
+    assert output_tokens(two) == output_tokens(expected[-1:]) * 2
     logprobs, want = got[5].outputs[0].logprobs, expected[5].outputs[0].logprobs
     assert [sorted(d) for d in logprobs] == [sorted(d) for d in want]
     for d, w in zip(logprobs, want, strict=True):
@@ -291,7 +287,7 @@ def test_processed_logprobs_draft_chains(
         expected = llm.chat(conversations, params, use_tqdm=False)
     with engine(qwen_target, qwen_draft, k=29, vispec=ALWAYS, **kw) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(conversations, params, use_tqdm=False))
-    assert _tokens(got) == _tokens(expected)
+    assert output_tokens(got) == output_tokens(expected)
     _assert_trees_drafted(delta)
     for d, w in zip(got[0].outputs[0].logprobs, expected[0].outputs[0].logprobs, strict=True):
         assert sorted(d) == sorted(w)
@@ -309,12 +305,12 @@ def test_thinking_budget_draft_chains(qwen_target: pathlib.Path, qwen_draft: pat
         for budget in (4, 9, None, 6)
     ]
     with engine(qwen_target, reasoning_config=reasoning) as llm:
-        expected = _tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
+        expected = output_tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
         end = llm.get_tokenizer().convert_tokens_to_ids("<|vision_end|>")
     with engine(qwen_target, qwen_draft, k=29, vispec=ALWAYS, reasoning_config=reasoning) as llm:
         got, delta = _tree_delta(llm, lambda llm: llm.chat(MIXED_BATCH, params, use_tqdm=False))
     assert end in expected[0], "the budget never forced the end of thinking"
-    assert _tokens(got) == expected
+    assert output_tokens(got) == expected
     _assert_trees_drafted(delta)
 
 
@@ -327,8 +323,8 @@ def test_seeded_text_does_not_depend_on_load(
     others = SamplingParams(temperature=1.0, max_tokens=40)
     conversation = chat([(1, (224, 224))])
     with engine(qwen_target, qwen_draft, k=29, vispec={"tree": True}) as llm:
-        alone = _tokens(llm.chat([conversation], seeded, use_tqdm=False))
+        alone = output_tokens(llm.chat([conversation], seeded, use_tqdm=False))
         together = llm.chat(
             [MIXED_BATCH[0], conversation, MIXED_BATCH[2]], [others, seeded, others], use_tqdm=False
         )
-    assert _tokens(together[1:2]) == alone
+    assert output_tokens(together[1:2]) == alone
