@@ -32,13 +32,7 @@ from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.config import DRAFT_ARCHITECTURE
 
 EAGLE_MODULE = "vllm.v1.spec_decode.eagle"
-# Modules whose first import applies the tree patches (none of them imported by register()).
-TREE_TRIGGERS = (
-    "vllm.v1.attention.backends.cpu_attn",
-    "vllm.v1.attention.backends.triton_attn",
-    "vllm.v1.worker.gpu_model_runner",
-)
-# The same for the CPU top-k fix (patches/cpu_top_k.py).
+# The module whose first import applies the CPU top-k fix (patches/cpu_top_k.py).
 SAMPLER_TRIGGER = "vllm.v1.sample.ops.topk_topp_sampler"
 PATCHES = "vllm_vispec.patches"
 RESULT_MARK = "RESULT-JSON: "
@@ -94,10 +88,23 @@ out["registered"] = {DRAFT_ARCHITECTURE!r} in ModelRegistry.get_supported_archs(
 
 vispec = NS(draft_model_config=NS(hf_config=NS(architectures=[{DRAFT_ARCHITECTURE!r}])))
 plain = NS(draft_model_config=NS(hf_config=NS(architectures=["EagleLlamaForCausalLM"])))
+trees = {{"vispec": {{"tree": True}}}}
 out["proposer_for"] = {{
-    name: type(EagleProposer.__new__(EagleProposer, NS(speculative_config=spec))).__name__
-    for name, spec in (("vispec", vispec), ("plain", plain), ("none", None))
+    name: type(
+        EagleProposer.__new__(EagleProposer, NS(speculative_config=spec, additional_config=extra))
+    ).__name__
+    for name, spec, extra in (
+        ("vispec", vispec, {{}}), ("vispec-trees", vispec, trees), ("plain", plain, trees),
+        ("none", None, {{}}),
+    )
 }}
+# The tree hooks go on a tree engine's own runner and attention: vLLM's classes stay vLLM's.
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+methods = [GPUModelRunner._prepare_inputs, GPUModelRunner._sample,
+           GPUModelRunner.take_draft_token_ids, CPUAttentionBackendImpl.forward]
+out["vllm_methods_modules"] = sorted({{m.__module__ for m in methods}})
 print({RESULT_MARK!r} + json.dumps(out))
 """
 
@@ -266,7 +273,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
         f"{PATCHES}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
-    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER, *TREE_TRIGGERS])
+    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER])
     assert out["pending_finders"] == lazy
     assert out["pending_finders_after_repeat"] == lazy
     assert out["register_model_calls"] == [DRAFT_ARCHITECTURE]
@@ -277,13 +284,17 @@ def test_eagle_proposer_is_patched_on_first_import(children: dict[str, _Child]) 
     out = children["fresh"].result
     assert out["eagle_new_module"] == f"{PATCHES}.proposer_selection"
     assert out["eagle_new_unchanged"] is True
-    # Only tree triggers the EAGLE module does not itself import stay pending.
-    assert set(out["pending_finders_at_end"]) <= set(TREE_TRIGGERS)
+    assert out["pending_finders_at_end"] == []
     assert out["proposer_for"] == {
         "vispec": "ViSpecProposer",
+        "vispec-trees": "ViSpecTreeProposer",
         "plain": "EagleProposer",
         "none": "EagleProposer",
     }
+    assert out["vllm_methods_modules"] == [
+        "vllm.v1.attention.backends.cpu_attn",
+        "vllm.v1.worker.gpu_model_runner",
+    ]
 
 
 def test_unsupported_vllm_version_warns_once_and_registers_nothing(

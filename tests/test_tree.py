@@ -266,15 +266,37 @@ def _record_draft_lengths(llm) -> set[int]:
     """The per-request draft lengths the proposer chose, collected over the engine's steps."""
     drafter = runner(llm).drafter
     lengths: set[int] = set()
-    propose = drafter._propose_trees
+    draft = drafter._draft
 
     def spy(*args):
-        out = propose(*args)
-        lengths.update(drafter.draft_lengths.values())
+        out = draft(*args)
+        lengths.update(drafter.proposal.lengths.values())
         return out
 
-    drafter._propose_trees = spy
+    drafter._draft = spy
     return lengths
+
+
+def _wrapped_attention(model: torch.nn.Module) -> set[bool]:
+    """Per decoder attention layer of a target: whether its forward is the tree hook's."""
+    from vllm.model_executor.layers.attention import Attention
+
+    return {"forward" in vars(m.impl) for m in model.modules() if isinstance(m, Attention)}
+
+
+def _record_tree_steps(llm) -> list:
+    """The verified TreeSteps of the engine's steps, as the draft's first pass receives them."""
+    drafter = runner(llm).drafter
+    steps: list = []
+    draft_inputs = drafter._draft_inputs
+
+    def spy(*args):
+        if drafter.step is not None:
+            steps.append(drafter.step)
+        return draft_inputs(*args)
+
+    drafter._draft_inputs = spy
+    return steps
 
 
 def _committed_kv(llm) -> tuple[int, list[torch.Tensor]]:
@@ -315,17 +337,17 @@ def test_committed_kv_equals_a_run_without_speculation() -> None:
         with engine(TOY / "target", draft, k=29, vispec=vispec) as llm:
             llm.llm_engine.add_request("r", {"prompt": prompt, "multi_modal_data":
                                               {"image": image}}, params)  # fmt: skip
-            n, kv, moved = 0, [], 0
+            steps = _record_tree_steps(llm) if draft is not None else []
+            n, kv = 0, []
             for _ in range(target_steps):
                 llm.llm_engine.step()
-                if draft is not None:
-                    step = getattr(runner(llm), "_vispec_tree_step", None)
-                    if step is not None and step.path is not None:
-                        depth = torch.arange(step.path.shape[1])
-                        moved += int(((step.path > 0) & (step.path != depth)).sum())
                 n, kv = _committed_kv(llm)
                 if draft is None and n >= want:
                     break
+            moved = 0
+            for step in steps:
+                depth = torch.arange(step.path.shape[1])
+                moved += int(((step.path > 0) & (step.path != depth)).sum())
             return n, kv, moved
 
     target_steps, want = 12, 0
@@ -362,43 +384,12 @@ def test_tree_sampling_follows_the_target_distribution() -> None:
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
 
 
-def test_cpu_tree_rows_equal_the_reference_kernel() -> None:
-    """TreeStep's CPU attention (one masked SDPA per step's layer) against the kernels'
-    reference, on two trees over a shuffled paged cache with GQA."""
-    from vllm_vispec.kernels.tree import naive_tree_paged_attention
-
-    from vllm_vispec.tree.step import TreeStep
-
-    gen = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
-    trees = [_random_tree(rng, 9, 50), _random_tree(rng, 5, 50)]
-    bases, bs, nkv, nh, hd = [37, 3], 16, 2, 4, 8
-    starts = [5, 5 + len(trees[0][0]) + 2]  # other requests' rows around the trees
-    total = starts[1] + len(trees[1][0]) + 1
-    k_cache, v_cache = (torch.randn(12, bs, nkv, hd, generator=gen) for _ in range(2))
-    table = torch.randperm(12, generator=gen)[:8].view(2, 4)
-    full = torch.cat([torch.zeros(1, 4, dtype=torch.long), table])  # batch row 0: no tree
-    step = TreeStep([1, 2], starts, bases, [np.array(p) for p, _ in trees],
-                    [t[1:] for _, t in trees], torch.device("cpu"))  # fmt: skip
-    query = torch.randn(total, nh, hd, generator=gen)
-    out = torch.zeros_like(query)
-    step.attend(query, k_cache, v_cache, full, torch.arange(total), out, 0.3)
-    width = step.parents.shape[1]
-    want = naive_tree_paged_attention(
-        query[step.rows], k_cache, v_cache, step.query_start_loc, table, step.bases,
-        step.bases[:, None] + torch.arange(width), step.masks[step.tree_of, step.node_of],
-        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-        torch.zeros(3, dtype=torch.long), 0.3,
-    )  # fmt: skip
-    torch.testing.assert_close(out[step.rows], want, atol=1e-5, rtol=1e-5)
-    assert out[: starts[0]].abs().sum() == 0  # rows of other requests untouched
-
-
 def test_two_engines_with_their_own_settings_in_one_process(
     request: pytest.FixtureRequest,
 ) -> None:
     """Settings live in each engine's config, not in the process: an engine drafting trees and
-    one drafting chains with the skipping attention run side by side, both lossless."""
+    one drafting chains with the skipping attention run side by side, both lossless; the tree
+    hooks sit on the tree engine's runner and target attention only."""
     target, draft = _models("qwen", request)
     expected = plain_greedy(target, MIXED_BATCH)[0]
     with (
@@ -408,7 +399,16 @@ def test_two_engines_with_their_own_settings_in_one_process(
         assert greedy(trees, MIXED_BATCH) == expected
         assert greedy(chains, MIXED_BATCH) == expected
         assert greedy(trees, MIXED_BATCH[:1]) == expected[:1]
-        tree_drafter, chain_drafter = runner(trees).drafter, runner(chains).drafter
-    assert tree_drafter.tree is not None and chain_drafter.tree is None
+        tree_runner, chain_runner = runner(trees), runner(chains)
+        tree_drafter, chain_drafter = tree_runner.drafter, chain_runner.drafter
+        hooked = [
+            {"_prepare_inputs", "_sample", "take_draft_token_ids"} & set(vars(r))
+            for r in (tree_runner, chain_runner)
+        ]
+        wrapped = [_wrapped_attention(r.model) for r in (tree_runner, chain_runner)]
+    assert type(tree_drafter).__name__ == "ViSpecTreeProposer"
+    assert type(chain_drafter).__name__ == "ViSpecProposer"
+    assert hooked == [{"_prepare_inputs", "_sample", "take_draft_token_ids"}, set()]
+    assert wrapped == [{True}, {False}]
     attention = [d.draft.model.layers[0].self_attn.mode for d in (tree_drafter, chain_drafter)]
     assert attention == ["mark", "torch"]

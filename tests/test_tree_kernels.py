@@ -13,6 +13,7 @@ import pytest
 import torch
 from vllm_vispec.kernels import compact_kv, split_kv_cache, tree_paged_attention
 from vllm_vispec.kernels.attention import naive_draft_paged_attention
+from vllm_vispec.kernels.tree import VerifyAttention, ancestor_masks, naive_tree_paged_attention
 from vllm_vispec.kernels.tree.selfcheck import (
     TREE_BATCH,
     reference_tree_attention,
@@ -173,6 +174,34 @@ def test_too_many_nodes() -> None:
 # (13 -> 13) and a move across blocks (3 -> 12).
 SRC = [2, 9, 5, 6, 13, 3]
 DST = [9, 2, 6, 7, 13, 12]
+
+
+def test_verify_attention_equals_the_reference() -> None:
+    """The target's per-step tree attention (CPU: one masked SDPA per layer) against the
+    reference, on two trees whose nodes follow their context, over a shuffled paged cache with
+    GQA and rows of other requests around them."""
+    gen = torch.Generator().manual_seed(0)
+    parents = [[-1] + [int(torch.randint(0, i, (), generator=gen)) for i in range(1, n)]
+               for n in (9, 5)]  # fmt: skip
+    width = max(map(len, parents))
+    padded = torch.tensor([p + [-1] * (width - len(p)) for p in parents])
+    masks, num_nodes = ancestor_masks(padded), torch.tensor([len(p) for p in parents])
+    bases, starts = torch.tensor([37, 3]), torch.tensor([5, 5 + 9 + 2])
+    bs, nkv, nh, hd = 16, 2, 4, 8
+    k_cache, v_cache = (torch.randn(12, bs, nkv, hd, generator=gen) for _ in range(2))
+    table = torch.randperm(12, generator=gen)[:8].view(2, 4)
+    full = torch.cat([torch.zeros(1, 4, dtype=torch.long), table])  # batch row 0: no tree
+    attention = VerifyAttention(torch.tensor([1, 2]), starts, bases, masks, num_nodes)
+    query = torch.randn(int(starts[1]) + 6, nh, hd, generator=gen)
+    got = attention(query, k_cache, v_cache, full, 0.3)
+    empty = torch.zeros(0, dtype=torch.long)
+    want = naive_tree_paged_attention(
+        query[attention.rows], k_cache, v_cache, attention.query_start_loc, table, bases,
+        bases[:, None] + torch.arange(width), masks[attention.tree_of, attention.node_of],
+        empty, empty, torch.zeros(3, dtype=torch.long), 0.3,
+    )  # fmt: skip
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert attention.rows.tolist() == [*range(5, 14), *range(16, 21)]
 
 
 def compacted(cache: torch.Tensor, src: list[int], dst: list[int]) -> torch.Tensor:

@@ -20,8 +20,10 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm_vispec import patches
 from vllm_vispec.patches import tree_runner
 from vllm_vispec.proposer import ViSpecProposer
+from vllm_vispec.tree.proposer import ViSpecTreeProposer
 
-PROPOSER_SOURCE = Path(inspect.getfile(ViSpecProposer)).read_text()
+PROPOSERS = (ViSpecProposer, ViSpecTreeProposer)
+PROPOSER_SOURCE = "".join(Path(inspect.getfile(cls)).read_text() for cls in PROPOSERS)
 TREE_RUNNER_SOURCE = Path(inspect.getfile(tree_runner)).read_text()
 
 
@@ -96,21 +98,23 @@ def test_overridden_signatures(method: str) -> None:
     upstream = getattr(EagleProposer, method)
     assert _parameters(upstream) == patches.PROPOSER_OVERRIDES[method], (
         f"ledger PROPOSER_OVERRIDES[{method!r}]: vLLM's EagleProposer.{method} is now "
-        f"{_parameters(upstream)}; update ViSpecProposer.{method} and the ledger"
+        f"{_parameters(upstream)}; update the ViSpec proposers' {method} and the ledger"
     )
-    assert _parameters(getattr(ViSpecProposer, method)) == _parameters(upstream), (
-        f"ViSpecProposer.{method} does not take vLLM's parameters {_parameters(upstream)}"
-    )
+    for cls in PROPOSERS:
+        assert _parameters(getattr(cls, method)) == _parameters(upstream), (
+            f"{cls.__name__}.{method} does not take vLLM's parameters {_parameters(upstream)}"
+        )
 
 
-def test_every_override_is_in_the_ledger() -> None:
+@pytest.mark.parametrize("cls", PROPOSERS, ids=lambda cls: cls.__name__)
+def test_every_override_is_in_the_ledger(cls: type) -> None:
     overridden = {
         name
-        for name, value in vars(ViSpecProposer).items()
+        for name, value in vars(cls).items()
         if callable(value) and hasattr(EagleProposer, name)
     }
     missing = overridden - set(patches.PROPOSER_OVERRIDES)
-    assert not missing, f"ViSpecProposer overrides {sorted(missing)}: add them to the ledger"
+    assert not missing, f"{cls.__name__} overrides {sorted(missing)}: add them to the ledger"
 
 
 def test_proposer_attributes() -> None:
@@ -120,8 +124,8 @@ def test_proposer_attributes() -> None:
 
 
 def test_runner_attributes() -> None:
-    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_RUNNER_SOURCE))
-    read |= set(re.findall(r"\bself\.(\w+)", TREE_RUNNER_SOURCE)) - {"_vispec_tree_step"}
+    wrapped = {symbol.rpartition(".")[2] for symbol in patches.WRAPPED_METHODS}
+    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_RUNNER_SOURCE)) - wrapped
     assert read <= set(patches.RUNNER_ATTRIBUTES), (
         f"the proposer reads runner attributes {sorted(read - set(patches.RUNNER_ATTRIBUTES))} "
         "that the ledger (RUNNER_ATTRIBUTES) does not list"

@@ -4,7 +4,8 @@
 request's visible context (hidden image positions skipped, as in the draft's attention) plus
 the tree nodes set in its int64 bitmask (its ancestors and itself). ``compact_kv`` then moves the
 accepted nodes' K/V to the slots a chain would have used. Triton on CUDA tensors, the readable
-PyTorch references (``naive.py``) elsewhere.
+PyTorch references (``naive.py``) elsewhere. ``VerifyAttention`` is the target's per-step
+dispatcher over the same kernel and a batched CPU path (``verify.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import torch
 
 from .masks import ancestor_masks
 from .naive import naive_compact_kv, naive_tree_paged_attention
+from .verify import VerifyAttention
 
 __all__ = [
     "MAX_NODES",
+    "VerifyAttention",
     "ancestor_masks",
     "compact_kv",
     "naive_compact_kv",

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from vllm.config import VllmConfig
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.attention.attention import (
     get_attention_context,
@@ -42,8 +43,9 @@ HIDDEN_SCORE = 30000.0
 
 @dataclasses.dataclass
 class TreePass:
-    """One tree-expansion pass of the draft: each query row is a tree node that sees its
-    request's context and its ancestors among the nodes already run (see
+    """The attention metadata of one tree-expansion pass of the draft (the tree proposer sets
+    it in vLLM's forward context, as vLLM sets its own per layer): each query row is a tree
+    node that sees its request's context and its ancestors among the nodes already run (see
     :func:`vllm_vispec.kernels.tree_paged_attention` for the fields)."""
 
     slots: torch.Tensor  # [n] where each row's K/V is written
@@ -87,8 +89,6 @@ class ViSpecAttention(nn.Module):
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
         self.hidden_intervals: Intervals | None = None
-        # Set by the proposer around the (eager) passes of a tree expansion.
-        self.tree_pass: TreePass | None = None
         self.o_proj = RowParallelLinear(
             self.total_num_heads * self.head_dim,
             cfg.hidden_size,
@@ -144,8 +144,9 @@ class ViSpecAttention(nn.Module):
             self._pad(k, self.num_kv_heads),
             self._pad(v, self.num_kv_heads),
         )
-        if self.tree_pass is not None:
-            out = self._attend_tree(q, k, v, self.tree_pass)
+        tree = self._tree_pass()
+        if tree is not None:
+            out = self._attend_tree(q, k, v, tree)
         elif self.mode == "mark":
             q[:, :, self.head_dim] = 1.0
             k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
@@ -154,6 +155,15 @@ class ViSpecAttention(nn.Module):
         else:
             out = self._attend_skipping(q, k, v)
         return self.o_proj(out.flatten(1))[0]
+
+    def _tree_pass(self) -> TreePass | None:
+        """This layer's metadata when the forward is a tree pass (always eager: compiled
+        graphs trace the chain passes only)."""
+        if torch.compiler.is_compiling() or not is_forward_context_available():
+            return None
+        metadata = get_forward_context().attn_metadata
+        tree = metadata.get(self.attn.layer_name) if isinstance(metadata, dict) else None
+        return tree if isinstance(tree, TreePass) else None
 
     def _attend_tree(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree: TreePass

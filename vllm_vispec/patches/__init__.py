@@ -9,7 +9,8 @@ installed vLLM in seconds, without an engine, and names the entry that broke.
 
 Patches run when their module is first imported (or at once if it already is), so a process
 that never drafts never imports vLLM's EAGLE code; the CPU ones run in :func:`install` on
-vLLM's CPU platform without Triton only.
+vLLM's CPU platform without Triton only; the tree ones (``per_engine``) are installed by the
+tree proposer on its own runner and target, never on a class.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Patch:
     reference: str  # upstream issue, PR or discussion
     remove_when: str
     entry: str = "apply"  # the function of that module the trigger calls
+    per_engine: bool = False  # applied by the tree proposer to its own engine, never at import
 
 
 LEDGER: tuple[Patch, ...] = (
@@ -68,46 +70,42 @@ LEDGER: tuple[Patch, ...] = (
         name="tree_runner",
         upstream=(
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
-            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._model_forward",
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids",
         ),
-        trigger="vllm.v1.worker.gpu_model_runner",
+        trigger=None,
         why="vLLM 0.32 verifies chains only: tree nodes need positions root + depth, a tree "
         "walk instead of the chain's first mismatch, the accepted nodes' KV next to the root, "
         "and per-request draft lengths (tree, chain or none)",
-        how="wraps _prepare_inputs (node positions after slots are computed), _model_forward "
-        "(marks the forward that verifies trees), _sample (rejection sampler as always, then "
-        "each tree's rows from the walk and the KV compaction), take_draft_token_ids (cuts "
-        "each request's drafts to its length); nothing changes in steps without trees",
+        how="the tree proposer wraps its own runner's _prepare_inputs (node positions after "
+        "slots are computed), _sample (rejection sampler as always, then each tree's rows from "
+        "the walk and the KV compaction) and take_draft_token_ids (cuts each request's drafts "
+        "to its length), as instance attributes: engines without trees run vLLM's methods",
         reference="vLLM PR 20401 (tree drafting, chain-only verification), PR 22752 (tree "
         "sampler, unmerged), PR 42121 (removed both)",
         remove_when="vLLM verifies draft trees itself (per-request trees, lossless sampling)",
+        entry="install",
+        per_engine=True,
     ),
     Patch(
         name="tree_attention",
-        upstream=("vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",),
-        trigger="vllm.v1.attention.backends.cpu_attn",
-        why="the CPU attention kernel takes no custom mask; tree rows must see only their "
+        upstream=(
+            "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
+            "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",
+        ),
+        trigger=None,
+        why="the CPU attention kernel takes no custom mask, Triton attention one qq_bias for "
+        "the whole batch (unused in 0.32); tree rows of each request must see only their "
         "ancestors",
-        how="after the backend's own forward, rows of requests verifying trees are recomputed "
-        "by vllm_vispec.kernels.tree_paged_attention (PyTorch on CPU), only inside a target "
-        "forward that verifies trees",
-        reference="vLLM's cpu_attn has no mask argument (0.32)",
-        remove_when="vLLM's CPU attention accepts per-request tree masks",
-        entry="apply_cpu",
-    ),
-    Patch(
-        name="tree_attention",
-        upstream=("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",),
-        trigger="vllm.v1.attention.backends.triton_attn",
-        why="Triton attention has one qq_bias for the whole batch (unused in 0.32); tree rows "
-        "of each request need their own ancestor mask",
-        how="as for CPU, with the Triton tree kernel on the GPU (the causal rows are computed "
-        "and overwritten: simple, not yet the fastest)",
-        reference="vLLM PR 20401 (qq_bias), PR 42121 (tree attention backend removed)",
-        remove_when="vLLM's Triton attention takes per-request tree masks",
-        entry="apply_triton",
+        how="the tree proposer wraps the forward of its own target's decoder attention "
+        "implementations (instance attributes); after the backend's own forward, the rows of "
+        "requests verifying trees are recomputed by vllm_vispec.kernels.tree.VerifyAttention "
+        "(Triton on the GPU, one masked SDPA per layer elsewhere)",
+        reference="vLLM's cpu_attn has no mask argument (0.32); PR 20401 (qq_bias), PR 42121 "
+        "(tree attention backend removed)",
+        remove_when="vLLM's attention backends take per-request tree masks",
+        entry="install",
+        per_engine=True,
     ),
     Patch(
         name="cpu_sampler",
@@ -165,12 +163,11 @@ PROPOSER_OVERRIDES: dict[str, str] = {
     "_sample_draft_tokens": "(self, hidden_states, sampling_metadata)",
 }
 
-# vLLM methods the tree patches wrap -> vLLM 0.32's parameters (the wrappers pass them on).
+# vLLM methods the tree patches wrap -> vLLM 0.32's parameters (the runner's bound methods:
+# without self).
 WRAPPED_METHODS: dict[str, str] = {
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs": "(self, "
     "scheduler_output, num_scheduled_tokens)",
-    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._model_forward": "(self, input_ids=None, "
-    "positions=None, intermediate_tensors=None, inputs_embeds=None, **model_kwargs)",
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample": "(self, logits, "
     "spec_decode_metadata)",
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids": "(self)",
@@ -193,12 +190,11 @@ PROPOSER_ATTRIBUTES = (
     "block_size",
     "num_speculative_tokens",
     "vllm_config",
+    "_draft_attn_layer_names",
 )
-# GPUModelRunner attributes the proposer and the tree patches read (``runner.X``; ``self.X``
-# in tree_runner's wrappers).
+# GPUModelRunner attributes the proposers and the tree patches read (``runner.X``).
 RUNNER_ATTRIBUTES = (
     "discard_request_mask",
-    "drafter",
     "encoder_cache",
     "input_batch",
     "mrope_positions",
@@ -207,7 +203,6 @@ RUNNER_ATTRIBUTES = (
     "query_start_loc",
     "rejection_sampler",
     "requests",
-    "speculative_config",
     "uses_mrope",
 )
 # InputBatch and CachedRequestState attributes the proposer reads.
@@ -242,6 +237,8 @@ def install() -> None:
     """Apply every patch of the ledger (idempotent)."""
     applied = []
     for patch in LEDGER:
+        if patch.per_engine:
+            continue
         module = importlib.import_module(f"{__name__}.{patch.name}")
         if patch.trigger is not None:
             patch_module(patch.trigger, getattr(module, patch.entry))

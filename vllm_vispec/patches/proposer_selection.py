@@ -1,8 +1,9 @@
-"""Build a :class:`~vllm_vispec.proposer.ViSpecProposer` where vLLM builds an ``EagleProposer``
-for a ViSpec draft.
+"""Build a ViSpec proposer where vLLM builds an ``EagleProposer`` for a ViSpec draft.
 
-``EagleProposer.__new__`` returns the subclass; being a subclass, it passes every
-``isinstance(drafter, EagleProposer)`` check in the runners, and every other draft is untouched.
+``EagleProposer.__new__`` returns :class:`~vllm_vispec.proposer.ViSpecProposer`, or
+:class:`~vllm_vispec.tree.proposer.ViSpecTreeProposer` when ``vispec.tree`` is on; being
+subclasses, they pass every ``isinstance(drafter, EagleProposer)`` check in the runners, and
+every other draft is untouched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ def apply(module: ModuleType) -> None:
 
     def __new__(cls: type, vllm_config: Any, *args: Any, **kwargs: Any) -> Any:
         if cls is eagle_proposer and is_vispec_draft(vllm_config.speculative_config):
-            from vllm_vispec.proposer import ViSpecProposer
-
-            cls = ViSpecProposer
+            cls = _vispec_proposer(vllm_config)
         return object.__new__(cls)
 
     eagle_proposer.__new__ = __new__
+
+
+def _vispec_proposer(vllm_config: Any) -> type:
+    from vllm_vispec.settings import vispec_settings
+
+    if vispec_settings(vllm_config).tree is not None:
+        from vllm_vispec.tree.proposer import ViSpecTreeProposer
+
+        return ViSpecTreeProposer
+    from vllm_vispec.proposer import ViSpecProposer
+
+    return ViSpecProposer

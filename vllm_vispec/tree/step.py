@@ -7,7 +7,7 @@ This object then
 * moves each node's position to root + depth (every M-RoPE row alike), after vLLM has computed
   the slots, and puts the linear positions back before the draft runs;
 * recomputes the target attention of the tree rows over the cached prefix plus each node's
-  ancestors (:func:`vllm_vispec.kernels.tree_paged_attention`);
+  ancestors (:class:`vllm_vispec.kernels.tree.VerifyAttention`);
 * walks each tree (:func:`~vllm_vispec.tree.walk.walk_tree`) on the target's picks and writes
   vLLM's usual ``[B, <= nodes + 1]`` output rows;
 * copies the accepted nodes' target KV into the slots right after the root, so that the next
@@ -16,41 +16,19 @@ This object then
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.ops.bad_words import apply_bad_words
 from vllm.v1.sample.ops.penalties import apply_all_penalties
 from vllm.v1.sample.ops.topk_topp_sampler import random_sample
 from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
 
-from vllm_vispec.kernels.tree import ancestor_masks, compact_kv, tree_paged_attention
+from vllm_vispec.kernels.tree import VerifyAttention, ancestor_masks, compact_kv
 from vllm_vispec.tree.walk import node_depths, walk_tree
-
-_active: list[TreeStep] = []
-
-
-@contextlib.contextmanager
-def verifying(step: TreeStep | None) -> Iterator[None]:
-    """Within: the target forward whose attention layers must mask ``step``'s tree rows."""
-    if step is None:
-        yield
-        return
-    _active.append(step)
-    try:
-        yield
-    finally:
-        _active.pop()
-
-
-def active_step() -> TreeStep | None:
-    """The step whose target forward is running, if it verifies trees."""
-    return _active[-1] if _active else None
 
 
 class TreeStep:
@@ -84,22 +62,18 @@ class TreeStep:
         self.bases = torch.tensor(bases, dtype=torch.long, device=device)
         self.depths = node_depths(self.parents)
         self.masks = ancestor_masks(self.parents)
-        self.node_index = torch.arange(width, device=device)[None, :]
-        self.valid = valid = self.node_index < self.num_nodes[:, None]  # [R, width] real nodes
-        starts = torch.tensor(query_starts, dtype=torch.long, device=device)
-        # Flat input rows of every node, and per node its tree and its index in the tree.
-        self.tree_of, self.node_of = valid.nonzero(as_tuple=True)
-        self.row_masks = self.masks[self.tree_of, self.node_of]
-        self.rows = starts[self.tree_of] + self.node_of
-        self.root_rows = starts[self.tree_of]
-        self.query_start_loc = torch.zeros(len(parents) + 1, dtype=torch.int32, device=device)
-        self.query_start_loc[1:] = self.num_nodes.cumsum(0)
-        self.starts = starts
+        self.starts = torch.tensor(query_starts, dtype=torch.long, device=device)
+        self.attention = VerifyAttention(
+            self.batch_rows, self.starts, self.bases, self.masks, self.num_nodes
+        )
+        # Flat over the real nodes: their tree, their index in it, their input row.
+        self.tree_of, self.node_of = self.attention.tree_of, self.attention.node_of
+        self.rows, self.query_start_loc = self.attention.rows, self.attention.query_start_loc
+        self.root_rows = self.starts[self.tree_of]
         self.path: torch.Tensor | None = None  # [R, width] accepted nodes, set by verify()
         # Recorded by attend(): the step's slots and every target layer's K/V cache views.
         self.slot_mapping: torch.Tensor | None = None
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._plan: tuple[torch.Tensor, ...] | None = None  # CPU attention's gather, per step
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- positions ------------------------------------------------------------------------------
@@ -132,70 +106,8 @@ class TreeStep:
         the cache (the rows' own K/V already written at their linear slots)."""
         self.slot_mapping = slot_mapping
         self.caches.append((k_cache, v_cache))
-        if not query.is_cuda:
-            output[self.rows] = self._attend_gathered(query, k_cache, v_cache, block_table, scale)
-            return
-        width = self.parents.shape[1]
-        empty = self.bases.new_zeros(0)
-        output[self.rows] = tree_paged_attention(
-            query[self.rows],
-            k_cache,
-            v_cache,
-            self.query_start_loc,
-            block_table[self.batch_rows],
-            self.bases,
-            self.bases[:, None] + self.node_index,
-            self.row_masks,
-            empty,
-            empty,
-            torch.zeros_like(self.query_start_loc),
-            scale,
-            max_query_len=width,
-        ).to(output.dtype)
-
-    def _attend_gathered(
-        self,
-        query: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        block_table: torch.Tensor,
-        scale: float,
-    ) -> torch.Tensor:
-        """The CPU path: one masked SDPA over each tree's whole range [0, root + nodes).
-
-        Same result as the reference kernel (its nodes sit right after the context, so a
-        boolean mask over that range says everything), with the gather plan and the mask built
-        once per step for every layer: the reference's per-request loop cost a millisecond per
-        layer on CPU.
-        """
-        if self._plan is None:
-            self._plan = self._gather_plan(block_table, k_cache.shape[1])
-        blocks, offsets, mask, q_rows = self._plan
-        q = query[q_rows].transpose(1, 2)  # [R, nh, n, hd]
-        k = k_cache[blocks, offsets].transpose(1, 2)  # [R, nkv, L, hd]
-        v = v_cache[blocks, offsets].transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
-        )
-        return out.transpose(1, 2)[self.tree_of, self.node_of]
-
-    def _gather_plan(self, block_table: torch.Tensor, block_size: int) -> tuple[torch.Tensor, ...]:
-        width = self.parents.shape[1]
-        ends = self.bases + self.num_nodes
-        pos = torch.arange(int(ends.max()), device=self.device)
-        in_range = pos[None, :] < ends[:, None]  # [R, L]
-        table = block_table[self.batch_rows].long()
-        blocks = torch.gather(table, 1, (pos // block_size)[None, :].expand(len(ends), -1))
-        blocks = torch.where(in_range, blocks, table[:, :1])
-        offsets = (pos % block_size)[None, :].expand_as(blocks)
-        rel = pos[None, None, :] - self.bases[:, None, None]  # [R, 1, L] node index of a key
-        bits = (self.masks[:, :, None] >> rel.clamp(0, 63)) & 1  # [R, n, L]
-        mask = (rel < 0) | ((bits == 1) & (rel < width))
-        valid = self.valid
-        mask = mask & in_range[:, None, :] & valid[:, :, None]
-        mask[:, :, 0] |= ~valid  # padding rows see one key (no NaN); they are not read back
-        q_rows = self.starts[:, None] + torch.where(valid, self.node_index, 0)
-        return blocks, offsets, mask[:, None], q_rows
+        out = self.attention(query, k_cache, v_cache, block_table, scale)
+        output[self.rows] = out.to(output.dtype)
 
     # -- verification ---------------------------------------------------------------------------
 
