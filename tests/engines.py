@@ -80,6 +80,33 @@ def counters(llm: LLM) -> dict[str, Any]:
     return out
 
 
+def committed_kv(llm: LLM, draft: bool = False) -> tuple[int, list[Any]]:
+    """Computed tokens of the engine's first live request and its K/V there, every target
+    layer (``draft``: every draft layer instead)."""
+    import torch
+    from vllm_vispec.kernels import split_kv_cache
+
+    core = llm.llm_engine.engine_core.engine_core
+    (req_id, req), *_ = core.scheduler.requests.items()
+    blocks = core.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
+    r = runner(llm)
+    draft_layers = set(getattr(getattr(r, "drafter", None), "_draft_attn_layer_names", ()) or ())
+    layers = r.compilation_config.static_forward_context
+    out = []
+    n = req.num_computed_tokens
+    for name, layer in sorted(layers.items()):
+        if not hasattr(layer, "kv_cache") or layer.kv_cache.numel() == 0:
+            continue
+        if (name in draft_layers) != draft:
+            continue
+        k, v = split_kv_cache(layer.kv_cache, getattr(layer, "isa", None))
+        bs = k.shape[1]
+        pos = torch.arange(n)
+        phys = torch.tensor(blocks)[pos // bs]
+        out += [k[phys, pos % bs].clone(), v[phys, pos % bs].clone()]
+    return n, out
+
+
 def chat(
     images: list[tuple[int, tuple[int, int]]], text: str = "Describe the picture in detail."
 ) -> list[dict]:

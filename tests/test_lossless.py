@@ -18,6 +18,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import torch
 from engines import MIXED_BATCH, chat, counters, engine, greedy, plain_greedy, runner
 from scipy import stats
 from vllm import SamplingParams
@@ -175,28 +176,95 @@ def test_video_requests_in_a_mixed_batch(name: str, request: pytest.FixtureReque
 
 
 def test_chains_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) -> None:
-    """vLLM's num_speculative_tokens_per_batch_size gives each step its K: nothing while 3-4
-    requests run, one token at two, three alone; over a mixed image batch split into prefill
-    chunks the tokens stay those of a run without speculation, and every K was drafted."""
+    """vLLM's num_speculative_tokens_per_batch_size gives each step its K: nothing while four
+    requests run, three at three, nothing at two, three alone. Over a mixed image batch split
+    into prefill chunks the tokens stay those of a run without speculation; steps of K = 0 run
+    no draft layer except to write kept rows past the bound (the step's token capacity), and
+    the kept rows never exceed it."""
     target, draft = _models("qwen", request)
     params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
     chunked = {"max_num_batched_tokens": CHUNK["qwen"]}
     with engine(target, **chunked) as llm:
         expected = [list(o.outputs[0].token_ids) for o in llm.chat(MIXED_BATCH, params)]
+    schedule = [[1, 1, 3], [2, 2, 0], [3, 3, 3], [4, 8, 0]]
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3,
-            "num_speculative_tokens_per_batch_size": [[1, 1, 3], [2, 2, 1], [3, 8, 0]]}  # fmt: skip
+            "num_speculative_tokens_per_batch_size": schedule}  # fmt: skip
     with engine(target, speculative_config=spec, **chunked) as llm:
-        drafter, ks = runner(llm).drafter, set()
-        propose = drafter.propose
-
-        def spy(num_speculative_tokens: int, *args, **kwargs):
-            ks.add(num_speculative_tokens)
-            return propose(num_speculative_tokens, *args, **kwargs)
-
-        drafter.propose = spy
+        drafter = runner(llm).drafter
+        calls = _count_draft_passes(drafter)
         got = [list(o.outputs[0].token_ids) for o in llm.chat(MIXED_BATCH, params)]
     assert got == expected
-    assert ks == {0, 1, 3}
+    assert {k for k, _, _ in calls} == {0, 3}
+    idle = [(passes, extensions) for k, passes, extensions in calls if k == 0]
+    assert all(passes == extensions for passes, extensions in idle), idle
+    assert sum(passes == 0 for passes, _ in idle) > len(idle) // 2
+    assert drafter.extensions > sum(e for _, e in idle) > 0  # on resuming, and past the bound
+    assert 0 < drafter.skipped.peak_rows <= drafter.skipped.capacity_rows == CHUNK["qwen"]
+
+
+def _count_draft_passes(drafter) -> list[tuple[int, int, int]]:
+    """Per propose(): its K, the draft layer's forward passes and the kept-row passes in it."""
+    calls: list[tuple[int, int, int]] = []
+    passes = [0]
+    drafter.draft.model.layers[0].register_forward_hook(
+        lambda *_: passes.__setitem__(0, passes[0] + 1)
+    )
+    propose = drafter.propose
+
+    def spy(num_speculative_tokens: int, *args, **kwargs):
+        passes[0], extensions = 0, drafter.extensions
+        out = propose(num_speculative_tokens, *args, **kwargs)
+        calls.append((num_speculative_tokens, passes[0], drafter.extensions - extensions))
+        return out
+
+    drafter.propose = spy
+    return calls
+
+
+def test_skipped_steps_leave_the_draft_kv_of_steps_that_drafted(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two requests, K = 0 while both run and 3 once the short one is done: the long request's
+    draft K/V at every committed position equals that of an engine drafting 3 at every step
+    (the kept rows were written into the draft's cache, in one pass)."""
+    from engines import committed_kv
+
+    from vllm_vispec.testing.tiny_targets import make_test_image
+
+    target, draft = _models("qwen", request)
+    turn = "<|im_start|>user\n{}Describe it.<|im_end|>\n<|im_start|>assistant\n"
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    requests = [
+        (
+            {
+                "prompt": turn.format(image),
+                "multi_modal_data": {"image": make_test_image(1, (224, 224))},
+            },
+            64,
+        ),
+        ({"prompt": turn.format("")}, 8),
+    ]
+
+    def run(schedule: list | None, steps: int, want: int) -> tuple[int, list, int]:
+        spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3,
+                "num_speculative_tokens_per_batch_size": schedule}  # fmt: skip
+        with engine(target, speculative_config=spec) as llm:
+            for i, (prompt, max_tokens) in enumerate(requests):
+                params = SamplingParams(temperature=0, max_tokens=max_tokens)
+                llm.llm_engine.add_request(str(i), prompt, params)
+            n, kv = 0, []
+            for _ in range(steps):
+                llm.llm_engine.step()
+                n, kv = committed_kv(llm, draft=True)
+                if n >= want > 0:
+                    break
+            return n, kv, runner(llm).drafter.extensions
+
+    n_skip, kv_skip, extensions = run([[1, 1, 3], [2, 8, 0]], 16, 0)
+    n_ref, kv_ref, _ = run(None, 64, n_skip)
+    assert extensions > 0 and n_ref >= n_skip > 40
+    for a, b in zip(kv_skip, kv_ref, strict=True):
+        torch.testing.assert_close(a, b[:n_skip], atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:

@@ -20,12 +20,14 @@ ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the insta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
 from vllm.config import VllmConfig
+from vllm.forward_context import set_forward_context
 from vllm.logger import init_logger
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
@@ -34,6 +36,7 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 from vllm_vispec.draft.model import EagleViSpecForCausalLM
 from vllm_vispec.feature_cache import FeatureCache
 from vllm_vispec.settings import vispec_settings
+from vllm_vispec.skipped_rows import SkippedRows
 from vllm_vispec.vision_inputs import VisionInputsBuilder
 
 if TYPE_CHECKING:
@@ -56,6 +59,16 @@ class ViSpecProposer(EagleProposer):
         # chunk's image embeddings into the draft's input embeddings would never be used.
         self.supports_mm_inputs = False
         self.settings = vispec_settings(vllm_config)
+        # Steps of K = 0 (vLLM's batch-size schedule) keep their rows for one later pass.
+        self.skipped = SkippedRows(self.max_num_tokens, self.hidden_size * self.dtype.itemsize)
+        self.extensions = self.extended_rows = 0
+        if vllm_config.speculative_config.num_speculative_tokens_per_batch_size:
+            logger.info(
+                "ViSpec: steps whose K is 0 run no draft pass; their draft inputs (up to %d "
+                "rows, %d MiB) are written into the draft's KV in one pass when drafting resumes",
+                self.skipped.capacity_rows,
+                self.skipped.capacity_rows * self.skipped.row_bytes >> 20,
+            )
 
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
@@ -116,7 +129,8 @@ class ViSpecProposer(EagleProposer):
         num_rejected_tokens_gpu: torch.Tensor | None = None,
         slot_mappings: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """vLLM's propose, with the vision inputs of this step handed to the draft first."""
+        """vLLM's propose, with the vision inputs of this step handed to the draft first; a
+        step of K = 0 runs no draft pass (its rows are kept, :mod:`vllm_vispec.skipped_rows`)."""
         self._run_eagerly()
         runner = self.runner
         batch = runner.input_batch
@@ -124,32 +138,134 @@ class ViSpecProposer(EagleProposer):
             target_token_ids, target_hidden_states
         )
         self.vision.forget_finished(runner.requests)
-        self.draft.set_vision_inputs(
-            self.vision.build(
-                batch.req_ids,
-                batch.num_computed_tokens_cpu,
-                common_attn_metadata.query_start_loc_cpu.numpy(),
-                target_token_ids.shape[0],
-                lambda req_id: runner.requests[req_id].mm_features,
-                runner.encoder_cache,
-            )
-        )
-        args = (
-            target_token_ids,
-            target_positions,
-            target_hidden_states,
-            next_token_ids,
-            token_indices_to_sample,
-            common_attn_metadata,
-            sampling_metadata,
-            mm_embed_inputs,
-            num_rejected_tokens_gpu,
-            slot_mappings,
-        )
+        cad = common_attn_metadata
+        query_start_loc = cad.query_start_loc_cpu.numpy()
         try:
+            if num_speculative_tokens == 0:
+                self._skip(
+                    target_token_ids, target_hidden_states, next_token_ids, cad,
+                    num_rejected_tokens_gpu,
+                )  # fmt: skip
+                return torch.empty(cad.num_reqs, 0, dtype=torch.int64, device=self.device)
+            if self.skipped:
+                self._extend(cad)
+            self.draft.set_vision_inputs(
+                self.vision.build(
+                    batch.req_ids,
+                    batch.num_computed_tokens_cpu,
+                    query_start_loc,
+                    target_token_ids.shape[0],
+                    self._mm_features,
+                    runner.encoder_cache,
+                )
+            )
+            args = (
+                target_token_ids,
+                target_positions,
+                target_hidden_states,
+                next_token_ids,
+                token_indices_to_sample,
+                cad,
+                sampling_metadata,
+                mm_embed_inputs,
+                num_rejected_tokens_gpu,
+                slot_mappings,
+            )
             return self._draft(num_speculative_tokens, args)
         finally:
             self.draft.set_vision_inputs(None)
+
+    def _mm_features(self, req_id: str) -> Sequence[Any]:
+        return self.runner.requests[req_id].mm_features
+
+    # -- steps that draft nothing -------------------------------------------------------------
+
+    def _skip(
+        self,
+        token_ids: torch.Tensor,
+        hidden_states: torch.Tensor,
+        next_token_ids: torch.Tensor,
+        cad: CommonAttentionMetadata,
+        num_rejected_tokens: torch.Tensor | None,
+    ) -> None:
+        """Keep what vLLM's first pass would read: per request, its verified rows (each with
+        the token after it: the next row's, the sampled one at the last) and their hidden
+        states. The adaptor still sees this step's images while their encoder output exists."""
+        runner, batch = self.runner, self.runner.input_batch
+        num_reqs = cad.num_reqs
+        query_start_loc = cad.query_start_loc_cpu.numpy()[: num_reqs + 1]
+        starts = batch.num_computed_tokens_cpu[:num_reqs]
+        req_ids = batch.req_ids[:num_reqs]
+        self.vision.adapt(req_ids, starts, query_start_loc, self._mm_features, runner.encoder_cache)
+        lengths = np.diff(query_start_loc)
+        if num_rejected_tokens is not None:
+            lengths = lengths - num_rejected_tokens[:num_reqs].cpu().numpy()
+        last = torch.from_numpy(query_start_loc[:-1] + lengths - 1).to(self.device)
+        shifted = torch.empty_like(token_ids)
+        shifted[:-1] = token_ids[1:]
+        shifted[last] = next_token_ids[:num_reqs].to(shifted.dtype)
+        rows = torch.from_numpy(
+            np.concatenate(
+                [np.arange(a, a + n) for a, n in zip(query_start_loc[:-1], lengths, strict=True)]
+            )
+        ).to(self.device)
+        if not self.skipped.fits(len(rows)):
+            self._extend(cad)
+        self.skipped.add(req_ids, starts, lengths, shifted[rows], hidden_states[rows])
+
+    def _extend(self, cad: CommonAttentionMetadata) -> None:
+        """One draft pass over the kept rows of this batch's requests (SGLang's draft extend):
+        their draft KV, exactly as the skipped first passes would have written it."""
+        runner, batch = self.runner, self.runner.input_batch
+        num_reqs = cad.num_reqs
+        rows = self.skipped.take(batch.req_ids[:num_reqs], batch.num_computed_tokens_cpu)
+        if rows is None:
+            return
+        device, bs = self.device, self.block_size
+        query_start_loc = rows.query_start_loc
+        n = int(query_start_loc[-1])
+        positions = torch.from_numpy(rows.positions).to(device)
+        table = cad.block_table_tensor[torch.from_numpy(rows.batch_rows).to(device)]
+        request = torch.repeat_interleave(
+            torch.arange(len(rows.batch_rows), device=device),
+            torch.from_numpy(np.diff(query_start_loc)).to(device),
+        )
+        slots = table[request, positions // bs].long() * bs + positions % bs
+        metadata = CommonAttentionMetadata(
+            query_start_loc=torch.from_numpy(query_start_loc).to(device),
+            query_start_loc_cpu=torch.from_numpy(query_start_loc),
+            seq_lens=torch.from_numpy(rows.ends).to(device, torch.int32),
+            num_reqs=len(rows.batch_rows),
+            num_actual_tokens=n,
+            max_query_len=int(np.diff(query_start_loc).max()),
+            max_seq_len=int(rows.ends.max()),
+            block_table_tensor=table,
+            slot_mapping=slots,
+        )
+        self.draft.set_vision_inputs(
+            self.vision.build(
+                [batch.req_ids[r] for r in rows.batch_rows],
+                rows.starts,
+                query_start_loc,
+                n,
+                self._mm_features,
+                runner.encoder_cache,
+            )
+        )
+        _, per_layer = self.build_per_group_and_layer_attn_metadata(metadata)
+        self.input_ids[:n] = rows.token_ids
+        self.positions[:n] = positions
+        self.hidden_states[:n] = rows.hidden
+        with set_forward_context(
+            per_layer, self.vllm_config, num_tokens=n, slot_mapping=self._get_slot_mapping(n, slots)
+        ):
+            self.model(
+                input_ids=self.input_ids[:n],
+                positions=self.positions[:n],
+                hidden_states=self.hidden_states[:n],
+            )
+        self.extensions += 1
+        self.extended_rows += n
 
     def _draft_inputs(
         self, token_ids: torch.Tensor, hidden_states: torch.Tensor

@@ -184,6 +184,36 @@ class VisionInputsBuilder:
         if len(self._requests) > 2 * len(live) + 64:
             self._requests = {r: v for r, v in self._requests.items() if r in live}
 
+    def adapt(
+        self,
+        req_ids: Sequence[str],
+        num_computed: np.ndarray,
+        query_start_loc: np.ndarray,
+        mm_features: Callable[[str], Sequence[Any]],
+        encoder_cache: Mapping[str, torch.Tensor],
+    ) -> tuple[list[RequestImages], list[tuple[int, int, int, list[ImageSpan]]]]:
+        """Run the adaptor on the images the rows reach whose output is not cached yet (the
+        encoder output is at hand while vLLM computes the image), also in steps that draft
+        nothing; each request's images and the windows (rows lo..hi, first draft position,
+        spans) of the requests with images."""
+        num_reqs = len(query_start_loc) - 1
+        images = [self.request(req_ids[r], mm_features) for r in range(num_reqs)]
+        windows = []
+        for r in range(num_reqs):
+            if images[r].spans:
+                lo, hi = int(query_start_loc[r]), int(query_start_loc[r + 1])
+                windows.append((lo, hi, int(num_computed[r]), images[r].spans))
+        self._adapt(
+            [
+                s
+                for lo, hi, first, spans in windows
+                for s in spans
+                if first + hi - lo > s.start - 1 and first < s.end - 1
+            ],
+            encoder_cache,
+        )
+        return images, windows
+
     def build(
         self,
         req_ids: Sequence[str],
@@ -194,25 +224,12 @@ class VisionInputsBuilder:
         encoder_cache: Mapping[str, torch.Tensor],
     ) -> VisionInputs | None:
         """Vision inputs of the first pass (a row per token) and later steps (per request)."""
-        num_reqs = len(query_start_loc) - 1
-        images = [self.request(req_ids[r], mm_features) for r in range(num_reqs)]
-        windows = []  # (token rows lo..hi, first draft position, spans) of requests with images
-        for r in range(num_reqs):
-            if images[r].spans:
-                lo, hi = int(query_start_loc[r]), int(query_start_loc[r + 1])
-                windows.append((lo, hi, int(num_computed[r]), images[r].spans))
+        images, windows = self.adapt(
+            req_ids, num_computed, query_start_loc, mm_features, encoder_cache
+        )
         if not windows:  # text only: no image feature anywhere (the model uses zeros)
             return None
         intervals = self._hidden_intervals(images) if self.by_intervals else None
-        self._adapt(
-            [
-                s
-                for lo, hi, first, spans in windows
-                for s in spans
-                if first + hi - lo > s.start - 1 and first < s.end - 1
-            ],
-            encoder_cache,
-        )
 
         global_index = torch.zeros(num_tokens, dtype=torch.long)
         compressed_index = torch.full((num_tokens,), -1, dtype=torch.long)
