@@ -119,8 +119,19 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "ngram": None,
         "vispec": None,
         "vispec-tree": None,
-        "vispec-auto": [[1, 2, 29], [3, max(args.batch_sizes + [3]), 3]],
+        "vispec-auto": [[1, 1, 29], [2, 4, 3], [5, max(args.batch_sizes + [5]), 0]],
     }
+    given = cli.build_parser().parse_args(
+        ["bench", "--target", str(tmp_path), "--vispec-draft", str(tmp_path),
+         "--schedule", "[[1, 2, 29], [3, 64, 2]]"]
+    )  # fmt: skip
+    auto = command._methods(given)[-1]
+    assert auto.spec["num_speculative_tokens_per_batch_size"] == [[1, 2, 29], [3, 64, 2]]
+    assert auto.spec["num_speculative_tokens"] == 29
+    for bad in ("[[1, 2]]", "[]", '[[1, 2, "x"]]', "{}"):
+        given.schedule = bad
+        with pytest.raises(command.BenchError, match="--schedule"):
+            command._methods(given)
     for m in methods:
         kwargs = command._engine_kwargs(args, m, {})
         expected = None if m.vispec is None else {"vispec": m.vispec}

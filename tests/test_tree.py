@@ -11,6 +11,7 @@ Every engine case checks that trees were drafted and some of their nodes accepte
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import numpy as np
@@ -115,7 +116,8 @@ def test_expansion_keeps_the_best_candidates_depth_first() -> None:
                 ancestors = {int(s) for s in range(64) if (int(masks[b, f]) >> s) & 1}
                 assert len(ancestors) == e.passes + 1  # itself and one per earlier pass
         e.grow(table[tokens.reshape(-1)])
-    tokens, parents = e.select(n)
+    tokens, parents, sizes = e.select(n)
+    assert sizes.tolist() == [n, n]
     scores = torch.cat(e.scores, 1)
     for b in range(2):
         assert all(parents[b, i] < i for i in range(1, n + 1))
@@ -136,6 +138,42 @@ def test_expansion_keeps_the_best_candidates_depth_first() -> None:
             assert vals == sorted(vals, reverse=True)
 
 
+def test_confident_trees_keep_the_nodes_above_the_floor() -> None:
+    """With a probability floor each request keeps the chosen nodes scoring at least it (its
+    best always): a prefix of the fixed-size tree's choice, still closed under parents, padded
+    after; a sure draft keeps many nodes, an unsure one few."""
+    torch.manual_seed(1)
+    k, n, vocab = 3, 10, 16
+    table = torch.randn(vocab, vocab).mul(4).log_softmax(-1)
+    sure = torch.full((vocab,), -30.0)
+    sure[0] = 0.0  # the first request's draft is certain of its first token
+    root = torch.stack([sure.log_softmax(-1), torch.zeros(vocab).log_softmax(-1)])
+    e = Expansion(root, k)
+    for _ in range(3):
+        tokens, _ = e.next_pass()
+        e.grow(table[tokens.reshape(-1)])
+    all_tokens, all_parents, _ = e.select(n)
+    floor = math.log(0.1)
+    tokens, parents, sizes = e.select(n, floor)
+    scores = torch.sort(torch.cat(e.scores, 1), descending=True).values[:, :n]
+    assert sizes.tolist() == [max(1, int((row >= floor).sum())) for row in scores]
+    assert sizes[1] == 1 and sizes[0] > 1  # uniform first token: only its best node
+    for b, m in enumerate(sizes):
+        kept = {tuple(_path(all_tokens[b], all_parents[b], i)) for i in range(1, m + 1)}
+        assert kept <= {tuple(_path(all_tokens[b], all_parents[b], i)) for i in range(1, n + 1)}
+        assert all(0 <= parents[b, i] < i for i in range(1, m + 1))
+        assert (parents[b, m + 1 :] == -1).all() and (tokens[b, m:] == 0).all()
+    assert not e.can_reach(0.0) and e.can_reach(-math.inf)
+
+
+def _path(tokens: np.ndarray, parents: np.ndarray, node: int) -> list[int]:
+    path = []
+    while node > 0:
+        path.insert(0, int(tokens[node - 1]))
+        node = int(parents[node])
+    return path
+
+
 def test_settings_from_additional_config() -> None:
     def tree(value) -> TreeSettings | None:
         return ViSpecSettings.from_dict({"tree": value}).tree
@@ -144,7 +182,11 @@ def test_settings_from_additional_config() -> None:
     assert tree(False) is None
     assert tree(True) == tree({}) == TreeSettings()
     assert tree({"depth": 2, "top_k": 4}) == TreeSettings(depth=2, top_k=4)
-    for bad in ({"depth": "x"}, {"width": 3}, {"depth": 0}, {"depth": True}, "on", 1):
+    assert tree({"min_prob": 0.05}).min_logprob == pytest.approx(math.log(0.05))
+    assert tree({"min_prob": 0}).min_logprob == -math.inf
+    bad_values = ({"depth": "x"}, {"width": 3}, {"depth": 0}, {"depth": True}, "on", 1,
+                  {"min_prob": 1.0}, {"min_prob": -0.1}, {"min_prob": "0.1"})  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(ValueError, match="vispec.tree"):
             tree(bad)
     s = TreeSettings()
@@ -351,11 +393,33 @@ def test_committed_kv_equals_a_run_without_speculation() -> None:
 
 
 def test_tree_sampling_follows_the_target_distribution() -> None:
-    """Temperature 1 with trees of the trained toy draft (often accepted, side branches too):
-    every token is a draw from the target's conditional distribution (randomised PIT + KS)."""
+    """Temperature 1 with confidence-sized trees of the trained toy draft (often accepted, side
+    branches too): every token is a draw from the target's conditional distribution
+    (randomised PIT + KS)."""
+    conversations = _toy_conversations(96)
+    spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
+    trees = _trees({"depth": 2, "top_k": 4, "min_prob": 0.02})
+    pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, False, trees)
+    assert accepted > 500, f"only {accepted} tree nodes accepted"
+    assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
+
+
+def test_trees_sized_by_confidence() -> None:
+    """With min_prob each request's tree keeps the nodes the trained toy draft is sure of, so
+    sizes vary with the picture and the position; the tokens stay those without speculation."""
+    conversations = _toy_conversations(4)
+    expected = plain_greedy(TOY / "target", conversations, max_tokens=64)[0]
+    with engine(TOY / "target", TOY / "vispec", k=29, vispec=_trees({"min_prob": 0.05})) as llm:
+        lengths = _record_draft_lengths(llm)
+        got = greedy(llm, conversations, 64)
+    assert got == expected
+    assert len(lengths) > 3 and 1 <= min(lengths) and max(lengths) <= 29, lengths
+
+
+def _toy_conversations(n: int) -> list[list[dict]]:
     from vllm_vispec.toy.world import prompts
 
-    conversations = [
+    return [
         [
             {
                 "role": "user",
@@ -365,13 +429,8 @@ def test_tree_sampling_follows_the_target_distribution() -> None:
                 ],
             }
         ]  # fmt: skip
-        for _, image, question in prompts(96, 30_000)
+        for _, image, question in prompts(n, 30_000)
     ]
-    spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
-    trees = _trees({"depth": 2, "top_k": 4})
-    pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, False, trees)
-    assert accepted > 500, f"only {accepted} tree nodes accepted"
-    assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
 
 
 def test_two_engines_with_their_own_settings_in_one_process(

@@ -94,10 +94,13 @@ def _tree(value: Any) -> TreeSettings | None:
     if not isinstance(value, dict) or not set(value) <= set(fields):
         raise ValueError(
             f"{setting('tree')}={json.dumps(value)}: expected true, false or an object with "
-            f'integer fields {", ".join(fields)} (e.g. {{"depth": 3, "top_k": 8}})'
+            f'fields {", ".join(fields)} (e.g. {{"depth": 3, "top_k": 8, "min_prob": 0.05}})'
         )
     for key, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if key == "min_prob":
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+                raise ValueError(f"{setting('tree')}.min_prob={v!r} must be a number in [0, 1)")
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{setting('tree')}.{key}={v!r} must be a non-negative integer")
     tree = TreeSettings(**value)
     if min(tree.depth, tree.top_k, tree.chain) < 1:

@@ -4,8 +4,9 @@ Runs one target on the same image + question prompts with every method in one go
 comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EAGLE with a plain
 EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as vispec-tree
 (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and vispec-auto (the
-same trees under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size: trees of
---tree-nodes at batch sizes 1-2, chains of --k beyond). A method whose draft is not given is skipped
+draft under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size, given by --schedule:
+by default trees of --tree-nodes alone, chains of --k at 2-4 requests, no drafting beyond; how to
+find the schedule of a machine: README). A method whose draft is not given is skipped
 (--methods picks a subset). ViSpec's settings reach its engines as vLLM's additional_config
 {"vispec": {...}}: --vispec-config for every ViSpec method, plus --tree for the tree methods.
 Each method runs at every batch size (the number of concurrent requests) in two modes:
@@ -71,7 +72,7 @@ VISPEC_METHODS = ("vispec", "vispec-tree", "vispec-auto")
 SPEC_METHODS = ("ngram", "eagle", *VISPEC_METHODS)
 # The ViSpec methods with trees: at every batch size, or under vLLM's batch-size schedule.
 TREE_METHODS = ("vispec-tree", "vispec-auto")
-AUTO_TREE_BATCH = 2  # vispec-auto drafts trees up to this batch size, chains of --k beyond
+CHAIN_BATCH = 4  # the default schedule drafts chains up to this batch size, nothing beyond
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
 
@@ -156,9 +157,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="true",
         metavar="JSON",
         help="the vispec.tree setting of the tree methods: true (ViSpec's depth 3, top_k 8; the "
-        'default) or an object of tree settings, e.g. \'{"depth": 4, "top_k": 6}\'; '
-        "vispec-tree drafts trees at every batch size, vispec-auto at batch sizes 1-"
-        f"{AUTO_TREE_BATCH} (vLLM's num_speculative_tokens_per_batch_size; chains of --k beyond)",
+        'default) or an object of tree settings, e.g. \'{"depth": 4, "top_k": 6, '
+        '"min_prob": 0.05}\'; vispec-tree drafts trees at every batch size, vispec-auto where '
+        "--schedule says",
+    )
+    parser.add_argument(
+        "--schedule",
+        metavar="JSON",
+        help="vispec-auto's num_speculative_tokens_per_batch_size: [[first batch size, last, "
+        "K], ...]; a K of at least depth x top_k drafts trees of K nodes, a smaller K chains, "
+        "0 nothing (default: [[1, 1, TREE_NODES], [2, 4, K], [5, LARGEST_BATCH, 0]])",
     )
     parser.add_argument(
         "--tree-nodes",
@@ -318,12 +326,30 @@ def _methods(args: argparse.Namespace) -> list[Method]:
         k = args.tree_nodes if name in TREE_METHODS else args.k
         spec = {"method": "eagle", "model": str(folder), "num_speculative_tokens": k}
         if name == "vispec-auto":
-            spec["num_speculative_tokens_per_batch_size"] = [
-                [1, AUTO_TREE_BATCH, args.tree_nodes],
-                [AUTO_TREE_BATCH + 1, max(args.batch_sizes + [AUTO_TREE_BATCH + 1]), args.k],
-            ]
+            spec["num_speculative_tokens"] = max(k for _, _, k in _schedule(args))
+            spec["num_speculative_tokens_per_batch_size"] = _schedule(args)
         methods.append(Method(name, spec, vispec.get(name)))
     return methods
+
+
+def _schedule(args: argparse.Namespace) -> list[list[int]]:
+    """vispec-auto's batch-size schedule: --schedule, or trees alone, chains up to CHAIN_BATCH
+    requests, nothing beyond."""
+    if args.schedule is None:
+        largest = max([*args.batch_sizes, CHAIN_BATCH + 1])
+        return [[1, 1, args.tree_nodes], [2, CHAIN_BATCH, args.k], [CHAIN_BATCH + 1, largest, 0]]
+    schedule = _json_arg("--schedule", args.schedule, "[[1, 1, 29], [2, 4, 3], [5, 64, 0]]")
+    if not (
+        isinstance(schedule, list)
+        and schedule
+        and all(isinstance(e, list) and len(e) == 3 for e in schedule)
+        and all(isinstance(v, int) and v >= 0 for e in schedule for v in e)
+    ):
+        raise BenchError(
+            f"--schedule {args.schedule}: expected a list of [first batch size, last, K] "
+            "integer triples, e.g. [[1, 1, 29], [2, 4, 3], [5, 64, 0]]"
+        )
+    return schedule
 
 
 def _vispec_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

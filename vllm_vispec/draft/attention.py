@@ -14,8 +14,8 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.attention.attention import (
@@ -69,37 +69,47 @@ class ViSpecAttention(nn.Module):
         self.total_num_heads = cfg.num_attention_heads
         self.head_dim = cfg.head_dim
         self.scale = self.head_dim**-0.5
+        requested = vispec_settings(vllm_config).draft_attention
+        self.mode = draft_attention(cfg.head_dim, requested)
+        if self.mode == "triton":  # or the mark where the kernel cannot run
+            tp = get_tensor_model_parallel_world_size()
+            num_kv_heads = max(1, cfg.num_key_value_heads // tp)
+            block_size = vllm_config.cache_config.block_size or 16
+            self.mode = checked_triton(
+                cfg.num_attention_heads // tp, num_kv_heads, cfg.head_dim, block_size, requested
+            )
+        self.qkv_bias = cfg.qkv_bias
+        # The mark's extra channels live in the weights (:meth:`load_weight`): q, k and v come
+        # out of qkv_proj at the padded head size, q's mark channel is its bias (1), and o_proj
+        # reads the padded heads, so a step adds only the keys' mark to vLLM's Llama attention.
+        self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size,
-            self.head_dim,
+            self.padded_dim,
             self.total_num_heads,
             cfg.num_key_value_heads,
-            bias=cfg.qkv_bias,
+            bias=cfg.qkv_bias or self.mode == "mark",
             prefix=f"{prefix}.qkv_proj",
         )
         self.num_heads = self.qkv_proj.num_heads  # this rank's
         self.num_kv_heads = self.qkv_proj.num_kv_heads
-        requested = vispec_settings(vllm_config).draft_attention
-        self.mode = draft_attention(cfg.head_dim, requested)
-        if self.mode == "triton":
-            block_size = vllm_config.cache_config.block_size or 16
-            self.mode = checked_triton(
-                self.num_heads, self.num_kv_heads, self.head_dim, block_size, requested
-            )
-        self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
         self.hidden_intervals: Intervals | None = None
         self.o_proj = RowParallelLinear(
-            self.total_num_heads * self.head_dim,
+            self.total_num_heads * self.padded_dim,
             cfg.hidden_size,
             bias=False,
             prefix=f"{prefix}.o_proj",
         )
         self.rotary_emb = get_rope(
-            self.head_dim,
+            self.padded_dim,
             max_position=cfg.max_position_embeddings,
             is_neox_style=True,
-            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": cfg.rope_theta,
+                "rope_dim": self.head_dim,
+            },
         )
         backend = None
         if self.mode != "mark" and current_platform.is_cuda_alike():
@@ -122,39 +132,53 @@ class ViSpecAttention(nn.Module):
                 f"inside its own attention; set {DRAFT_ATTENTION_SETTING} to 'mark'"
             )
 
-    def _pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """[n, heads * hd] -> [n, heads, padded_dim], the extra channels zero."""
-        x = x.view(x.shape[0], heads, self.head_dim)
-        return (
-            x if self.padded_dim == self.head_dim else F.pad(x, (0, self.padded_dim - x.shape[2]))
-        )
-
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
         """``hidden`` [n] bool: positions the ``mark`` hides (the skipping attentions read
         :attr:`hidden_intervals` instead)."""
-        n = x.shape[0]
+        n, pd = x.shape[0], self.padded_dim
         qkv, _ = self.qkv_proj(x)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q_size, kv_size = self.num_heads * pd, self.num_kv_heads * pd
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q, k = self.rotary_emb(positions, q, k)
         q, k, v = (
-            self._pad(q, self.num_heads),
-            self._pad(k, self.num_kv_heads),
-            self._pad(v, self.num_kv_heads),
+            q.view(n, self.num_heads, pd),
+            k.view(n, self.num_kv_heads, pd),
+            v.view(n, self.num_kv_heads, pd),
         )
         tree = self._tree_pass()
-        if tree is not None:
+        if tree is not None:  # the nodes' keys keep their mark 0: visible to their children
             out = self._attend_tree(q, k, v, tree)
         elif self.mode == "mark":
-            q[:, :, self.head_dim] = 1.0
             k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
             out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
-            out = out.view(n, self.num_heads, self.padded_dim)[..., : self.head_dim]
         else:
             out = self._attend_skipping(q, k, v)
-        return self.o_proj(out.flatten(1))[0]
+        return self.o_proj(out.reshape(n, -1))[0]
+
+    def padded(self, tensor: torch.Tensor, columns: bool = False) -> torch.Tensor:
+        """A checkpoint's q/k/v rows (or o_proj's columns) at the padded head size, the extra
+        channels zero: the mark's channels come from the weights, not from a per-step pad."""
+        if self.padded_dim == self.head_dim:
+            return tensor
+        t = tensor.t() if columns else tensor
+        t = t.reshape(-1, self.head_dim, *t.shape[1:])
+        pad = torch.zeros(t.shape[0], self.padded_dim - self.head_dim, *t.shape[2:], dtype=t.dtype)
+        t = torch.cat([t, pad], dim=1).flatten(0, 1)
+        return t.t() if columns else t
+
+    def set_mark_bias(self) -> bool:
+        """After loading: q's mark channel 1 in qkv_proj's bias (zero elsewhere when the
+        checkpoint has none); True when the bias is the plugin's own, not the checkpoint's."""
+        if self.mode != "mark":
+            return False
+        bias = self.qkv_proj.bias.data
+        if not self.qkv_bias:
+            bias.zero_()
+        q = bias[: self.num_heads * self.padded_dim].view(self.num_heads, self.padded_dim)
+        q[:, self.head_dim] = 1.0
+        return not self.qkv_bias
 
     def _tree_pass(self) -> TreePass | None:
         """This layer's metadata when the forward is a tree pass (always eager: compiled
@@ -170,12 +194,10 @@ class ViSpecAttention(nn.Module):
     ) -> torch.Tensor:
         """Write the nodes' K/V at their slots, then attend with the tree mask (the mark's
         channel: 1 in queries, 0 in the nodes' keys, so hidden context slots stay hidden)."""
-        if self.mode == "mark":
-            q[:, :, self.head_dim] = 1.0
         layer = self.attn
         layer.impl.do_kv_cache_update(layer, k, v, layer.kv_cache, tree.slots)
         k_cache, v_cache = split_kv_cache(layer.kv_cache, getattr(layer, "isa", None))
-        out = tree_paged_attention(
+        return tree_paged_attention(
             q,
             k_cache,
             v_cache,
@@ -187,7 +209,6 @@ class ViSpecAttention(nn.Module):
             *tree.hidden,
             self.scale,
         )
-        return out[..., : self.head_dim]
 
     def _attend_skipping(
         self,

@@ -197,6 +197,7 @@ class EagleViSpecForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load official ViSpec tensor names (q/k/v and gate/up are stacked by vLLM)."""
         params = dict(self.named_parameters())
+        attention = self.model.layers[0].self_attn
         loaded: set[str] = set()
         for name, tensor in weights:
             name = "model." + name
@@ -204,10 +205,14 @@ class EagleViSpecForCausalLM(nn.Module):
                 self.model.img_fc.load_official(name, tensor)
                 loaded.update(n for n in params if n.startswith("model.img_fc."))
                 continue
+            if ".self_attn.o_proj." in name:
+                tensor = attention.padded(tensor, columns=True)
             shard = None
             for old, (new, shard_id) in _STACKED.items():
                 if old in name:
                     name, shard = name.replace(old, new), shard_id
+                    if ".self_attn." in old:
+                        tensor = attention.padded(tensor)
                     break
             param = params[name]
             loader = getattr(param, "weight_loader", default_weight_loader)
@@ -216,6 +221,8 @@ class EagleViSpecForCausalLM(nn.Module):
             else:
                 loader(param, tensor, shard)
             loaded.add(name)
+        if attention.set_mark_bias():
+            loaded.add(next(n for n, p in params.items() if p is attention.qkv_proj.bias))
         self.model.imadpt.absorb()
         return loaded
 

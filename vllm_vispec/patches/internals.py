@@ -71,6 +71,9 @@ INTERNALS: tuple[Internal, ...] = (
              "(attn_metadata, vllm_config, num_tokens=None, num_tokens_across_dp=None, "
              "cudagraph_runtime_mode=<CUDAGraphMode.NONE: 0>, batch_descriptor=None, "
              "ubatch_slices=None, slot_mapping=None, skip_compiled=False, is_padding=None)"),
+    Internal("vllm.distributed:get_tensor_model_parallel_world_size",
+             "this rank's heads, for the Triton attention's self-check before the projections "
+             "are built", "draft.attention", "()"),
     Internal("vllm.forward_context:get_forward_context",
              "the draft's attention finds a tree pass's metadata", "draft.attention", "()"),
     Internal("vllm.forward_context:is_forward_context_available",

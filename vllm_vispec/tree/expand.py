@@ -5,8 +5,9 @@ the current frontier (``top_k`` nodes per request), proposes ``top_k`` children 
 keeps the ``top_k`` children with the best cumulative log-probability as the next frontier.
 Finally the ``num_nodes`` best of all proposed candidates become the tree. A child's cumulative
 log-probability never exceeds its parent's, and ties go to the shallower node, so the chosen
-set always holds every chosen node's parent. Drafts are deterministic top-k, which is what
-makes target-only sampling at verification lossless.
+set always holds every chosen node's parent; so does the part of it above a confidence floor
+(``min_prob``), which sizes each request's tree by how sure the draft is. Drafts are
+deterministic top-k, which is what makes target-only sampling at verification lossless.
 
 Trees leave in depth-first order, best child first: every node follows its parent (vLLM's
 truncation of a draft list keeps whole ancestor chains), and when the target accepts the
@@ -76,23 +77,34 @@ class Expansion:
     def _all(self, name: str) -> torch.Tensor:
         return torch.cat(getattr(self, name), dim=1)
 
-    def select(self, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``num_nodes`` candidates per request, depth-first, best child first.
+    def can_reach(self, min_logprob: float) -> bool:
+        """Whether a child of some frontier node could score ``min_logprob`` or more (a child
+        never scores above its parent)."""
+        return bool((self.frontier_scores >= min_logprob).any())
 
-        Returns tokens [B, num_nodes] and parents [B, num_nodes + 1] (index 0 is the root,
-        parent -1; node i >= 1 is token i - 1 and its parent index is < i).
+    def select(
+        self, num_nodes: int, min_logprob: float = -float("inf")
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best ``num_nodes`` candidates per request, depth-first, best child first; with
+        ``min_logprob``, only those scoring at least that (the best one always).
+
+        Returns tokens [B, num_nodes], parents [B, num_nodes + 1] (index 0 is the root,
+        parent -1; node i >= 1 is token i - 1 and its parent index is < i) and each request's
+        node count [B]; past it tokens are 0 and parents -1.
         """
         scores, depths = self._all("scores"), self._all("depths")
         by_depth = torch.sort(depths, dim=1, stable=True).indices
         order = torch.sort(torch.gather(scores, 1, by_depth), dim=1, descending=True, stable=True)
         chosen = torch.gather(by_depth, 1, order.indices)[:, :num_nodes].cpu().numpy()
+        kept = (order.values[:, :num_nodes] >= min_logprob).sum(dim=1).clamp(min=1).cpu().numpy()
         tokens, parents = self._all("tokens").cpu().numpy(), self._all("parents").cpu().numpy()
         out_tokens = np.zeros((self.batch, num_nodes), dtype=np.int64)
         out_parents = np.full((self.batch, num_nodes + 1), -1, dtype=np.int64)
         for b in range(self.batch):
-            # chosen[b] is best-first, so each node's children list is best-first as well.
+            # chosen[b] is best-first, so each node's children list is best-first as well; a
+            # prefix of it holds every member's parent (scores never rise with depth).
             children: dict[int, list[int]] = {}
-            for c in chosen[b]:
+            for c in chosen[b, : kept[b]]:
                 children.setdefault(int(parents[b, c]), []).append(int(c))
             stack, index = list(reversed(children.get(-1, []))), {-1: 0}
             n = 0
@@ -103,5 +115,5 @@ class Expansion:
                 out_tokens[b, n - 1] = tokens[b, c]
                 out_parents[b, n] = index[int(parents[b, c])]
                 stack.extend(reversed(children.get(c, [])))
-            assert n == num_nodes, "the chosen candidates must be closed under parents"
-        return out_tokens, out_parents
+            assert n == kept[b], "the chosen candidates must be closed under parents"
+        return out_tokens, out_parents, kept

@@ -107,9 +107,10 @@ class ViSpecTreeProposer(ViSpecProposer):
         return token_ids[order], hidden_states[order]
 
     def _draft(self, num_nodes: int, args: tuple) -> torch.Tensor:
-        """A step of vLLM's K = ``num_nodes``: trees of K nodes for the requests that can take
-        one when K is a tree's size, chains for the rest (of K tokens when K is too small for a
-        tree, else of ``chain``), nothing at K = 0; [B, K], cut per request by the proposal."""
+        """A step of vLLM's K = ``num_nodes``: trees of up to K nodes (by confidence) for the
+        requests that can take one when K is a tree's size, chains for the rest (of K tokens
+        when K is too small for a tree, else of ``chain``); [B, K], cut per request by the
+        proposal."""
         cad: CommonAttentionMetadata = args[5]
         batch = self.runner.input_batch
         req_ids = batch.req_ids[: batch.num_reqs]
@@ -137,11 +138,12 @@ class ViSpecTreeProposer(ViSpecProposer):
         parents: dict[str, np.ndarray] = {}
         if tree_rows:
             rows = torch.tensor(tree_rows, device=out.device)
-            tokens, tree_parents = self._expand(rows, last_pos[rows], block_table[rows], num_nodes)
+            expanded = self._expand(rows, last_pos[rows], block_table[rows], num_nodes)
+            tokens, tree_parents, sizes = expanded
             out[rows] = torch.from_numpy(tokens).to(out)
             for i, r in enumerate(tree_rows):
                 parents[req_ids[r]] = tree_parents[i]
-                lengths[req_ids[r]] = num_nodes
+                lengths[req_ids[r]] = int(sizes[i])
         self.proposal = Proposal(lengths, parents)
         return out
 
@@ -184,9 +186,9 @@ class ViSpecTreeProposer(ViSpecProposer):
 
     def _expand(
         self, rows: torch.Tensor, last_pos: torch.Tensor, block_table: torch.Tensor, num_nodes: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """EAGLE-2 expansion for the batch rows ``rows``; tokens [R, num_nodes] and parents
-        [R, num_nodes + 1] (root first), depth-first."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """EAGLE-2 expansion for the batch rows ``rows``; tokens [R, num_nodes], parents
+        [R, num_nodes + 1] (root first), depth-first, and each tree's size [R] (``min_prob``)."""
         assert self._root_hidden is not None
         k, depth, draft = self.tree.top_k, self.tree.depth, self.draft
         hidden = self._root_hidden[rows]
@@ -206,6 +208,8 @@ class ViSpecTreeProposer(ViSpecProposer):
         cu = torch.arange(r + 1, device=rows.device, dtype=torch.int32) * k
         hidden_context = self._tree_hidden(rows)
         for p in range(depth):
+            if not expansion.can_reach(self.tree.min_logprob):
+                break  # no deeper node would be kept: the draft stops here
             tokens, masks = expansion.next_pass()
             draft.vision_buffers.tree_rows(rows, k)
             tree_pass = TreePass(
@@ -230,7 +234,7 @@ class ViSpecTreeProposer(ViSpecProposer):
             hidden = out.view(r, k, -1)[
                 torch.arange(r, device=rows.device)[:, None], expansion.frontier_parent
             ].reshape(r * k, -1)
-        return expansion.select(num_nodes)
+        return expansion.select(num_nodes, self.tree.min_logprob)
 
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.draft.compute_logits(hidden).float().log_softmax(dim=-1)

@@ -9,17 +9,22 @@ below, EAGLE-2 trees that the plugin verifies. Fields (defaults reproduce ViSpec
 * ``top_k`` (8): children expanded per node and nodes kept per level.
 * ``chain`` (3): chain length, within a tree step, of the requests that draft chains (seeded
   requests; thinking budgets, structured output, min_tokens not yet reached, logprobs of
-  processed logits: see ``ViSpecProposer._tree_ok``).
+  processed logits: see ``ViSpecTreeProposer._tree_ok``).
+* ``min_prob`` (0.0): trees sized by confidence: a request's tree keeps only the nodes whose
+  cumulative draft probability (EAGLE-2's node value, the draft's estimate that the target
+  accepts the node) is at least this, its best node always; expansion stops once no frontier
+  node can reach it. 0 keeps K nodes (ViSpec's fixed-size trees).
 
 How many tokens a step drafts per request is vLLM's K: ``num_speculative_tokens``, or, with
 ``num_speculative_tokens_per_batch_size``, the K of vLLM's schedule for the step's batch size.
-A K of at least ``depth x top_k`` (the draft's KV look-ahead for a tree) drafts trees of K
-nodes (ViSpec's ``total_token`` 30 is K = 29), a smaller K chains of K tokens, 0 nothing.
+A K of at least ``depth x top_k`` (the draft's KV look-ahead for a tree) drafts trees of up to
+K nodes (ViSpec's ``total_token`` 30 is K = 29), a smaller K chains of K tokens, 0 nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 TREE_SETTING = "vispec.tree"
 MAX_TREE_NODES = 63  # the root and its nodes fit the 64-bit ancestor rows of the kernels
@@ -30,6 +35,11 @@ class TreeSettings:
     depth: int = 3
     top_k: int = 8
     chain: int = 3
+    min_prob: float = 0.0
+
+    @property
+    def min_logprob(self) -> float:
+        return math.log(self.min_prob) if self.min_prob > 0 else -math.inf
 
     @property
     def min_nodes(self) -> int:
