@@ -16,7 +16,7 @@ import pytest
 
 from vllm_vispec import cli
 from vllm_vispec.bench import command, report
-from vllm_vispec.bench.prompts import load_prompts
+from vllm_vispec.bench.prompts import load_prompts, waves
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -195,3 +195,10 @@ def test_user_mistakes_give_one_error_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_waves_go_through_every_prompt() -> None:
+    """Batch 1 times every prompt alone, not the first one; larger batches cycle the set."""
+    assert waves(list("abc"), 1) == [["a"], ["b"], ["c"]]
+    assert waves(list("abc"), 2) == [["a", "b"], ["c", "a"]]
+    assert waves(list("abc"), 4) == [["a", "b", "c", "a"]]

@@ -11,7 +11,7 @@ find the schedule of a machine: README). A method whose draft is not given is sk
 {"vispec": {...}}: --vispec-config for every ViSpec method, plus --tree for the tree methods.
 Each method runs at every batch size (the number of concurrent requests) in two modes:
 
-  offline  vllm.LLM in this process: one engine per method, reused across batch sizes; a batch
+  offline  vllm.LLM in this process: one engine per method, reused across batch sizes; a wave
            is one LLM.chat call with that many prompts (max_num_seqs >= the largest batch).
   serve    a real `vllm serve` per method on 127.0.0.1; a batch is that many concurrent
            streaming chat completions through the openai client (images as base64 data URLs);
@@ -34,7 +34,8 @@ Prompt sets (--prompts):
   toy      held-out toy-world scenes (vllm_vispec.toy.world, seed 10000), one per request.
   grounded held-out strips of the image-grounded world (vllm_vispec.toy.grounded_world, seed
            10000, 256 image tokens each), one per request.
-Prompts are cycled when a batch is larger than the set.
+Each batch size runs in waves of that many concurrent requests until every prompt has run once
+(batch 1: each prompt alone, one after the other), cycling the set when a batch is larger.
 
 Writes to --out: bench.json (every figure, per-request timings, each ViSpec method's settings,
 machine, versions, command, date), bench.md (a table per mode), speedup.png, acceptance.png

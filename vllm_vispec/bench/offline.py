@@ -1,5 +1,8 @@
 """The bench's offline mode: ``vllm.LLM`` in this process, a batch is one ``LLM.chat`` call.
 
+A batch size is timed over waves of that many requests until every prompt has run once
+(:func:`~vllm_vispec.bench.prompts.waves`); its figures sum the waves' tokens and seconds.
+
 One engine per method, reused across batch sizes; times come from vLLM's own per-request stats
 and acceptance from the engine's metrics, so no client or server sits between the figures and
 the engine.
@@ -12,7 +15,9 @@ import gc
 import time
 from typing import Any
 
-from vllm_vispec.bench.prompts import Prompt, cycle
+from tqdm import tqdm
+
+from vllm_vispec.bench.prompts import Prompt, waves
 from vllm_vispec.bench.report import Answer, acceptance, row
 from vllm_vispec.bench.server import SPEC_COUNTERS, SPEC_PER_POS
 
@@ -33,20 +38,21 @@ def measure(
         params = _sampling(args, args.max_tokens)
         rows = []
         for batch in args.batch_sizes:
-            chats = [p.chat() for p in cycle(prompts, batch)]
             before = offline_counters(llm)
-            start = time.monotonic()  # the engine core stamps tokens with the same clock
-            outputs = llm.chat(chats, params, use_tqdm=True)
-            seconds = time.monotonic() - start
+            answers, seconds = [], 0.0
+            for wave in tqdm(waves(prompts, batch), desc=f"offline {method} batch {batch}"):
+                start = time.monotonic()  # the engine core stamps tokens with the same clock
+                outputs = llm.chat([p.chat() for p in wave], params, use_tqdm=False)
+                seconds += time.monotonic() - start
+                answers += [
+                    Answer(
+                        list(o.outputs[0].token_ids),
+                        o.metrics.first_token_ts - start,
+                        o.metrics.last_token_ts - start,
+                    )
+                    for o in outputs
+                ]
             after = offline_counters(llm)
-            answers = [
-                Answer(
-                    list(o.outputs[0].token_ids),
-                    o.metrics.first_token_ts - start,
-                    o.metrics.last_token_ts - start,
-                )
-                for o in outputs
-            ]
             spec = acceptance(before, after) if after else None
             rows.append(row("offline", method, batch, answers, seconds, spec))
         return rows

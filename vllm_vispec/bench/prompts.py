@@ -71,6 +71,14 @@ def cycle(items: list[Any], n: int) -> list[Any]:
     return [items[i % len(items)] for i in range(n)]
 
 
+def waves(items: list[Any], batch: int) -> list[list[Any]]:
+    """Batches of ``batch`` items that go through every item at least once (cycled past the
+    end): a small batch size is timed on the whole prompt set, not on its first prompts."""
+    count = -(-len(items) // batch)
+    flat = cycle(items, count * batch)
+    return [flat[i * batch : (i + 1) * batch] for i in range(count)]
+
+
 def _photos() -> list[Prompt]:
     import matplotlib.cbook
     from PIL import Image

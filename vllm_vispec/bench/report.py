@@ -147,7 +147,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# End-to-end speculative decoding benchmark",
         "",
         f"Target `{cfg['target']}`; prompts `{cfg['prompts']}` ({len(cfg['prompt_list'])} "
-        f"distinct, cycled); {cfg['max_tokens']} output tokens per request"
+        f"distinct; each batch size in waves through all of them); {cfg['max_tokens']} output "
+        "tokens per request"
         f"{' (ignore_eos)' if cfg['ignore_eos'] else ''}; K={cfg['k']}; temperature "
         f"{cfg['temperature']:g}{_vispec_settings(cfg)}. Machine: {m['cpu']}, {m['cores']} "
         f"cores, GPU: {m['gpu'] or 'none'}; vLLM {m['vllm']}, torch {m['torch']}; load average "

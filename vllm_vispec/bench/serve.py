@@ -1,9 +1,9 @@
 """The bench's serve mode: a real ``vllm serve`` per method, asked through the OpenAI API.
 
 What users run in production: a batch is that many concurrent streaming chat completions
-(images as base64 data URLs), timed by the client; acceptance is read from the server's
-Prometheus /metrics. The server process itself is :class:`~vllm_vispec.bench.server.VllmServer`,
-which the tests share.
+(images as base64 data URLs), timed by the client over waves that go through every prompt;
+acceptance is read from the server's Prometheus /metrics. The server process itself is
+:class:`~vllm_vispec.bench.server.VllmServer`, which the tests share.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import pathlib
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from vllm_vispec.bench.offline import WARMUP_TOKENS
-from vllm_vispec.bench.prompts import Prompt, cycle
+from vllm_vispec.bench.prompts import Prompt, waves
 from vllm_vispec.bench.report import Answer, acceptance, row
 from vllm_vispec.bench.server import VllmServer, spec_decode_counters
 
@@ -32,19 +34,17 @@ def measure(
     with VllmServer(pathlib.Path(args.target), kwargs, args.out / f"serve_{method}.log") as server:
         elapsed = server.wait_healthy()
         init_logger(f"vllm.{__name__}").info("%s server healthy after %.0f s", method, elapsed)
-        asyncio.run(_ask(server.url, messages, args, WARMUP_TOKENS, progress=None))
+        asyncio.run(_ask(server.url, messages, args, WARMUP_TOKENS))
         rows = []
         for batch in args.batch_sizes:
             before = spec_decode_counters(server.url)
-            answers, seconds = asyncio.run(
-                _ask(
-                    server.url,
-                    cycle(messages, batch),
-                    args,
-                    args.max_tokens,
-                    progress=f"serve {method} batch {batch}",
+            answers, seconds = [], 0.0
+            for wave in tqdm(waves(messages, batch), desc=f"serve {method} batch {batch}"):
+                wave_answers, wave_seconds = asyncio.run(
+                    _ask(server.url, wave, args, args.max_tokens)
                 )
-            )
+                answers += wave_answers
+                seconds += wave_seconds
             after = spec_decode_counters(server.url)
             spec = acceptance(before, after) if after else None
             rows.append(row("serve", method, batch, answers, seconds, spec))
@@ -56,7 +56,6 @@ async def _ask(
     conversations: list[list[dict[str, Any]]],
     args: argparse.Namespace,
     max_tokens: int,
-    progress: str | None,
 ) -> tuple[list[Answer], float]:
     """All conversations at once as streaming chat completions; (answers, wall seconds).
 
@@ -65,11 +64,9 @@ async def _ask(
     generated token ids (``return_token_ids``) and the batches here are in-memory image chats.
     """
     import openai
-    from tqdm import tqdm
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", timeout=REQUEST_TIMEOUT_S)
     model = (await client.models.list()).data[0].id
-    bar = tqdm(total=len(conversations), desc=progress, disable=progress is None)
 
     async def one(messages: list[dict[str, Any]]) -> Answer:
         stream = await client.chat.completions.create(
@@ -88,13 +85,11 @@ async def _ask(
                 if new and first is None:
                     first = time.perf_counter() - start
                 token_ids += new
-        bar.update()
         latency = time.perf_counter() - start
         return Answer(token_ids, latency if first is None else first, latency)
 
     start = time.perf_counter()
     answers = await asyncio.gather(*(one(m) for m in conversations))
     seconds = time.perf_counter() - start
-    bar.close()
     await client.close()
     return list(answers), seconds
