@@ -97,7 +97,7 @@ def measure(args: argparse.Namespace, tree: Any, k: int) -> dict[str, Any]:
         model_runner = runner(llm)
         _timed(model_runner, "_model_forward", totals, "target forward")
         _timed(model_runner.drafter, "propose", totals, "propose")
-        if model_runner.drafter.tree is not None:
+        if tree is not False:
             _timed(model_runner.drafter, "_expand", totals, "tree expansion")
         before, tokens, start = counters(llm), 0, time.perf_counter()
         for chat in chats:
