@@ -40,7 +40,7 @@ def _check_rows(result: dict, mode: str, methods: list[str], batches: list[int])
             assert r["speedup"] == 1.0 and "drafts" not in r, where
             continue
         assert r["speedup"] > 0, where
-        k = 29 if r["method"] in command.TREE_METHODS else 3  # trees: positions are depths
+        k = result["config"]["methods"][r["method"]]["num_speculative_tokens"]
         assert len(r["accepted_per_pos"]) == k, where
         assert 0 <= r["accepted_tokens"] <= r["draft_tokens"], where
         if r["method"] != "ngram":  # ngram only drafts when the output repeats the prompt
@@ -72,7 +72,7 @@ def test_bench_offline_all_methods(
     assert result["config"]["vispec"] == {
         "vispec": {},
         "vispec-tree": {"tree": True},
-        "vispec-auto": {"tree": True},
+        "vispec-auto": {},
     }
 
 
@@ -112,14 +112,14 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "ngram": None,
         "vispec": torch,
         "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6}},
-        "vispec-auto": {**torch, "tree": {"depth": 4, "top_k": 6}},
+        "vispec-auto": torch,  # the default schedule drafts chains only
     }
     schedules = {m.name: m.spec.get("num_speculative_tokens_per_batch_size") for m in methods[1:]}
     assert schedules == {
         "ngram": None,
         "vispec": None,
         "vispec-tree": None,
-        "vispec-auto": [[1, 1, 29], [2, 4, 3], [5, max(args.batch_sizes + [5]), 0]],
+        "vispec-auto": [[1, 4, 3], [5, max(args.batch_sizes + [5]), 0]],
     }
     given = cli.build_parser().parse_args(
         ["bench", "--target", str(tmp_path), "--vispec-draft", str(tmp_path),
@@ -127,7 +127,7 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
     )  # fmt: skip
     auto = command._methods(given)[-1]
     assert auto.spec["num_speculative_tokens_per_batch_size"] == [[1, 2, 29], [3, 64, 2]]
-    assert auto.spec["num_speculative_tokens"] == 29
+    assert auto.spec["num_speculative_tokens"] == 29 and auto.vispec == {"tree": True}
     for bad in ("[[1, 2]]", "[]", '[[1, 2, "x"]]', "{}"):
         given.schedule = bad
         with pytest.raises(command.BenchError, match="--schedule"):

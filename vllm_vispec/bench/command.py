@@ -5,8 +5,8 @@ comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EA
 EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as vispec-tree
 (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and vispec-auto (the
 draft under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size, given by --schedule:
-by default trees of --tree-nodes alone, chains of --k at 2-4 requests, no drafting beyond; how to
-find the schedule of a machine: README). A method whose draft is not given is skipped
+by default chains of --k up to 4 requests and no drafting beyond; how to find the schedule of a
+machine: README). A method whose draft is not given is skipped
 (--methods picks a subset). ViSpec's settings reach its engines as vLLM's additional_config
 {"vispec": {...}}: --vispec-config for every ViSpec method, plus --tree for the tree methods.
 Each method runs at every batch size (the number of concurrent requests) in two modes:
@@ -167,7 +167,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="JSON",
         help="vispec-auto's num_speculative_tokens_per_batch_size: [[first batch size, last, "
         "K], ...]; a K of at least depth x top_k drafts trees of K nodes, a smaller K chains, "
-        "0 nothing (default: [[1, 1, TREE_NODES], [2, 4, K], [5, LARGEST_BATCH, 0]])",
+        "0 nothing (default: [[1, 4, K], [5, LARGEST_BATCH, 0]], chains of --k up to 4 "
+        "requests and no drafting beyond: what paid on this project's CPU)",
     )
     parser.add_argument(
         "--tree-nodes",
@@ -329,16 +330,26 @@ def _methods(args: argparse.Namespace) -> list[Method]:
         if name == "vispec-auto":
             spec["num_speculative_tokens"] = max(k for _, _, k in _schedule(args))
             spec["num_speculative_tokens_per_batch_size"] = _schedule(args)
-        methods.append(Method(name, spec, vispec.get(name)))
+        settings = vispec.get(name)
+        if name == "vispec-auto" and spec["num_speculative_tokens"] < _min_tree(settings):
+            settings = vispec["vispec"]  # a schedule of chains only: no tree engine
+        methods.append(Method(name, spec, settings))
     return methods
 
 
+def _min_tree(settings: dict[str, Any]) -> int:
+    """The smallest K that drafts a tree under these vispec settings."""
+    tree = ViSpecSettings.from_dict(settings).tree
+    assert tree is not None
+    return tree.min_nodes
+
+
 def _schedule(args: argparse.Namespace) -> list[list[int]]:
-    """vispec-auto's batch-size schedule: --schedule, or trees alone, chains up to CHAIN_BATCH
-    requests, nothing beyond."""
+    """vispec-auto's batch-size schedule: --schedule, or chains of --k up to CHAIN_BATCH
+    requests and nothing beyond (what paid on this project's CPU, README's Measured)."""
     if args.schedule is None:
         largest = max([*args.batch_sizes, CHAIN_BATCH + 1])
-        return [[1, 1, args.tree_nodes], [2, CHAIN_BATCH, args.k], [CHAIN_BATCH + 1, largest, 0]]
+        return [[1, CHAIN_BATCH, args.k], [CHAIN_BATCH + 1, largest, 0]]
     schedule = _json_arg("--schedule", args.schedule, "[[1, 1, 29], [2, 4, 3], [5, 64, 0]]")
     if not (
         isinstance(schedule, list)
