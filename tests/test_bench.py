@@ -23,7 +23,7 @@ RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 def _bench(out: pathlib.Path, target: pathlib.Path, *args: str) -> dict:
     assert cli.main(["bench", "--target", str(target), "--out", str(out), *args]) == 0
-    for name in ("speedup.png", "acceptance.png"):
+    for name in ("throughput.png", "speedup.png", "acceptance.png"):
         assert (out / name).stat().st_size > 0, name
     assert "| method | batch | tok/s |" in (out / "bench.md").read_text()
     return json.loads((out / "bench.json").read_text())
@@ -62,11 +62,11 @@ def test_bench_offline_all_methods(
         "--vispec-draft", str(qwen_draft),
         "--eagle-draft", str(qwen_eagle_draft),
         "--modes", "offline",
-        "--batch-sizes", "1", "2",
-        "--max-tokens", "16",
+        "--batch-sizes", "2", "4",
+        "--max-tokens", "12",
     )  # fmt: skip
     methods = ["no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto"]
-    _check_rows(result, "offline", methods, [1, 2])
+    _check_rows(result, "offline", methods, [2, 4])
     tree = [r for r in result["rows"] if r["method"] == "vispec-tree"]
     assert all(r["draft_tokens"] > 4 * r["drafts"] for r in tree), "vispec-tree drafted no trees"
     assert result["config"]["vispec"] == {
@@ -86,11 +86,11 @@ def test_bench_serve(
         "--vispec-draft", str(qwen_draft),
         "--methods", "vispec",
         "--modes", "serve",
-        "--batch-sizes", "2",
+        "--batch-sizes", "4",
         "--max-tokens", "8",
         "--vispec-config", '{"feature_cache_mib": 32}',
     )  # fmt: skip
-    _check_rows(result, "serve", ["no-spec", "vispec"], [2])
+    _check_rows(result, "serve", ["no-spec", "vispec"], [4])
     log = (tmp_path / "serve_vispec.log").read_text(errors="replace")
     assert "EagleViSpecForCausalLM" in log and '"feature_cache_mib": 32' in log
     assert (

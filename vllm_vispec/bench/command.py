@@ -38,8 +38,8 @@ Each batch size runs in waves of that many concurrent requests until every promp
 (batch 1: each prompt alone, one after the other), cycling the set when a batch is larger.
 
 Writes to --out: bench.json (every figure, per-request timings, each ViSpec method's settings,
-machine, versions, command, date), bench.md (a table per mode), speedup.png, acceptance.png
-and, in serve mode, one serve_<method>.log per server."""
+machine, versions, command, date), bench.md (a table per mode), throughput.png, speedup.png,
+acceptance.png and, in serve mode, one serve_<method>.log per server."""
 
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "bench.md").write_text(markdown(result))
     plot(result, args.out)
     print(markdown(result))
-    _logger().info("wrote bench.json, bench.md, speedup.png, acceptance.png to %s", args.out)
+    _logger().info("wrote bench.json, bench.md and the plots (*.png) to %s", args.out)
     return 0
 
 

@@ -186,8 +186,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], out: pathlib.Path) -> None:
-    """speedup.png (speedup vs batch size) and acceptance.png (acceptance per draft position,
-    pooled over batch sizes), one panel per mode."""
+    """throughput.png (tokens/s vs batch size), speedup.png (speedup vs batch size) and
+    acceptance.png (acceptance per draft position, pooled over batch sizes), a panel per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,16 +198,18 @@ def plot(result: dict[str, Any], out: pathlib.Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
     batches = result["config"]["batch_sizes"]
     labels = {
+        "throughput": "output tokens/s",
         "speedup": "speedup vs no speculation",
         "acceptance": "acceptance (accepted / drafts)",
     }
+    by_batch = {"throughput": "tok_per_s", "speedup": "speedup"}
     for name, ylabel in labels.items():
         fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.8), squeeze=False)
         for ax, mode in zip(axes[0], modes, strict=True):
             for i, method in enumerate(methods):
                 rows = [r for r in result["rows"] if r["mode"] == mode and r["method"] == method]
-                if name == "speedup":
-                    xs, ys = [r["batch"] for r in rows], [r["speedup"] for r in rows]
+                if name in by_batch:
+                    xs, ys = [r["batch"] for r in rows], [r[by_batch[name]] for r in rows]
                 else:
                     drafts = sum(r.get("drafts") or 0 for r in rows)
                     if not drafts:
@@ -220,7 +222,7 @@ def plot(result: dict[str, Any], out: pathlib.Path) -> None:
                     xs = list(range(1, len(accepted) + 1))
                     ys = [a / drafts for a in accepted]
                 ax.plot(xs, ys, "o-", color=f"C{i}", label=method)
-            if name == "speedup":
+            if name in by_batch:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(batches, [str(b) for b in batches])
                 ax.set_xlabel("batch size (concurrent requests)")
