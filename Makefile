@@ -24,10 +24,9 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Two workers: vLLM's CPU engines compute on one core each (tests/conftest.py binds them);
-# modules marked xdist_group run on one worker, so their module fixtures are built once.
+# Two workers: vLLM's CPU engines compute on one core each (tests/conftest.py binds them).
 test: $(STAMP) lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 # The inner loop: tests that start no engine (kernels, references, worlds, the upgrade guard).
 FAST_TESTS := tests/test_kernels.py tests/test_tree_kernels.py tests/test_reference.py \

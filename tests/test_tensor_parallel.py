@@ -33,9 +33,6 @@ from vllm_vispec.checkpoint import draft_config_for_target
 from vllm_vispec.testing.tiny_drafts import random_tensors
 from vllm_vispec.validation import ViSpecConfigError, precheck, tensor_parallel_problem
 
-# One worker runs this module: its module-scoped fixtures (minutes of setup) then run once.
-pytestmark = pytest.mark.xdist_group("tensor_parallel")
-
 TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
 TARGET, DRAFT = TOY / "target", TOY / "vispec"
 IMAGE_TOKEN = 510  # the toy target's image placeholder id (config.json image_token_id)

@@ -21,9 +21,6 @@ from vllm_vispec.train.data import build_examples, collate, load_records
 from vllm_vispec.train.losses import RECIPES, distill_loss, topk_ranking
 from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, first_step_agreement, train
 
-# One worker runs this module: its module-scoped fixtures (minutes of setup) then run once.
-pytestmark = pytest.mark.xdist_group("train")
-
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
