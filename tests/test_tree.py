@@ -312,7 +312,7 @@ def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) 
     assert got == expected
     assert lengths == {3, 12}
     # K = 0 steps drafted nothing; their rows reached the draft's KV when drafting resumed.
-    assert drafter.skipped.peak_rows > 0 and drafter.extensions > 0
+    assert drafter.skipped.peak_rows > 0 and drafter.skipped.extensions > 0
 
 
 def _record_draft_lengths(llm) -> set[int]:

@@ -36,7 +36,7 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 from vllm_vispec.draft.model import EagleViSpecForCausalLM
 from vllm_vispec.feature_cache import FeatureCache
 from vllm_vispec.settings import vispec_settings
-from vllm_vispec.skipped_rows import SkippedRows
+from vllm_vispec.skipped_rows import SkippedRows, ranges
 from vllm_vispec.vision_inputs import VisionInputsBuilder
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ class ViSpecProposer(EagleProposer):
         self.settings = vispec_settings(vllm_config)
         # Steps of K = 0 (vLLM's batch-size schedule) keep their rows for one later pass.
         self.skipped = SkippedRows(self.max_num_tokens, self.hidden_size * self.dtype.itemsize)
-        self.extensions = self.extended_rows = 0
         if vllm_config.speculative_config.num_speculative_tokens_per_batch_size:
             logger.info(
                 "ViSpec: steps whose K is 0 run no draft pass; their draft inputs (up to %d "
@@ -204,11 +203,7 @@ class ViSpecProposer(EagleProposer):
         shifted = torch.empty_like(token_ids)
         shifted[:-1] = token_ids[1:]
         shifted[last] = next_token_ids[:num_reqs].to(shifted.dtype)
-        rows = torch.from_numpy(
-            np.concatenate(
-                [np.arange(a, a + n) for a, n in zip(query_start_loc[:-1], lengths, strict=True)]
-            )
-        ).to(self.device)
+        rows = torch.from_numpy(ranges(query_start_loc[:-1], lengths)).to(self.device)
         if not self.skipped.fits(len(rows)):
             self._extend(cad)
         self.skipped.add(req_ids, starts, lengths, shifted[rows], hidden_states[rows])
@@ -264,8 +259,6 @@ class ViSpecProposer(EagleProposer):
                 positions=self.positions[:n],
                 hidden_states=self.hidden_states[:n],
             )
-        self.extensions += 1
-        self.extended_rows += n
 
     def _draft_inputs(
         self, token_ids: torch.Tensor, hidden_states: torch.Tensor

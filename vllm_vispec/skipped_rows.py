@@ -43,9 +43,7 @@ class Extension:
 
     @property
     def positions(self) -> np.ndarray:
-        return np.concatenate(
-            [np.arange(a, b) for a, b in zip(self.starts, self.ends, strict=True)]
-        )
+        return ranges(self.starts, self.ends - self.starts)
 
 
 class SkippedRows:
@@ -57,6 +55,8 @@ class SkippedRows:
         self.num_rows = 0
         self.peak_rows = 0
         self.dropped_rows = 0  # rows of requests that left before drafting resumed
+        self.extensions = 0  # catch-up passes handed out by take()
+        self.extended_rows = 0
         self._segments: dict[str, list[_Segment]] = {}
 
     def __bool__(self) -> bool:
@@ -81,8 +81,10 @@ class SkippedRows:
                 continue
             segments = self._segments.setdefault(req_id, [])
             if segments and _end(segments[-1]) != starts[i]:
-                self._drop(req_id)  # recomputed from elsewhere (preemption): start again
-                segments = self._segments.setdefault(req_id, [])
+                # Recomputed from elsewhere (preemption): start again.
+                self.num_rows -= _count(segments)
+                self.dropped_rows += _count(segments)
+                segments.clear()
             lo = int(offsets[i])
             segments.append(_Segment(int(starts[i]), token_ids[lo : lo + n], hidden[lo : lo + n]))
             self.num_rows += n
@@ -94,32 +96,39 @@ class SkippedRows:
         rows, starts, ends, ids, hidden = [], [], [], [], []
         for row, req_id in enumerate(req_ids):
             segments = self._segments.pop(req_id, None)
-            if not segments or _end(segments[-1]) != step_starts[row]:
-                if segments:
-                    self.dropped_rows += sum(len(s.token_ids) for s in segments)
-                continue
-            rows.append(row)
-            starts.append(segments[0].start)
-            ends.append(_end(segments[-1]))
-            ids += [s.token_ids for s in segments]
-            hidden += [s.hidden for s in segments]
-        for req_id in list(self._segments):
-            self._drop(req_id)
+            if segments and _end(segments[-1]) == step_starts[row]:
+                rows.append(row)
+                starts.append(segments[0].start)
+                ends.append(_end(segments[-1]))
+                ids += [s.token_ids for s in segments]
+                hidden += [s.hidden for s in segments]
+            elif segments:
+                self.dropped_rows += _count(segments)
+        self.dropped_rows += sum(_count(s) for s in self._segments.values())
+        self._segments.clear()
         self.num_rows = 0
         if not rows:
             return None
-        return Extension(
+        extension = Extension(
             np.asarray(rows),
             np.asarray(starts),
             np.asarray(ends),
             torch.cat(ids),
             torch.cat(hidden),
         )
+        self.extensions += 1
+        self.extended_rows += len(extension.token_ids)
+        return extension
 
-    def _drop(self, req_id: str) -> None:
-        dropped = sum(len(s.token_ids) for s in self._segments.pop(req_id))
-        self.num_rows -= dropped
-        self.dropped_rows += dropped
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``starts[i], ..., starts[i] + lengths[i] - 1`` for every i, back to back."""
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(np.sum(lengths)))
+
+
+def _count(segments: list[_Segment]) -> int:
+    return sum(len(s.token_ids) for s in segments)
 
 
 def _end(segment: _Segment) -> int:

@@ -79,9 +79,10 @@ class ViSpecAttention(nn.Module):
                 cfg.num_attention_heads // tp, num_kv_heads, cfg.head_dim, block_size, requested
             )
         self.qkv_bias = cfg.qkv_bias
-        # The mark's extra channels live in the weights (:meth:`load_weight`): q, k and v come
-        # out of qkv_proj at the padded head size, q's mark channel is its bias (1), and o_proj
-        # reads the padded heads, so a step adds only the keys' mark to vLLM's Llama attention.
+        # The mark's extra channels live in the weights (:meth:`padded`, :meth:`set_mark_bias`):
+        # q, k and v come out of qkv_proj at the padded head size, q's mark channel is its bias
+        # (1), and o_proj reads the padded heads, so a step adds only the keys' mark to vLLM's
+        # Llama attention.
         self.padded_dim = padded_head_size(cfg.head_dim) if self.mode == "mark" else cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size,
