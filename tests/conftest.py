@@ -140,6 +140,19 @@ def qwen3_draft(
 
 
 @pytest.fixture(scope="session")
+def qwen3_nemo_draft(
+    qwen3_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """A ViSpec draft for the tiny Qwen3-VL target as NeMo Automodel exports one (num_q 2,
+    echo, trained input and final norms, attention head_dim 48 against hidden / heads = 32,
+    two safetensors shards): vLLM is given this folder as it is."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("qwen3-nemo-draft") / "d"
+    return build_tiny_draft(qwen3_target, folder, echo=True, nemo_export=True, head_dim=48)
+
+
+@pytest.fixture(scope="session")
 def llava15_draft(
     llava15_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:

@@ -20,6 +20,7 @@ import torch
 from vllm_vispec import __version__
 from vllm_vispec.checkpoint import (
     BIN_FILE,
+    INDEX_FILE,
     SAFETENSORS_FILE,
     CheckpointError,
     draft_config_for_target,
@@ -29,7 +30,11 @@ from vllm_vispec.checkpoint import (
 )
 from vllm_vispec.cli import main
 from vllm_vispec.config import ViSpecConfig, is_plugin_config
-from vllm_vispec.testing.tiny_drafts import random_official_checkpoint
+from vllm_vispec.testing.tiny_drafts import (
+    random_official_checkpoint,
+    random_tensors,
+    write_nemo_export,
+)
 
 QWEN = ViSpecConfig(
     hidden_size=64,
@@ -302,6 +307,60 @@ def test_converted_draft_loads_strictly_into_the_reference(tmp_path, capsys, cfg
     )
 
 
+def _nemo_export(tmp_path: pathlib.Path, **overrides: object) -> tuple[pathlib.Path, ViSpecConfig]:
+    """A NeMo Automodel export for the scaled-down Qwen2.5-VL target, attention head_dim 48
+    (hidden / heads is 16) as on targets whose head_dim is explicit."""
+    target = write_config(tmp_path / "target", qwen_target_config())
+    fields = {"head_dim": 48, "input_norm": True, "final_norm": True, **overrides}
+    cfg = draft_config_for_target(target, num_q=3, fc_bias=True, **fields)
+    src = write_nemo_export(tmp_path / "nemo", target, cfg, random_tensors(cfg, seed=5), shards=3)
+    return src, cfg
+
+
+def test_nemo_automodel_export_converts_and_loads_strictly_into_the_reference(tmp_path, capsys):
+    """NeMo's layout (target text config with the draft's fields, ``img_adaptor``, two trained
+    norms, explicit head_dim, safetensors shards and index) becomes a plugin draft with the
+    same tensors under the released names."""
+    from vllm_vispec.reference import ViSpecDraft
+
+    src, cfg = _nemo_export(tmp_path)
+    assert (src / INDEX_FILE).is_file() and not (src / SAFETENSORS_FILE).exists()
+    config = json.loads((src / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["model_type"] == "qwen2_5_vl_text"
+    dst = tmp_path / "draft"
+    assert main(["convert", str(src), str(dst)]) == 0
+    loaded, tensors = load_draft(dst)
+    assert loaded == cfg and (loaded.head_dim, loaded.adaptor_head_dim) == (48, 16)
+    assert json.loads((dst / "config.json").read_text())["vispec"]["source_file"] == INDEX_FILE
+    assert json.loads((dst / "config.json").read_text())["vispec"]["format_version"] == 2
+    expected = random_tensors(cfg, seed=5)
+    assert tensors.keys() == expected.keys()
+    assert all(torch.equal(tensors[n], expected[n]) for n in expected)
+    draft = ViSpecDraft(loaded, torch.randn(cfg.vocab_size, cfg.hidden_size))
+    draft.load_state_dict(tensors, strict=True)
+    assert draft.layers[0].input_layernorm is not None and draft.norm is not None
+
+
+def test_a_nemo_export_missing_a_shard_is_a_one_line_error(tmp_path, capsys):
+    src, _ = _nemo_export(tmp_path)
+    (src / "model-00002-of-00003.safetensors").unlink()
+    dst = tmp_path / "draft"
+    code = main(["convert", str(src), str(dst)])
+    assert_user_error(capsys, code, dst, "lacks the shards model-00002-of-00003", INDEX_FILE)
+
+
+def test_a_newer_draft_format_is_refused_by_version(tmp_path):
+    """Drafts with norms are format 2 (an older plugin refuses them instead of dropping the
+    norms); drafts without stay format 1."""
+    src, cfg = _nemo_export(tmp_path)
+    assert main(["convert", str(src), str(tmp_path / "a")]) == 0
+    plain = dataclasses.replace(cfg, input_norm=False, final_norm=False)
+    assert json.loads(json.dumps(plain.to_hf_dict()))["vispec"]["format_version"] == 1
+    rewrite_config(tmp_path / "a", vispec={"format_version": 3, "num_q": 3})
+    with pytest.raises(CheckpointError, match="newer vllm-vispec"):
+        load_draft(tmp_path / "a")
+
+
 # --------------------------------------------------------------------------------------------
 # User mistakes
 
@@ -313,7 +372,7 @@ def _truncate(folder: pathlib.Path, name: str) -> None:
 
 BAD_SOURCES = {
     "missing-config": (lambda f: (f / "config.json").unlink(), ["no config.json"]),
-    "no-weights": (lambda f: (f / SAFETENSORS_FILE).unlink(), ["model.safetensors or"]),
+    "no-weights": (lambda f: (f / SAFETENSORS_FILE).unlink(), ["has no model.safetensors"]),
     "invalid-json": (lambda f: (f / "config.json").write_text("{"), ["cannot parse"]),
     "config-lacks-key": (
         lambda f: (f / "config.json").write_text(json.dumps({"hidden_size": 64})),
@@ -343,9 +402,17 @@ BAD_SOURCES = {
         lambda f: rewrite_config(f, vocab_size=321),
         ["embed_tokens.weight has shape [320, 64], expected [321, 64]"],
     ),
-    "nemo-automodel-export": (
+    "nemo-two-layers": (
+        lambda f: rewrite_config(f, architectures=["VispecDraftModel"], draft_num_hidden_layers=2),
+        ["NeMo Automodel ViSpec draft with 2 decoder layers", "draft_num_hidden_layers: 1"],
+    ),
+    "nemo-o-proj-bias": (
+        lambda f: rewrite_config(f, architectures=["VispecDraftModel"], attention_bias=True),
+        ["an o_proj bias", "attention_bias: false"],
+    ),
+    "nemo-without-its-norms": (
         lambda f: rewrite_config(f, architectures=["VispecDraftModel"]),
-        ["NeMo Automodel ViSpec draft", "RMSNorms", "vllm-vispec train"],
+        ["2 of the 22 tensors", "layers.0.input_layernorm.weight", "input_norm=True"],
     ),
     "bad-q-rank": (
         lambda f: rewrite_tensors(f, lambda t: t.update({"imadpt.q": torch.zeros(2, 64)})),

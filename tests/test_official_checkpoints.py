@@ -98,3 +98,31 @@ def test_official_checkpoints_resolve_once_by_content(
     assert text.count("converted the official checkpoint") == 1, text
     assert text.count("runs from its converted copy") == 1, text
     assert checkpoint.load_draft(copy)[0] == checkpoint.load_draft(qwen_draft)[0]
+
+
+def test_nemo_automodel_export_runs_as_published(
+    qwen3_target: pathlib.Path, qwen3_nemo_draft: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A NeMo Automodel export (sharded, norms, explicit head_dim) named as the draft runs
+    lossless through chunked prefill that splits images and preemption, drafts accepted."""
+    from test_lossless import CHUNK
+
+    limits = {
+        "max_num_batched_tokens": CHUNK["qwen3"],
+        "num_gpu_blocks_override": 16,
+        "max_model_len": 448,
+    }
+    expected = plain_greedy(qwen3_target, MIXED_BATCH * 2, **limits)[0]
+    with engine(qwen3_target, qwen3_nemo_draft, download_dir=str(tmp_path), **limits) as llm:
+        before = counters(llm)
+        tokens = greedy(llm, MIXED_BATCH * 2)
+        after = counters(llm)
+        config = llm.llm_engine.vllm_config.speculative_config
+        used = config.model
+    assert tokens == expected
+    accepted = "vllm:spec_decode_num_accepted_tokens"
+    assert after[accepted] - before.get(accepted, 0) > 0, "no draft token was accepted"
+    assert after["vllm:num_preemptions"] > before.get("vllm:num_preemptions", 0)
+    assert pathlib.Path(used).parent == tmp_path / CACHE_FOLDER
+    cfg = checkpoint.load_draft(used)[0]
+    assert (cfg.head_dim, cfg.input_norm, cfg.final_norm) == (48, True, True)

@@ -20,7 +20,8 @@ import torch
 from engines import chat, engine, runner
 from vllm import SamplingParams
 
-from vllm_vispec.checkpoint import load_draft
+from vllm_vispec.checkpoint import load_draft, load_official
+from vllm_vispec.config import is_plugin_config
 from vllm_vispec.layout import image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
 
@@ -107,7 +108,8 @@ class FirstPassRecorder:
 
 
 def _reference(target: pathlib.Path, draft: pathlib.Path) -> ViSpecDraft:
-    cfg, tensors = load_draft(draft)
+    official = not is_plugin_config(json.loads((draft / "config.json").read_text()))
+    cfg, tensors = load_official(draft) if official else load_draft(draft)
     with safetensors.safe_open(target / "model.safetensors", "pt") as f:
         lm_head = f.get_tensor(next(k for k in f.keys() if k.endswith("lm_head.weight")))
     model = ViSpecDraft(cfg, lm_head_weight=lm_head)
@@ -133,6 +135,7 @@ def _image_token(target: pathlib.Path) -> int:
         ("llava15", 40, "mark"),
         ("qwen3", None, "mark"),
         ("qwen3", 40, "mark"),
+        ("qwen3-nemo", 40, "mark"),
         ("qwen", 40, "torch"),
         ("llava", 160, "torch"),
         ("qwen", 40, "triton"),
@@ -144,15 +147,17 @@ def test_first_pass_matches_reference(
     name: str, chunk: int | None, attention: str, request
 ) -> None:
     """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
-    ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py)."""
+    ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py).
+    ``qwen3-nemo``: a NeMo Automodel export (norms, explicit head_dim) given to vLLM as is."""
     if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs TRITON_INTERPRET=1 (run by test_interpreted.py)")
-    target = request.getfixturevalue(f"{name}_target")
-    draft = request.getfixturevalue(f"{name}_draft")
+    target = request.getfixturevalue(f"{name.partition('-')[0]}_target")
+    draft = request.getfixturevalue(f"{name.replace('-', '_')}_draft")
     # No prefix caching: every prompt position must pass through the draft once.
     overrides = {"enable_prefix_caching": False}
     if chunk is not None:
         overrides.update(max_num_batched_tokens=chunk, max_num_seqs=1)
+    overrides["download_dir"] = str(draft.parent / "cache")  # where a NeMo export is converted
     with engine(target, draft, vispec={"draft_attention": attention}, **overrides) as llm:
         recorder = FirstPassRecorder(llm)
         assert recorder.drafter.draft.model.layers[0].self_attn.mode == attention

@@ -13,12 +13,17 @@ from typing import Any
 
 # vLLM's EAGLEConfig keeps architectures that already start with "Eagle" as they are.
 DRAFT_ARCHITECTURE = "EagleViSpecForCausalLM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: drafts with trained norms (input_norm / final_norm)
 
 
 @dataclasses.dataclass(frozen=True)
 class ViSpecConfig:
-    """Shapes and options of one ViSpec draft (one Llama decoder layer + vision adaptor)."""
+    """Shapes and options of one ViSpec draft (one Llama decoder layer + vision adaptor).
+
+    ``head_dim`` defaults to hidden / heads (the released drafts); drafts exported by NVIDIA NeMo
+    Automodel take the target's, which may differ, and add two trained RMSNorms: before the
+    layer's attention (``input_norm``) and on its output (``final_norm``).
+    """
 
     hidden_size: int
     intermediate_size: int
@@ -31,6 +36,9 @@ class ViSpecConfig:
     qkv_bias: bool = False
     fc_bias: bool = True
     num_q: int = 2
+    head_dim: int = 0  # 0: hidden_size // num_attention_heads
+    input_norm: bool = False
+    final_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -45,10 +53,19 @@ class ViSpecConfig:
             )
         if self.num_q < 1:
             raise ValueError(f"num_q must be >= 1, got {self.num_q}")
+        if self.head_dim < 0 or self.head_dim % 2:
+            raise ValueError(f"head_dim must be a positive even number, got {self.head_dim}")
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.adaptor_head_dim)
 
     @property
-    def head_dim(self) -> int:
+    def adaptor_head_dim(self) -> int:
+        """The adaptor's heads split hidden_size, whatever the attention's head_dim."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def has_norms(self) -> bool:
+        return self.input_norm or self.final_norm
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], num_q: int | None = None) -> ViSpecConfig:
@@ -61,7 +78,8 @@ class ViSpecConfig:
             rope_theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
         scaling = d.get("rope_scaling") or d.get("rope_parameters") or {}
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type != "default":
+        # A VLM target's M-RoPE is plain RoPE along one axis: the draft uses raw 1-D positions.
+        if rope_type not in ("default", "mrope"):
             raise ValueError(f"rope scaling {rope_type!r} is not supported by ViSpec drafts")
         if d.get("num_hidden_layers", 1) != 1:
             raise ValueError(
@@ -81,6 +99,9 @@ class ViSpecConfig:
             qkv_bias=bool(d.get("qkv_bias", False)),
             fc_bias=bool(d.get("bias", True)),
             num_q=int(num_q if num_q is not None else vispec.get("num_q", 2)),
+            head_dim=int(d.get("head_dim") or 0),
+            input_norm=bool(vispec.get("input_norm", False)),
+            final_norm=bool(vispec.get("final_norm", False)),
         )
 
     def to_hf_dict(self, **provenance: Any) -> dict[str, Any]:
@@ -102,7 +123,14 @@ class ViSpecConfig:
             "qkv_bias": self.qkv_bias,
             "bias": self.fc_bias,
             "tie_word_embeddings": False,
-            "vispec": {"format_version": FORMAT_VERSION, "num_q": self.num_q, **provenance},
+            "vispec": {
+                # Drafts without norms stay readable by plugins that predate them.
+                "format_version": FORMAT_VERSION if self.has_norms else 1,
+                "num_q": self.num_q,
+                **({"input_norm": True} if self.input_norm else {}),
+                **({"final_norm": True} if self.final_norm else {}),
+                **provenance,
+            },
         }
 
 

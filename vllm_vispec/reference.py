@@ -1,11 +1,11 @@
 """Plain-PyTorch ViSpec draft: the oracle the vLLM draft is tested against, and what training fits.
 
-One Llama decoder layer (no input norm, no final norm) over an EAGLE-shifted sequence in which
-every image is replaced by ``num_q - 1`` compressed tokens from a vision adaptor, and every text
-position sees the latest image's global feature through ``img_fc``. Where images sit is decided by
-:mod:`vllm_vispec.layout`. Parameter names are those of the official checkpoints, so an official
-state dict loads with ``strict=True``. No vLLM import, no KV cache: every call recomputes the
-whole sequence.
+One Llama decoder layer (input and final norms only where a checkpoint trained them) over an
+EAGLE-shifted sequence in which every image is replaced by ``num_q - 1`` compressed tokens from a
+vision adaptor, and every text position sees the latest image's global feature through ``img_fc``.
+Where images sit is decided by :mod:`vllm_vispec.layout`. Parameter names are those of the official
+checkpoints, so an official state dict loads with ``strict=True``. No vLLM import, no KV cache:
+every call recomputes the whole sequence.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def vision_adaptor(
 class VisionAdaptor(nn.Module):
     def __init__(self, config: ViSpecConfig):
         super().__init__()
-        h, nh, hd = config.hidden_size, config.num_attention_heads, config.head_dim
+        h, nh, hd = config.hidden_size, config.num_attention_heads, config.adaptor_head_dim
         self.q = nn.Parameter(torch.randn(config.num_q, nh, hd) * hd**-0.5)
         self.k_proj = nn.Linear(h, nh * hd, bias=config.qkv_bias)
         self.v_proj = nn.Linear(h, nh * hd, bias=config.qkv_bias)
@@ -163,16 +163,21 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Llama decoder layer without ``input_layernorm``: the fc output enters attention as is."""
+    """Llama decoder layer; without ``input_norm`` (released drafts) the fc output enters
+    attention as is."""
 
     def __init__(self, config: ViSpecConfig):
         super().__init__()
         self.self_attn = Attention(config)
         self.mlp = MLP(config)
+        self.input_layernorm = (
+            RMSNorm(config.hidden_size, config.rms_norm_eps) if config.input_norm else None
+        )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(x, cos, sin)
+        a = x if self.input_layernorm is None else self.input_layernorm(x)
+        x = x + self.self_attn(a, cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -194,6 +199,8 @@ class ViSpecDraft(nn.Module):
         self.fc = nn.Linear(2 * h, h, bias=config.fc_bias)
         self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
         self.imadpt = VisionAdaptor(config)
+        # Its output is both the fed-back hidden state and the logits' input.
+        self.norm = RMSNorm(h, config.rms_norm_eps) if config.final_norm else None
         self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
         self.reset_img_fc()
 
@@ -261,7 +268,8 @@ class ViSpecDraft(nn.Module):
     def decode(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the decoder layer on right-padded rows [B, T, H] at raw positions [B, T]."""
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        return self.layers[0](x, cos, sin)
+        out = self.layers[0](x, cos, sin)
+        return out if self.norm is None else self.norm(out)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head_weight is None:

@@ -25,6 +25,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vllm_vispec.checkpoint import nemo
+from vllm_vispec.checkpoint.errors import CheckpointError
 from vllm_vispec.config import FORMAT_VERSION, ViSpecConfig, is_plugin_config
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
+INDEX_FILE = "model.safetensors.index.json"  # sharded safetensors (NeMo Automodel exports)
 CONVERT_COMMAND = "vllm-vispec convert"
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # a hub id, as "JLKang/ViSpec-Qwen2.5-VL-7B-Instruct"
 _HF_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+$")
@@ -50,35 +53,35 @@ _READ_ERRORS = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint, target or destination that cannot be used; the message says what to do."""
-
-
 def expected_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of an official ViSpec draft with this config."""
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     nh, hd = cfg.num_attention_heads, cfg.head_dim
-    kv = cfg.num_key_value_heads * hd
+    q, kv = nh * hd, cfg.num_key_value_heads * hd
     attn = "layers.0.self_attn."
     shapes: dict[str, tuple[int, ...]] = {
         "embed_tokens.weight": (v, h),
-        attn + "q_proj.weight": (h, h),
+        attn + "q_proj.weight": (q, h),
         attn + "k_proj.weight": (kv, h),
         attn + "v_proj.weight": (kv, h),
-        attn + "o_proj.weight": (h, h),
+        attn + "o_proj.weight": (h, q),
         "layers.0.mlp.gate_proj.weight": (i, h),
         "layers.0.mlp.up_proj.weight": (i, h),
         "layers.0.mlp.down_proj.weight": (h, i),
         "layers.0.post_attention_layernorm.weight": (h,),
         "fc.weight": (h, 2 * h),
         "img_fc.weight": (h, 2 * h),
-        "imadpt.q": (cfg.num_q, nh, hd),
+        "imadpt.q": (cfg.num_q, nh, cfg.adaptor_head_dim),
         "imadpt.k_proj.weight": (h, h),
         "imadpt.v_proj.weight": (h, h),
         "imadpt.o_proj.weight": (h, h),
     }
+    if cfg.input_norm:
+        shapes["layers.0.input_layernorm.weight"] = (h,)
+    if cfg.final_norm:
+        shapes["norm.weight"] = (h,)
     if cfg.qkv_bias:
-        shapes.update({attn + "q_proj.bias": (h,), attn + "k_proj.bias": (kv,)})
+        shapes.update({attn + "q_proj.bias": (q,), attn + "k_proj.bias": (kv,)})
         shapes.update({attn + "v_proj.bias": (kv,)})
         shapes.update({"imadpt.k_proj.bias": (h,), "imadpt.v_proj.bias": (h,)})
     if cfg.fc_bias:
@@ -114,36 +117,55 @@ def validate_tensors(cfg: ViSpecConfig, tensors: Mapping[str, torch.Tensor], ori
         )
 
 
-def find_weights(folder: Path) -> Path:
-    """The single weights file of an official checkpoint folder (safetensors preferred)."""
-    for name in (SAFETENSORS_FILE, BIN_FILE):
-        if (folder / name).is_file():
-            return folder / name
+def find_weights(folder: Path) -> list[Path]:
+    """The weights files of a checkpoint folder: one safetensors or ``.bin`` file, or the
+    safetensors shards its index names."""
+    if (folder / SAFETENSORS_FILE).is_file():
+        return [folder / SAFETENSORS_FILE]
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"cannot parse {index} ({_reason(e)}); download it again") from e
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing or not shards:
+            raise CheckpointError(
+                f"{folder} lacks the shards {_few(missing)} that {INDEX_FILE} names; download "
+                f"the whole repository"
+            )
+        return [folder / s for s in shards]
+    if (folder / BIN_FILE).is_file():
+        return [folder / BIN_FILE]
     raise CheckpointError(
-        f"{folder} has no {SAFETENSORS_FILE} or {BIN_FILE}: an official ViSpec checkpoint folder "
-        f"holds config.json and one of them; download the whole repository"
+        f"{folder} has no {SAFETENSORS_FILE}, {INDEX_FILE} or {BIN_FILE}: a ViSpec checkpoint "
+        f"folder holds config.json and the weights; download the whole repository"
     )
 
 
-def read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors or ``.bin`` state dict onto the CPU without running pickled code."""
-    try:
-        if file.suffix == ".safetensors":
-            tensors = safetensors.torch.load_file(file)
-        else:
-            tensors = torch.load(file, map_location="cpu", weights_only=True)
-    except _READ_ERRORS as e:
-        raise CheckpointError(
-            f"cannot read {file} ({_reason(e)}): the file is corrupt or truncated; download it "
-            f"again"
-        ) from e
-    if not isinstance(tensors, dict) or not all(
-        isinstance(t, torch.Tensor) for t in tensors.values()
-    ):
-        raise CheckpointError(
-            f"{file} is not a flat state dict of tensors (a training checkpoint?); "
-            f"save the draft's state_dict() alone"
-        )
+def read_tensors(files: Iterable[Path]) -> dict[str, torch.Tensor]:
+    """Load safetensors or ``.bin`` state dicts (shards merged) onto the CPU without running
+    pickled code."""
+    tensors: dict[str, Any] = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                part = safetensors.torch.load_file(file)
+            else:
+                part = torch.load(file, map_location="cpu", weights_only=True)
+        except _READ_ERRORS as e:
+            raise CheckpointError(
+                f"cannot read {file} ({_reason(e)}): the file is corrupt or truncated; download "
+                f"it again"
+            ) from e
+        if not isinstance(part, dict) or not all(
+            isinstance(t, torch.Tensor) for t in part.values()
+        ):
+            raise CheckpointError(
+                f"{file} is not a flat state dict of tensors (a training checkpoint?); "
+                f"save the draft's state_dict() alone"
+            )
+        tensors.update(part)
     return {k: v for k, v in tensors.items() if not k.endswith(_DERIVED_SUFFIXES)}
 
 
@@ -156,14 +178,11 @@ def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor
             f"{src} is already in vllm-vispec format; pass it to vLLM as it is, no conversion "
             f"needed"
         )
-    if d.get("architectures") == [NEMO_ARCHITECTURE]:
-        raise CheckpointError(
-            f"{src} is a NeMo Automodel ViSpec draft: it also applies trained input and final "
-            f"RMSNorms that the released ViSpec drafts (and this plugin's draft) do not have, so "
-            f"it cannot be converted; use a released ViSpec checkpoint or `vllm-vispec train`"
-        )
-    file = find_weights(src)
-    tensors = read_tensors(file)
+    files = find_weights(src)
+    file = files[0].parent / INDEX_FILE if len(files) > 1 else files[0]
+    tensors = read_tensors(files)
+    if nemo.is_nemo(d):
+        d, tensors = nemo.official_config(d, src), nemo.official_names(tensors)
     if "imadpt.q" not in tensors:
         raise CheckpointError(
             f"{file} is not a ViSpec checkpoint: {_what_it_is(tensors)}; use a ViSpec draft "
@@ -176,6 +195,12 @@ def load_official(src: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor
             f"download the checkpoint again"
         )
     cfg = _config_from_dict(d, src, num_q=q.shape[0])
+    if d.get("vispec_num_query_tokens", cfg.num_q) != cfg.num_q:
+        raise CheckpointError(
+            f"{src / CONFIG_FILE} says vispec_num_query_tokens "
+            f"{d['vispec_num_query_tokens']} but {file} has {cfg.num_q} adaptor queries; "
+            f"download the checkpoint again"
+        )
     validate_tensors(cfg, tensors, str(file))
     return cfg, tensors
 
@@ -189,9 +214,13 @@ def provenance(src: Path) -> dict[str, str]:
     return {
         # The hub repo id for a folder in the hub cache, else the absolute path.
         "converted_from": f"{found[1]}/{found[2]}" if found else str(src),
-        "source_file": find_weights(src).name,
+        "source_file": _source_file(find_weights(src)),
         "converter_version": __version__,
     }
+
+
+def _source_file(files: list[Path]) -> str:
+    return INDEX_FILE if len(files) > 1 else files[0].name
 
 
 def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:
@@ -203,6 +232,7 @@ def official_config_dict(cfg: ViSpecConfig) -> dict[str, Any]:
         "intermediate_size": cfg.intermediate_size,
         "num_attention_heads": cfg.num_attention_heads,
         "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
         "num_hidden_layers": 1,
         "hidden_act": "silu",
         "rms_norm_eps": cfg.rms_norm_eps,
@@ -234,7 +264,6 @@ def save_draft(
 
 
 VISION_PREFIXES = ("imadpt.", "img_fc.")
-NEMO_ARCHITECTURE = "VispecDraftModel"  # NVIDIA NeMo Automodel's ViSpec drafts (PR 3173)
 WRITTEN_BY = "vllm-vispec"  # marks EAGLE baselines we wrote, so --force may replace them
 
 
@@ -307,7 +336,7 @@ def check_draft(path: str | Path) -> ViSpecConfig:
     d = _read_config(path, role="draft")
     if not is_plugin_config(d):
         names = tensor_names(path)
-        if "imadpt.q" in names:
+        if has_adaptor(names):
             raise CheckpointError(
                 f"{path} is an official ViSpec checkpoint that has not been converted; run "
                 f"`{CONVERT_COMMAND} {path} DST` and use DST"
@@ -351,7 +380,7 @@ def check_draft(path: str | Path) -> ViSpecConfig:
 def load_draft(path: str | Path) -> tuple[ViSpecConfig, dict[str, torch.Tensor]]:
     """Read and validate a plugin-format draft folder (what ``vllm-vispec convert`` writes)."""
     cfg = check_draft(path)
-    return cfg, read_tensors(Path(path) / SAFETENSORS_FILE)
+    return cfg, read_tensors([Path(path) / SAFETENSORS_FILE])
 
 
 def load_target_text_config(target_dir: str | Path) -> PretrainedConfig:
@@ -491,19 +520,23 @@ def _config_from_dict(d: dict[str, Any], folder: Path, num_q: int | None = None)
 
 
 def tensor_names(folder: Path) -> set[str]:
-    """Names in a folder's weights file without reading the data; empty if there is none."""
-    for name in (SAFETENSORS_FILE, BIN_FILE):
-        file = folder / name
-        if not file.is_file():
-            continue
-        try:
-            if name == SAFETENSORS_FILE:
+    """Names in a folder's weights files without reading the data; empty if there are none."""
+    names: set[str] = set()
+    try:
+        for file in find_weights(folder):
+            if file.suffix == ".safetensors":
                 with safetensors.safe_open(file, "pt") as f:
-                    return set(f.keys())
-            return set(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-        except _READ_ERRORS:
-            return set()
-    return set()
+                    names.update(f.keys())
+            else:
+                names.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+    except (CheckpointError, *_READ_ERRORS):
+        return set()
+    return names
+
+
+def has_adaptor(names: set[str]) -> bool:
+    """True for the tensor names of a ViSpec draft (released or NeMo layout)."""
+    return "imadpt.q" in names or bool(names & nemo.QUERY_NAMES)
 
 
 def _what_it_is(names: Iterable[str]) -> str:
@@ -536,12 +569,14 @@ def _few(names: list[str], n: int = 3) -> str:
 
 
 def _flags(cfg: ViSpecConfig) -> str:
-    return f"qkv_bias={cfg.qkv_bias}, bias={cfg.fc_bias}"
+    norms = f", input_norm={cfg.input_norm}, final_norm={cfg.final_norm}" if cfg.has_norms else ""
+    return f"qkv_bias={cfg.qkv_bias}, bias={cfg.fc_bias}{norms}"
 
 
 def _sizes(cfg: ViSpecConfig) -> str:
     return (
         f"hidden_size={cfg.hidden_size}, intermediate_size={cfg.intermediate_size}, "
         f"heads={cfg.num_attention_heads}, kv_heads={cfg.num_key_value_heads}, "
+        f"head_dim={cfg.head_dim}, "
         f"vocab_size={cfg.vocab_size}, num_q={cfg.num_q}"
     )

@@ -18,9 +18,11 @@ from vllm.logger import init_logger
 from vllm_vispec.checkpoint import (
     BIN_FILE,
     CONFIG_FILE,
+    INDEX_FILE,
     REPO_ID,
     SAFETENSORS_FILE,
     find_weights,
+    has_adaptor,
     load_official,
     provenance,
     save_draft,
@@ -78,7 +80,7 @@ def converted_copy(src: Path, cache_root: Path) -> Path:
 def content_hash(folder: Path) -> str:
     """sha256 of an official checkpoint's config.json and weights file."""
     h = hashlib.sha256()
-    for file in (folder / CONFIG_FILE, find_weights(folder)):
+    for file in (folder / CONFIG_FILE, *find_weights(folder)):
         h.update(file.name.encode())
         with open(file, "rb") as f:
             while chunk := f.read(_CHUNK):
@@ -97,8 +99,8 @@ def _is_official(folder: Path) -> bool:
         return False
     names = tensor_names(folder)
     if names:
-        return "imadpt.q" in names
-    return any((folder / name).is_file() for name in (SAFETENSORS_FILE, BIN_FILE))
+        return has_adaptor(names)
+    return any((folder / name).is_file() for name in (SAFETENSORS_FILE, INDEX_FILE, BIN_FILE))
 
 
 def _download(repo: str, revision: str | None, download_dir: str | None) -> Path | None:
@@ -110,9 +112,9 @@ def _download(repo: str, revision: str | None, download_dir: str | None) -> Path
         config = download_weights_from_hf(repo, download_dir, [CONFIG_FILE], revision)
         if is_plugin_config(json.loads((Path(config) / CONFIG_FILE).read_text())):
             return None
-        return Path(
-            download_weights_from_hf(repo, download_dir, [SAFETENSORS_FILE, BIN_FILE], revision)
-        )
+        # One file, else the shards (vLLM's downloader fetches their index with them).
+        patterns = [SAFETENSORS_FILE, "*.safetensors", BIN_FILE]
+        return Path(download_weights_from_hf(repo, download_dir, patterns, revision))
     except (OSError, ValueError) as e:  # the hub's errors (offline misses are OSErrors too)
         logger.debug("ViSpec: %s is not a downloadable checkpoint (%s)", repo, e)
         return None

@@ -20,7 +20,8 @@ class VisionAdaptor(nn.Module):
     def __init__(self, cfg: ViSpecConfig) -> None:
         super().__init__()
         h = cfg.hidden_size
-        self.q = nn.Parameter(torch.empty(cfg.num_q, cfg.num_attention_heads, cfg.head_dim))
+        nh = cfg.num_attention_heads
+        self.q = nn.Parameter(torch.empty(cfg.num_q, nh, cfg.adaptor_head_dim))
         self.k_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(h, h, bias=False)

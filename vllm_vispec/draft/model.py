@@ -39,18 +39,23 @@ from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 
 class ViSpecDecoderLayer(nn.Module):
-    """Llama layer 0 of an EAGLE draft: no input norm, post-attention norm, gated MLP."""
+    """Llama layer 0 of an EAGLE draft: post-attention norm, gated MLP, and an input norm only
+    where the checkpoint trained one (NeMo exports)."""
 
     def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
         self.self_attn = ViSpecAttention(cfg, vllm_config, f"{prefix}.self_attn")
+        self.input_layernorm = (
+            RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if cfg.input_norm else None
+        )
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
-        x = x + self.self_attn(positions, x, hidden)
+        a = x if self.input_layernorm is None else self.input_layernorm(x)
+        x = x + self.self_attn(positions, a, hidden)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -99,6 +104,8 @@ class ViSpecModel(nn.Module):
         self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
         self.img_fc = ImageFeatureFc(h, cfg.fc_bias)
         self.imadpt = VisionAdaptor(cfg)
+        # Output norm of NeMo exports: its output is what EAGLE feeds back and the lm_head reads.
+        self.norm = RMSNorm(h, eps=cfg.rms_norm_eps) if cfg.final_norm else None
 
     def forward(
         self,
@@ -116,7 +123,8 @@ class ViSpecModel(nn.Module):
         image_aware = self.img_fc(hidden_states, global_rows)
         x = self.fc(torch.cat([self.embed_tokens(input_ids), image_aware], dim=-1))
         x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
-        return self.layers[0](positions, x, hidden)
+        out = self.layers[0](positions, x, hidden)
+        return out if self.norm is None else self.norm(out)
 
 
 class EagleViSpecForCausalLM(nn.Module):

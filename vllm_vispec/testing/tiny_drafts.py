@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import safetensors.torch
 import torch
@@ -16,10 +16,13 @@ import torch
 from vllm_vispec.checkpoint import (
     BIN_FILE,
     CONFIG_FILE,
+    INDEX_FILE,
     SAFETENSORS_FILE,
     VISION_PREFIXES,
     draft_config_for_target,
     expected_shapes,
+    load_target_text_config,
+    nemo,
     official_config_dict,
     save_draft,
     save_eagle_draft,
@@ -45,6 +48,9 @@ def random_tensors(
         for name, shape in expected_shapes(cfg).items()
     }
     tensors["layers.0.post_attention_layernorm.weight"] = torch.ones(h)
+    for name in ("layers.0.input_layernorm.weight", "norm.weight"):  # trained norms: not 1
+        if name in tensors:
+            tensors[name] = 1 + torch.randn(h, generator=gen) * 0.1
     tensors["img_fc.weight"][:, :h] += torch.eye(h)
     if embed_tokens is not None:
         want = tensors["embed_tokens.weight"].shape
@@ -91,20 +97,71 @@ def write_official_checkpoint(
     return path
 
 
-def build_tiny_draft(
-    target_dir: str | Path, dst: str | Path, seed: int = 0, num_q: int = 2, echo: bool = False
+def write_nemo_export(
+    path: str | Path,
+    target_dir: str | Path,
+    cfg: ViSpecConfig,
+    tensors: dict[str, torch.Tensor],
+    shards: int = 2,
 ) -> Path:
-    """A plugin-format ViSpec draft for a local target, with the target's embeddings.
+    """Write ``tensors`` (released names) as NVIDIA NeMo Automodel's ViSpec recipe exports a
+    draft: the target's text config plus the draft's fields, the adaptor named
+    ``img_adaptor`` (queries ``query``), safetensors shards and their index."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        **load_target_text_config(target_dir).to_dict(),
+        "architectures": [nemo.ARCHITECTURE],
+        "draft_num_hidden_layers": 1,
+        "vispec_num_query_tokens": cfg.num_q,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "qkv_bias": cfg.qkv_bias,
+        "fc_bias": cfg.fc_bias,
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    renamed = {
+        name.replace("imadpt.q", "img_adaptor.query").replace("imadpt.", "img_adaptor."): t
+        for name, t in tensors.items()
+    }
+    names = sorted(renamed)
+    weight_map = {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {name: renamed[name].contiguous() for name in names[i::shards]}
+        safetensors.torch.save_file(part, path / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return path
+
+
+def build_tiny_draft(
+    target_dir: str | Path,
+    dst: str | Path,
+    seed: int = 0,
+    num_q: int = 2,
+    echo: bool = False,
+    nemo_export: bool = False,
+    **overrides: Any,
+) -> Path:
+    """A ViSpec draft for a local target, with the target's embeddings: plugin format, or with
+    ``nemo_export`` as NeMo Automodel writes one (with its two norms, ``overrides`` such as
+    ``head_dim`` apply to the draft's config).
 
     ``echo`` adds the identity to the hidden-state half of ``fc``: the draft then mostly
     returns the target's hidden state and so proposes the token the target chose last, which a
     tiny random target that loops on a token accepts. Tests use it to exercise acceptance.
     """
-    cfg = draft_config_for_target(target_dir, num_q=num_q)
+    if nemo_export:
+        overrides = {"input_norm": True, "final_norm": True, **overrides}
+    cfg = draft_config_for_target(target_dir, num_q=num_q, **overrides)
     tensors = random_tensors(cfg, seed, target_embeddings(target_dir))
     if echo:
         h = cfg.hidden_size
         tensors["fc.weight"][:, h:] += torch.eye(h)
+    if nemo_export:
+        return write_nemo_export(dst, target_dir, cfg, tensors)
     return save_draft(dst, cfg, tensors, {"converted_from": f"random (seed {seed})"})
 
 
