@@ -140,6 +140,29 @@ def qwen3_draft(
 
 
 @pytest.fixture(scope="session")
+def qwen_eaglevlm_draft(
+    qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """EagleVLM draft (echo, input norm) for the tiny Qwen2.5-VL target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("qwen-eaglevlm-draft") / "d"
+    return build_tiny_draft(qwen_target, folder, echo=True, kind="eaglevlm", input_norm=True)
+
+
+@pytest.fixture(scope="session")
+def llava_eaglevlm_draft(
+    llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """EagleVLM draft (echo, input and final norms) for the tiny LLaVA-1.6 target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("llava-eaglevlm-draft") / "d"
+    norms = {"input_norm": True, "final_norm": True}
+    return build_tiny_draft(llava_target, folder, echo=True, kind="eaglevlm", **norms)
+
+
+@pytest.fixture(scope="session")
 def qwen3_nemo_draft(
     qwen3_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:

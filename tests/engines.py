@@ -61,6 +61,13 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def models(name: str, request: Any) -> tuple[pathlib.Path, pathlib.Path]:
+    """The session fixtures of a case name: ``qwen`` -> (qwen_target, qwen_draft), and a
+    variant ``qwen-eaglevlm`` -> (qwen_target, qwen_eaglevlm_draft)."""
+    target = request.getfixturevalue(f"{name.partition('-')[0]}_target")
+    return target, request.getfixturevalue(f"{name.replace('-', '_')}_draft")
+
+
 def runner(llm: LLM) -> Any:
     """The model runner of an in-process engine (uni executor)."""
     core = llm.llm_engine.engine_core.engine_core

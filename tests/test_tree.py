@@ -23,6 +23,7 @@ from engines import (
     counters,
     engine,
     greedy,
+    models,
     output_tokens,
     plain_greedy,
     runner,
@@ -203,10 +204,6 @@ def test_settings_from_additional_config() -> None:
 # -- engines ------------------------------------------------------------------------------------
 
 
-def _models(name: str, request: pytest.FixtureRequest):
-    return request.getfixturevalue(f"{name}_target"), request.getfixturevalue(f"{name}_draft")
-
-
 def _trees(tree: dict | bool = ALWAYS, attention: str = "mark") -> dict:
     """The ``vispec`` settings of a tree engine."""
     return {"tree": tree, "draft_attention": attention}
@@ -233,13 +230,20 @@ def _compare_trees(
 
 
 @pytest.mark.parametrize(
-    "name,attention", [("qwen", "mark"), ("llava", "mark"), ("qwen3", "mark"), ("qwen", "torch")]
+    "name,attention",
+    [
+        ("qwen", "mark"),
+        ("llava", "mark"),
+        ("qwen3", "mark"),
+        ("qwen", "torch"),
+        ("llava-eaglevlm", "mark"),
+    ],
 )
 def test_trees_mixed_batch_and_prefix_cache_hits(
     name: str, attention: str, request: pytest.FixtureRequest
 ) -> None:
     """A mixed batch, then the same prompts again, hitting the prefix cache on every image."""
-    target, draft = _models(name, request)
+    target, draft = models(name, request)
     delta = _compare_trees(
         target, draft, MIXED_BATCH, runs=2, attention=attention, enable_prefix_caching=True
     )
@@ -248,7 +252,7 @@ def test_trees_mixed_batch_and_prefix_cache_hits(
 
 def test_trees_chunked_prefill_and_preemption(request: pytest.FixtureRequest) -> None:
     """Prefill chunks that split images, and preemption by a KV cache of a few blocks."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     delta = _compare_trees(
         target,
         draft,
@@ -263,7 +267,7 @@ def test_trees_chunked_prefill_and_preemption(request: pytest.FixtureRequest) ->
 def test_trees_at_the_model_length_limit(request: pytest.FixtureRequest) -> None:
     """Requests that run into max_model_len while drafting trees (tree slots past their last
     block) stop exactly where they stop without speculation."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     conversations = [MIXED_BATCH[0], MIXED_BATCH[0]]
     params = SamplingParams(temperature=0, max_tokens=200)
     with engine(target, max_model_len=96) as llm:
@@ -277,7 +281,7 @@ def test_trees_at_the_model_length_limit(request: pytest.FixtureRequest) -> None
 def test_trees_and_chains_in_one_batch(request: pytest.FixtureRequest) -> None:
     """Requests still short of min_tokens draft chains beside requests drafting trees; both
     give the tokens of a run without speculation."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     conversations = MIXED_BATCH * 2
     params = [
         SamplingParams(temperature=0, max_tokens=40, min_tokens=30 if i % 2 else 0)
@@ -296,7 +300,7 @@ def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) 
     """vLLM's num_speculative_tokens_per_batch_size gives each step its K: no draft pass while
     3-4 requests run, chains of 3 at two, trees of 12 nodes alone; with images split across
     prefill chunks, the tokens stay those of a run without speculation."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     schedule = [[1, 1, 12], [2, 2, 3], [3, 8, 0]]
     params = [SamplingParams(temperature=0, max_tokens=m) for m in (6, 12, 30, 48)]
     chunked = {"max_num_batched_tokens": 64}
@@ -439,7 +443,7 @@ def test_two_engines_with_their_own_settings_in_one_process(
     """Settings live in each engine's config, not in the process: an engine drafting trees and
     one drafting chains with the skipping attention run side by side, both lossless; the tree
     hooks sit on the tree engine's runner and target attention only."""
-    target, draft = _models("qwen", request)
+    target, draft = models("qwen", request)
     expected = plain_greedy(target, MIXED_BATCH)[0]
     with (
         engine(target, draft, k=29, vispec=_trees()) as trees,

@@ -13,12 +13,16 @@ from typing import Any
 
 # vLLM's EAGLEConfig keeps architectures that already start with "Eagle" as they are.
 DRAFT_ARCHITECTURE = "EagleViSpecForCausalLM"
-FORMAT_VERSION = 2  # 2: drafts with trained norms (input_norm / final_norm)
+FORMAT_VERSION = 2  # 2: EagleVLM drafts and drafts with trained norms (input/final_norm)
+# ViSpec: images compressed by the adaptor, a global image feature on text (img_fc).
+# EagleVLM (SpecVLM's baseline): every image position seen, its image embedding as its input.
+DRAFT_KINDS = ("vispec", "eaglevlm")
 
 
 @dataclasses.dataclass(frozen=True)
 class ViSpecConfig:
-    """Shapes and options of one ViSpec draft (one Llama decoder layer + vision adaptor).
+    """Shapes and options of one draft: one Llama decoder layer, plus the vision adaptor and
+    ``img_fc`` for ``kind`` "vispec" (``num_q`` is the adaptor's); "eaglevlm" has neither.
 
     ``head_dim`` defaults to hidden / heads (the released drafts); drafts exported by NVIDIA NeMo
     Automodel take the target's, which may differ, and add two trained RMSNorms: before the
@@ -39,8 +43,13 @@ class ViSpecConfig:
     head_dim: int = 0  # 0: hidden_size // num_attention_heads
     input_norm: bool = False
     final_norm: bool = False
+    kind: str = "vispec"
 
     def __post_init__(self) -> None:
+        if self.kind not in DRAFT_KINDS:
+            raise ValueError(
+                f"draft kind must be one of {', '.join(DRAFT_KINDS)}, got {self.kind!r}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -64,8 +73,13 @@ class ViSpecConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def has_norms(self) -> bool:
-        return self.input_norm or self.final_norm
+    def has_adaptor(self) -> bool:
+        return self.kind == "vispec"
+
+    @property
+    def needs_format_2(self) -> bool:
+        """What plugins before format 2 would run wrongly instead of refusing."""
+        return self.input_norm or self.final_norm or self.kind != "vispec"
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], num_q: int | None = None) -> ViSpecConfig:
@@ -102,6 +116,7 @@ class ViSpecConfig:
             head_dim=int(d.get("head_dim") or 0),
             input_norm=bool(vispec.get("input_norm", False)),
             final_norm=bool(vispec.get("final_norm", False)),
+            kind=str(vispec.get("kind", "vispec")),
         )
 
     def to_hf_dict(self, **provenance: Any) -> dict[str, Any]:
@@ -124,8 +139,9 @@ class ViSpecConfig:
             "bias": self.fc_bias,
             "tie_word_embeddings": False,
             "vispec": {
-                # Drafts without norms stay readable by plugins that predate them.
-                "format_version": FORMAT_VERSION if self.has_norms else 1,
+                # Plain ViSpec drafts stay readable by plugins that predate format 2.
+                "format_version": FORMAT_VERSION if self.needs_format_2 else 1,
+                **({"kind": self.kind} if self.kind != "vispec" else {}),
                 "num_q": self.num_q,
                 **({"input_norm": True} if self.input_norm else {}),
                 **({"final_norm": True} if self.final_norm else {}),

@@ -8,6 +8,9 @@ token ``t + 1``. An image occupying tokens ``[s, e)`` therefore occupies the *sh
   positions ``e - num_q .. e - 2`` (*compressed* positions);
 - every other position is *hidden*: it has no KV entry and nothing attends to it.
 
+An EagleVLM draft (``num_q`` None) keeps the whole span: position ``t`` is the image's token
+``t + 1 - s``, paired with that token's image embedding.
+
 Every other draft position is *text*. A text position ``t`` uses the global feature (the last
 adaptor output) of the latest image ``i`` with ``e_i - 1 <= t``, or zeros before the first image.
 
@@ -45,12 +48,18 @@ def image_spans(
     return list(zip(starts, ends, strict=True))
 
 
-def check_spans(spans: Sequence[Span], num_q: int) -> None:
+def kept(spans: Sequence[Span], num_q: int | None) -> list[int]:
+    """How many positions at the end of each image's shifted span stay visible."""
+    return [e - s if num_q is None else num_q - 1 for s, e in spans]
+
+
+def check_spans(spans: Sequence[Span], num_q: int | None) -> None:
     """Reject spans the draft cannot represent.
 
     An image at token 0 has no draft position before it to start its shifted span, and an image
     shorter than ``num_q - 1`` tokens has no room for its compressed tokens.
     """
+    num_q = num_q or 2
     previous_end = 0
     for i, (start, end) in enumerate(spans):
         if start < 1:
@@ -103,7 +112,7 @@ class DraftLayout:
 
 def draft_layout(
     spans: Sequence[Span],
-    num_q: int,
+    num_q: int | None,
     lo: int,
     hi: int,
     device: torch.device | str | None = None,
@@ -120,17 +129,18 @@ def draft_layout(
         return DraftLayout(positions, none, none, none)
     first = torch.tensor([s - 1 for s, _ in spans], device=device)  # shifted span starts
     stop = torch.tensor([e - 1 for _, e in spans], device=device)  # shifted span ends
+    visible_from = stop - torch.tensor(kept(spans, num_q), device=device)
     latest = torch.searchsorted(first, positions, right=True) - 1
     end_of_latest = stop[latest.clamp(min=0)]
     inside = (latest >= 0) & (positions < end_of_latest)
     image = torch.where(inside, latest, none)
-    slot = positions - (end_of_latest - (num_q - 1))
+    slot = positions - visible_from[latest.clamp(min=0)]
     slot = torch.where(inside & (slot >= 0), slot, none)
     global_image = torch.searchsorted(stop, positions, right=True) - 1
     return DraftLayout(positions, image, slot, global_image)
 
 
-def hidden_intervals(spans: Sequence[Span], num_q: int) -> list[Span]:
+def hidden_intervals(spans: Sequence[Span], num_q: int | None) -> list[Span]:
     """The hidden draft positions of a whole request as intervals ``[lo, hi)``, sorted.
 
     Image ``[s, e)`` hides ``[s - 1, e - num_q)``: its shifted span minus the ``num_q - 1``
@@ -138,4 +148,5 @@ def hidden_intervals(spans: Sequence[Span], num_q: int) -> list[Span]:
     Images exactly ``num_q - 1`` tokens long hide nothing and give no interval.
     """
     check_spans(spans, num_q)
-    return [(s - 1, e - num_q) for s, e in spans if e - num_q > s - 1]
+    pairs = zip(spans, kept(spans, num_q), strict=True)
+    return [(s - 1, e - 1 - k) for (s, e), k in pairs if e - 1 - k > s - 1]

@@ -75,20 +75,23 @@ class ViSpecProposer(EagleProposer):
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
         features = FeatureCache(self.settings.feature_cache_bytes)
-        per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
-        logger.info(
-            "ViSpec: adaptor outputs of up to %d MiB of images are kept for prefix-cache hits "
-            "(%d bytes an image, about %d images; vispec.feature_cache_mib)",
-            features.capacity_bytes >> 20,
-            per_image,
-            features.capacity_bytes // per_image,
-        )
+        if draft.num_q is None:
+            logger.info("EagleVLM draft: image positions read their image embeddings")
+        else:
+            per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
+            logger.info(
+                "ViSpec: adaptor outputs of up to %d MiB of images are kept for prefix-cache "
+                "hits (%d bytes an image, about %d images; vispec.feature_cache_mib)",
+                features.capacity_bytes >> 20,
+                per_image,
+                features.capacity_bytes // per_image,
+            )
         self.vision = VisionInputsBuilder(
             draft.num_q,
             self.hidden_size,
             self.dtype,
             self.device,
-            draft.adapt_images,
+            None if draft.num_q is None else draft.adapt_images,
             features,
             draft.attends_by_intervals,
         )

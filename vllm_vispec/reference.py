@@ -197,8 +197,9 @@ class ViSpecDraft(nn.Module):
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList([DecoderLayer(config)])
         self.fc = nn.Linear(2 * h, h, bias=config.fc_bias)
-        self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
-        self.imadpt = VisionAdaptor(config)
+        if config.has_adaptor:
+            self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
+            self.imadpt = VisionAdaptor(config)
         # Its output is both the fed-back hidden state and the logits' input.
         self.norm = RMSNorm(h, config.rms_norm_eps) if config.final_norm else None
         self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
@@ -208,6 +209,8 @@ class ViSpecDraft(nn.Module):
     def reset_img_fc(self) -> None:
         """Make ``img_fc`` pass the target hidden state through and ignore ``g``, so an
         untrained ViSpec draft is the plain EAGLE draft it was initialised from."""
+        if not self.config.has_adaptor:
+            return
         h = self.config.hidden_size
         self.img_fc.weight.zero_()
         self.img_fc.weight[:, :h].copy_(torch.eye(h))
@@ -219,10 +222,17 @@ class ViSpecDraft(nn.Module):
     ) -> torch.Tensor:
         """Decoder-layer input of text positions.
 
-        ``fc(cat(embed(next_ids), img_fc(cat(hidden, g))))``, all rows [N, H] (ids [N]).
+        ``fc(cat(embed(next_ids), img_fc(cat(hidden, g))))``, all rows [N, H] (ids [N]);
+        EagleVLM drafts have no ``img_fc``: ``fc(cat(embed(next_ids), hidden))``.
         """
-        h = self.img_fc(torch.cat((hidden, g), dim=-1))
-        return self.fc(torch.cat((self.embed_tokens(next_ids), h), dim=-1))
+        return self.fc_inputs(self.embed_tokens(next_ids), hidden, g)
+
+    def fc_inputs(
+        self, embeds: torch.Tensor, hidden: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        if self.config.has_adaptor:
+            hidden = self.img_fc(torch.cat((hidden, g), dim=-1))
+        return self.fc(torch.cat((embeds, hidden), dim=-1))
 
     def layer_inputs(self, inp: DraftInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decoder-layer inputs of a request's visible positions, in position order.
@@ -231,6 +241,8 @@ class ViSpecDraft(nn.Module):
         feature [H] that applies after the prompt (zeros without images).
         """
         layout = self.layout(inp)
+        if not self.config.has_adaptor:
+            return self._eaglevlm_inputs(inp, layout)
         pooled = [self.imadpt(x) for x in inp.image_embeds]  # each [num_q, H]
         zeros = inp.hidden_states.new_zeros(1, self.config.hidden_size)
         globals_ = torch.cat([zeros] + [p[-1:] for p in pooled])  # row 0: no image yet
@@ -246,6 +258,21 @@ class ViSpecDraft(nn.Module):
             ]
         visible = layout.visible
         return x[visible], layout.positions[visible], globals_[-1]
+
+    def _eaglevlm_inputs(
+        self, inp: DraftInput, layout: DraftLayout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EagleVLM: every position visible; where the next token is an image token, its image
+        embedding (the target's input embedding there) replaces the token embedding."""
+        embeds = self.embed_tokens(inp.token_ids[1:])
+        image = layout.image >= 0
+        if image.any():
+            starts = torch.tensor([0] + [x.shape[0] for x in inp.image_embeds]).cumsum(0)
+            rows = starts[layout.image[image]] + layout.slot[image]
+            embeds[image] = torch.cat(inp.image_embeds)[rows].to(embeds.dtype)
+        g = inp.hidden_states.new_zeros(embeds.shape)
+        x = self.fc_inputs(embeds, inp.hidden_states, g)
+        return x, layout.positions, g[0]
 
     def layout(self, inp: DraftInput) -> DraftLayout:
         """The request's draft layout, after checking the input against it."""
@@ -263,7 +290,9 @@ class ViSpecDraft(nn.Module):
                 f"image_embeds have {given} rows, the token ids hold images of {lengths} tokens"
             )
         device = inp.hidden_states.device
-        return draft_layout(spans, self.config.num_q, 0, num_positions, device=device)
+        # EagleVLM hides and compresses nothing: an image's shifted span is all its own rows.
+        num_q = self.config.num_q if self.config.has_adaptor else None
+        return draft_layout(spans, num_q, 0, num_positions, device=device)
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the decoder layer on right-padded rows [B, T, H] at raw positions [B, T]."""

@@ -29,13 +29,15 @@ class VisionInputs:
     """Per-row vision inputs of one ``propose()``: its first pass has a row per scheduled token,
     its K-1 later steps a row per request (they are all text past the images)."""
 
-    # [n, H] img_fc's image half applied to the global feature each row uses (zeros: no image)
-    global_rows: torch.Tensor
-    # [n, H] a compressed image token replacing fc's output, where ``compressed`` [n] is set
+    # [n, H] img_fc's image half applied to the global feature each row uses (zeros: no image;
+    # None: a draft without img_fc)
+    global_rows: torch.Tensor | None
+    # [n, H] an image row where ``compressed`` [n] is set: ViSpec's compressed image token
+    # (replaces fc's output), or EagleVLM's image embedding (replaces the token embedding)
     compressed_rows: torch.Tensor | None
     compressed: torch.Tensor | None
     hidden: torch.Tensor | None  # [n] bool: invisible to the draft's attention (``mark`` only)
-    step_global_rows: torch.Tensor  # [B, H] the later steps' global rows
+    step_global_rows: torch.Tensor | None  # [B, H] the later steps' global rows
     # Per request, the hidden raw positions as intervals (start [S], end [S], cu [B + 1], int32),
     # for the attentions that skip them; None: nothing hidden or the ``mark`` attention.
     hidden_intervals: Intervals | None
@@ -73,19 +75,22 @@ class VisionBuffers:
             self.hidden[:n].zero_()
             self._written = 0
         self.hidden_intervals = None
-        if inputs is None:
+        if inputs is None or inputs.step_global_rows is None:
             self.step_global_rows.zero_()
+        if inputs is None:
             return
-        n = inputs.global_rows.shape[0]
-        self.global_rows[:n].copy_(inputs.global_rows)
+        n = inputs.compressed.shape[0] if inputs.global_rows is None else len(inputs.global_rows)
+        if inputs.global_rows is not None:
+            self.global_rows[:n].copy_(inputs.global_rows)
         if inputs.compressed is not None:
             self.compressed_rows[:n].copy_(inputs.compressed_rows)
             self.compressed[:n].copy_(inputs.compressed)
         if inputs.hidden is not None:
             self.hidden[:n].copy_(inputs.hidden)
-        b = inputs.step_global_rows.shape[0]
-        self.step_global_rows[:b].copy_(inputs.step_global_rows)
-        self.step_global_rows[b:].zero_()
+        if inputs.step_global_rows is not None:
+            b = inputs.step_global_rows.shape[0]
+            self.step_global_rows[:b].copy_(inputs.step_global_rows)
+            self.step_global_rows[b:].zero_()
         self.hidden_intervals = inputs.hidden_intervals
         self._written = max(n, self.max_reqs)
 
@@ -150,15 +155,19 @@ class RequestImages:
 
 
 class VisionInputsBuilder:
-    """Builds :class:`VisionInputs` per step; caches per-request images and adaptor outputs."""
+    """Builds :class:`VisionInputs` per step; caches per-request images and adaptor outputs.
+
+    ``adapt_images`` None: an EagleVLM draft, which reads each image position's embedding
+    from the encoder output instead (``num_q`` None: nothing hidden, nothing compressed).
+    """
 
     def __init__(
         self,
-        num_q: int,
+        num_q: int | None,
         hidden_size: int,
         dtype: torch.dtype,
         device: torch.device,
-        adapt_images: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        adapt_images: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
         features: FeatureCache,
         by_intervals: bool,
     ) -> None:
@@ -172,6 +181,7 @@ class VisionInputsBuilder:
         self._requests: dict[str, RequestImages] = {}
 
     def request(self, req_id: str, mm_features: Callable[[str], Sequence[Any]]) -> RequestImages:
+        """The request's images, read from vLLM's multimodal features once per request."""
         images = self._requests.get(req_id)
         if images is None:
             images = self._requests[req_id] = RequestImages.from_features(
@@ -229,6 +239,8 @@ class VisionInputsBuilder:
         )
         if not windows:  # text only: no image feature anywhere (the model uses zeros)
             return None
+        if self.adapt_images is None:
+            return self._image_embeddings(windows, num_tokens, encoder_cache)
         intervals = self._hidden_intervals(images) if self.by_intervals else None
 
         global_index = torch.zeros(num_tokens, dtype=torch.long)
@@ -271,8 +283,52 @@ class VisionInputsBuilder:
             hidden_intervals=intervals,
         )
 
+    def _image_embeddings(
+        self,
+        windows: list[tuple[int, int, int, list[ImageSpan]]],
+        num_tokens: int,
+        encoder_cache: Mapping[str, torch.Tensor],
+    ) -> VisionInputs | None:
+        """EagleVLM's rows: where a row's next token is an image token, that token's embedding
+        (the target's input embedding there, rows of the encoder output)."""
+        index = torch.full((num_tokens,), -1, dtype=torch.long)
+        rows: list[torch.Tensor] = []
+        num_rows = 0
+        for lo, hi, first, spans in windows:
+            if first >= spans[-1].end - 1:  # decoding: past every image
+                continue
+            layout = draft_layout([(s.start, s.end) for s in spans], None, first, first + hi - lo)
+            for i in layout.image[layout.image >= 0].unique().tolist():
+                span = spans[i]
+                if span.key not in encoder_cache:  # not expected: vLLM looks one token ahead
+                    logger.warning_once(
+                        "EagleVLM: an image's encoder output was gone when the draft read it; "
+                        "its token embeddings stand in (output unchanged, acceptance may drop)"
+                    )
+                    continue
+                at = layout.image == i
+                index[lo:hi][at] = num_rows + layout.slot[at]
+                rows.append(
+                    encoder_cache[span.key][span.rows[0] : span.rows[1], : self.hidden_size]
+                )
+                num_rows += span.end - span.start
+        if not rows:
+            return None
+        table = torch.cat(rows).to(self.dtype)
+        index = index.to(self.device)
+        return VisionInputs(
+            global_rows=None,
+            compressed_rows=table[index.clamp(min=0)],
+            compressed=index >= 0,
+            hidden=None,
+            step_global_rows=None,
+            hidden_intervals=None,
+        )
+
     def _adapt(self, spans: list[ImageSpan], encoder_cache: Mapping[str, torch.Tensor]) -> None:
         """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
+        if self.adapt_images is None:
+            return
         # The first hidden_size channels are what the target scatters into its input embeddings;
         # Qwen3-VL's encoder output carries its DeepStack levels' features after them.
         todo = {

@@ -70,12 +70,12 @@ def expected_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
         "layers.0.mlp.down_proj.weight": (h, i),
         "layers.0.post_attention_layernorm.weight": (h,),
         "fc.weight": (h, 2 * h),
-        "img_fc.weight": (h, 2 * h),
-        "imadpt.q": (cfg.num_q, nh, cfg.adaptor_head_dim),
-        "imadpt.k_proj.weight": (h, h),
-        "imadpt.v_proj.weight": (h, h),
-        "imadpt.o_proj.weight": (h, h),
     }
+    if cfg.has_adaptor:
+        shapes.update(
+            {"img_fc.weight": (h, 2 * h), "imadpt.q": (cfg.num_q, nh, cfg.adaptor_head_dim)}
+        )
+        shapes.update({f"imadpt.{p}_proj.weight": (h, h) for p in "kvo"})
     if cfg.input_norm:
         shapes["layers.0.input_layernorm.weight"] = (h,)
     if cfg.final_norm:
@@ -83,9 +83,12 @@ def expected_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
     if cfg.qkv_bias:
         shapes.update({attn + "q_proj.bias": (q,), attn + "k_proj.bias": (kv,)})
         shapes.update({attn + "v_proj.bias": (kv,)})
-        shapes.update({"imadpt.k_proj.bias": (h,), "imadpt.v_proj.bias": (h,)})
     if cfg.fc_bias:
-        shapes.update({"fc.bias": (h,), "img_fc.bias": (h,)})
+        shapes["fc.bias"] = (h,)
+    if cfg.has_adaptor and cfg.qkv_bias:
+        shapes.update({"imadpt.k_proj.bias": (h,), "imadpt.v_proj.bias": (h,)})
+    if cfg.has_adaptor and cfg.fc_bias:
+        shapes["img_fc.bias"] = (h,)
     return shapes
 
 
@@ -569,7 +572,11 @@ def _few(names: list[str], n: int = 3) -> str:
 
 
 def _flags(cfg: ViSpecConfig) -> str:
-    norms = f", input_norm={cfg.input_norm}, final_norm={cfg.final_norm}" if cfg.has_norms else ""
+    norms = (
+        f", input_norm={cfg.input_norm}, final_norm={cfg.final_norm}"
+        if (cfg.input_norm or cfg.final_norm)
+        else ""
+    )
     return f"qkv_bias={cfg.qkv_bias}, bias={cfg.fc_bias}{norms}"
 
 

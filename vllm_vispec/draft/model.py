@@ -102,8 +102,9 @@ class ViSpecModel(nn.Module):
             [ViSpecDecoderLayer(cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"))]
         )
         self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
-        self.img_fc = ImageFeatureFc(h, cfg.fc_bias)
-        self.imadpt = VisionAdaptor(cfg)
+        # EagleVLM drafts have neither: their image positions read the image embeddings.
+        self.img_fc = ImageFeatureFc(h, cfg.fc_bias) if cfg.has_adaptor else None
+        self.imadpt = VisionAdaptor(cfg) if cfg.has_adaptor else None
         # Output norm of NeMo exports: its output is what EAGLE feeds back and the lm_head reads.
         self.norm = RMSNorm(h, eps=cfg.rms_norm_eps) if cfg.final_norm else None
 
@@ -118,11 +119,17 @@ class ViSpecModel(nn.Module):
         hidden: torch.Tensor,
     ) -> torch.Tensor:
         """Rows: ``global_rows`` img_fc's image half of each row's global feature,
-        ``compressed_rows`` the compressed image token replacing fc's output where
-        ``compressed``, ``hidden`` the positions the ``mark`` attention hides."""
-        image_aware = self.img_fc(hidden_states, global_rows)
-        x = self.fc(torch.cat([self.embed_tokens(input_ids), image_aware], dim=-1))
-        x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
+        ``compressed_rows`` where ``compressed``: the compressed image token replacing fc's
+        output (ViSpec) or the image embedding replacing the token embedding (EagleVLM),
+        ``hidden`` the positions the ``mark`` attention hides."""
+        embeds = self.embed_tokens(input_ids)
+        if self.img_fc is None:
+            embeds = torch.where(compressed[:, None], compressed_rows.to(embeds.dtype), embeds)
+            x = self.fc(torch.cat([embeds, hidden_states], dim=-1))
+        else:
+            image_aware = self.img_fc(hidden_states, global_rows)
+            x = self.fc(torch.cat([embeds, image_aware], dim=-1))
+            x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
         out = self.layers[0](positions, x, hidden)
         return out if self.norm is None else self.norm(out)
 
@@ -153,8 +160,9 @@ class EagleViSpecForCausalLM(nn.Module):
         )
 
     @property
-    def num_q(self) -> int:
-        return self.vispec_config.num_q
+    def num_q(self) -> int | None:
+        """The adaptor's outputs per image; None for EagleVLM drafts (no adaptor)."""
+        return self.vispec_config.num_q if self.vispec_config.has_adaptor else None
 
     @property
     def attends_by_intervals(self) -> bool:
@@ -231,7 +239,8 @@ class EagleViSpecForCausalLM(nn.Module):
             loaded.add(name)
         if attention.set_mark_bias():
             loaded.add(next(n for n, p in params.items() if p is attention.qkv_proj.bias))
-        self.model.imadpt.absorb()
+        if self.model.imadpt is not None:
+            self.model.imadpt.absorb()
         return loaded
 
 

@@ -51,7 +51,8 @@ def random_tensors(
     for name in ("layers.0.input_layernorm.weight", "norm.weight"):  # trained norms: not 1
         if name in tensors:
             tensors[name] = 1 + torch.randn(h, generator=gen) * 0.1
-    tensors["img_fc.weight"][:, :h] += torch.eye(h)
+    if "img_fc.weight" in tensors:
+        tensors["img_fc.weight"][:, :h] += torch.eye(h)
     if embed_tokens is not None:
         want = tensors["embed_tokens.weight"].shape
         if tuple(embed_tokens.shape) != tuple(want):
