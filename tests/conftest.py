@@ -103,6 +103,15 @@ def qwen3_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def qwen3_moe_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder of a tiny random Qwen3-VL-MoE (the Qwen3-VL above with 4 experts, top-2, in every
+    text layer)."""
+    from vllm_vispec.testing.tiny_targets import build_tiny_qwen3_vl_moe
+
+    return build_tiny_qwen3_vl_moe(tmp_path_factory.mktemp("tiny-qwen3_vl_moe"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def llava15_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random LLaVA-1.5 (16 image tokens per image, any size)."""
     from vllm_vispec.testing.tiny_targets import build_tiny_llava
@@ -173,6 +182,17 @@ def qwen3_nemo_draft(
 
     folder = tmp_path_factory.mktemp("qwen3-nemo-draft") / "d"
     return build_tiny_draft(qwen3_target, folder, echo=True, nemo_export=True, head_dim=48)
+
+
+@pytest.fixture(scope="session")
+def qwen3_moe_draft(
+    qwen3_moe_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """Plugin-format ViSpec draft (dense, num_q 2, echo) for the tiny Qwen3-VL-MoE target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("qwen3-moe-draft") / "d"
+    return build_tiny_draft(qwen3_moe_target, folder, echo=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 Both engines run the same float32 weights, so greedy decoding must give identical tokens: any
 difference would mean a config field that vLLM and transformers read differently (M-RoPE
-sections, AnyRes grid, feature layer, tokenizer, chat template), which would silently invalidate
-every test built on these targets.
+sections, AnyRes grid, feature layer, tokenizer, chat template, MoE expert layout), which would
+silently invalidate every test built on these targets.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vllm_vispec.testing.tiny_targets import (
     build_tiny_llava_next,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen3_vl,
+    build_tiny_qwen3_vl_moe,
     make_test_image,
 )
 from vllm_vispec.testing.tiny_tokenizers import LLAVA_IMAGE_TOKEN, QWEN_IMAGE_TOKEN, VOCAB_SIZE
@@ -35,18 +36,21 @@ EXPECTED = {
     "llava": (LLAVA_IMAGE_TOKEN, 88, 70),
     "llava15": (LLAVA_IMAGE_TOKEN, 16, 16),  # one 56x56 crop of 4x4 patches, whatever the size
     "qwen3": (QWEN_IMAGE_TOKEN, 49, 60),  # 16-pixel patches: 320x200 -> 320x192 -> 10x6 merged
+    "qwen3_moe": (QWEN_IMAGE_TOKEN, 49, 60),  # Qwen3-VL's vision tower
 }
 TARGETS = list(EXPECTED)
 
 
 def _conversations(image_part: str) -> list[list[dict]]:
-    """One single-image chat and one two-image chat (square and non-square pictures)."""
+    """A text-only chat, a single-image chat and a two-image chat (square and non-square
+    pictures)."""
 
     def image(seed: int, size: tuple[int, int] = (224, 224)) -> dict:
         return {"type": image_part, image_part: make_test_image(seed, size)}
 
     text = {"type": "text", "text": QUESTION}
     return [
+        [{"role": "user", "content": [text]}],
         [{"role": "user", "content": [image(0), text]}],
         [{"role": "user", "content": [image(1), image(2, (320, 200)), text]}],
     ]
@@ -94,11 +98,12 @@ def test_hf_loads_and_generates(name: str, request: pytest.FixtureRequest) -> No
     image_id = tokenizer.convert_tokens_to_ids(image_token)
     assert image_id == config.image_token_id
 
-    (prompt1, new1), (prompt2, new2) = _hf_greedy(path)
+    (prompt0, new0), (prompt1, new1), (prompt2, new2) = _hf_greedy(path)
+    assert image_id not in prompt0
     assert prompt1.count(image_id) == per_square
     assert prompt2.count(image_id) == per_square + per_wide
-    assert len(new1) == len(new2) == NEW_TOKENS
-    assert image_id not in new1 + new2  # placeholders have zeroed lm_head rows
+    assert len(new0) == len(new1) == len(new2) == NEW_TOKENS
+    assert image_id not in new0 + new1 + new2  # placeholders have zeroed lm_head rows
     assert new1 != new2  # the pictures matter
 
 
@@ -136,8 +141,8 @@ def test_vllm_matches_hf_greedy(name: str, request: pytest.FixtureRequest) -> No
     for output, (hf_prompt, hf_new) in zip(outputs, expected, strict=True):
         assert list(output.prompt_token_ids) == hf_prompt
         assert list(output.outputs[0].token_ids) == hf_new
-    assert list(raw[0].prompt_token_ids) == expected[0][0]
-    assert list(raw[0].outputs[0].token_ids) == expected[0][1]
+    assert list(raw[0].prompt_token_ids) == expected[1][0]
+    assert list(raw[0].outputs[0].token_ids) == expected[1][1]
 
 
 def _digests(folder: pathlib.Path) -> dict[str, str]:
@@ -149,7 +154,14 @@ def _digests(folder: pathlib.Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "build", [build_tiny_qwen2_5_vl, build_tiny_llava_next, build_tiny_llava, build_tiny_qwen3_vl]
+    "build",
+    [
+        build_tiny_qwen2_5_vl,
+        build_tiny_llava_next,
+        build_tiny_llava,
+        build_tiny_qwen3_vl,
+        build_tiny_qwen3_vl_moe,
+    ],
 )
 def test_builds_are_deterministic(build, tmp_path: pathlib.Path) -> None:
     first = _digests(build(tmp_path / "a", seed=3))

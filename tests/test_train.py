@@ -164,7 +164,7 @@ def test_eagle_baseline_trains_with_mtp_and_loads_in_vllm(
         assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
 
 
-@pytest.mark.parametrize("name", ["llava15", "qwen3"])
+@pytest.mark.parametrize("name", ["llava15", "qwen3", "qwen3_moe"])
 def test_trains_for_llava_1_5_and_qwen3_vl(
     name: str, toy_data: pathlib.Path, tmp_path: pathlib.Path, request: pytest.FixtureRequest
 ) -> None:

@@ -23,6 +23,9 @@ SUPPORTED_TARGETS = (
     "LlavaNextForConditionalGeneration",
     "LlavaForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
+    # The MoE only replaces the target's MLPs: the draft (dense) sees the same encoder output,
+    # image tokens and hidden states as on dense Qwen3-VL.
+    "Qwen3VLMoeForConditionalGeneration",
 )
 MAX_SPECULATIVE_TOKENS = 8
 

@@ -4,10 +4,10 @@ Tests, the demo and the benchmarks need real VLM checkpoints that both HF transf
 load, but these machines have no internet and two CPU cores. The builders here write complete HF
 folders (config, float32 safetensors weights, tokenizer and chat template from
 :mod:`vllm_vispec.testing.tiny_tokenizers`, image processor, processor) for the architectures ViSpec
-is tested on: Qwen2.5-VL, Qwen3-VL, LLaVA-NeXT and LLaVA-1.5. Text models use head_dim 32 (the
-CPU attention backend needs multiples of 32), so vLLM and transformers agree token for token
-under greedy decoding. Builds are deterministic: the same seed gives byte-identical files.
-:func:`make_test_image` draws deterministic synthetic pictures for them.
+is tested on: Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, LLaVA-NeXT and LLaVA-1.5. Text models use
+head_dim 32 (the CPU attention backend needs multiples of 32), so vLLM and transformers agree
+token for token under greedy decoding. Builds are deterministic: the same seed gives
+byte-identical files. :func:`make_test_image` draws deterministic synthetic pictures for them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "build_tiny_llava_next",
     "build_tiny_qwen2_5_vl",
     "build_tiny_qwen3_vl",
+    "build_tiny_qwen3_vl_moe",
     "finish",
     "make_test_image",
     "save_model",
@@ -57,6 +58,7 @@ def save_model(
     seed: int,
     never_generated: list[int],
     renames: tuple = (),
+    transposed: tuple[str, ...] = (),
 ) -> None:
     """Initialise with HF's own init under a private RNG and save float32 safetensors.
 
@@ -68,6 +70,8 @@ def save_model(
     ``renames`` are (old prefix, new prefix) pairs applied to the saved tensor names: transformers
     5 writes some checkpoints in a layout that only transformers 5 reads back (see
     :func:`build_tiny_llava_next`), while vLLM expects the published checkpoints' names.
+    ``transposed`` tensors (by name suffix) are saved with their last two dims swapped, for the
+    same reason (see :func:`build_tiny_qwen3_vl_moe`).
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -78,16 +82,18 @@ def save_model(
     with torch.no_grad():
         model.lm_head.weight[never_generated] = 0.0
     model.save_pretrained(path)
-    if renames:
+    if renames or transposed:
         file = path / "model.safetensors"
         tensors = load_file(file)
-        renamed = {}
+        rewritten = {}
         for name, tensor in tensors.items():
             for old, new in renames:
                 if name.startswith(old) and not name.startswith(new):
                     name = new + name[len(old) :]
-            renamed[name] = tensor
-        save_file(dict(sorted(renamed.items())), file, metadata={"format": "pt"})
+            if name.endswith(transposed):
+                tensor = tensor.transpose(-1, -2).contiguous()
+            rewritten[name] = tensor
+        save_file(dict(sorted(rewritten.items())), file, metadata={"format": "pt"})
 
 
 def finish(path: pathlib.Path) -> pathlib.Path:
@@ -159,14 +165,19 @@ def _qwen_vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
 
 
 def _save_qwen_model(
-    model_cls: Any, config: Any, path: pathlib.Path, seed: int, ids: dict[str, int]
+    model_cls: Any,
+    config: Any,
+    path: pathlib.Path,
+    seed: int,
+    ids: dict[str, int],
+    transposed: tuple[str, ...] = (),
 ) -> None:
     """Weights (vision/pad tokens never generated) and the greedy generation config."""
     from transformers import GenerationConfig
 
     config.architectures = [model_cls.__name__]
     vision_tokens = [ids[t] for t in QWEN_SPECIAL_TOKENS if "vision" in t or "pad" in t]
-    save_model(model_cls, config, path, seed, vision_tokens)
+    save_model(model_cls, config, path, seed, vision_tokens, transposed=transposed)
     GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -291,10 +302,34 @@ def build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path
     hidden states after text layer 0). A 224x224 image gives a 14x14 patch grid -> 49 image
     tokens; images are resized to at most 448x448 pixels (196 tokens).
     """
+    return _build_tiny_qwen3_vl(path, seed, moe=False)
+
+
+def build_tiny_qwen3_vl_moe(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random Qwen3-VL-MoE HF folder at ``path`` and return it.
+
+    :func:`build_tiny_qwen3_vl` (same tokenizer, vision tower, attention and M-RoPE) with a
+    sparse MoE block in every text layer (decoder_sparse_step 1): 4 experts, top-2 routing with
+    renormalised weights, moe_intermediate_size 32.
+
+    The fused expert tensors are saved in the published checkpoints' layout,
+    ``experts.gate_up_proj`` [E, H, 2I] and ``experts.down_proj`` [E, I, H]: vLLM's loader
+    transposes every fused expert tensor of this architecture (``is_fused_checkpoint_transposed``)
+    into its [E, 2I, H] / [E, H, I]. transformers 5 holds and saves them as [E, 2I, H] /
+    [E, H, I], which vLLM refuses (``_load_w2``: shape mismatch); on load it transposes a tensor
+    whose shape differs from its own. moe_intermediate_size is chosen so that neither tensor is
+    square (2I != H, I != H): a square one would be ambiguous to that check.
+    """
+    return _build_tiny_qwen3_vl(path, seed, moe=True)
+
+
+def _build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int, moe: bool) -> pathlib.Path:
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
         Qwen3VLProcessor,
         Qwen3VLVideoProcessor,
     )
@@ -305,7 +340,22 @@ def build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path
     tokenizer = qwen_tokenizer()
     ids = _qwen_ids(tokenizer)
 
-    config = Qwen3VLConfig(
+    if moe:
+        config_cls, model_cls = Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+        experts = {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            # transformers always renormalises the top-k weights; vLLM reads this key.
+            "norm_topk_prob": True,
+        }
+        transposed = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+    else:
+        config_cls, model_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        experts, transposed = {}, ()
+    config = config_cls(
         text_config=_qwen_text_config(
             ids,
             hidden_size,
@@ -320,6 +370,7 @@ def build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path
             },
             head_dim=head_dim,
             attention_bias=False,
+            **experts,
         ),
         vision_config={
             "depth": 2,
@@ -339,7 +390,7 @@ def build_tiny_qwen3_vl(path: str | pathlib.Path, seed: int = 0) -> pathlib.Path
         **_qwen_vision_token_ids(ids),
         tie_word_embeddings=False,
     )
-    _save_qwen_model(Qwen3VLForConditionalGeneration, config, path, seed, ids)
+    _save_qwen_model(model_cls, config, path, seed, ids, transposed)
     _save_qwen_processor(
         path,
         tokenizer,

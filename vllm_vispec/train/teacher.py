@@ -21,6 +21,7 @@ SUPPORTED = {
     "LlavaNextForConditionalGeneration": ("image_token_index",),
     "LlavaForConditionalGeneration": ("image_token_index",),
     "Qwen3VLForConditionalGeneration": ("image_token_id", "video_token_id"),
+    "Qwen3VLMoeForConditionalGeneration": ("image_token_id", "video_token_id"),
 }
 
 
@@ -48,7 +49,7 @@ class Teacher:
         if not (target_dir / "config.json").is_file():
             raise TeacherError(
                 f"target {target_dir} has no config.json; pass the local folder of a Qwen2.5-VL, "
-                f"Qwen3-VL, LLaVA-1.6 or LLaVA-1.5 model"
+                f"Qwen3-VL (dense or MoE), LLaVA-1.6 or LLaVA-1.5 model"
             )
         config = AutoConfig.from_pretrained(target_dir)
         arch = (config.architectures or ["?"])[0]
