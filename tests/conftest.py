@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 
 # In-process engines start in seconds instead of ~20 s; the KV cache must be bounded on CPU.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -169,6 +170,44 @@ def llava_eaglevlm_draft(
     folder = tmp_path_factory.mktemp("llava-eaglevlm-draft") / "d"
     norms = {"input_norm": True, "final_norm": True}
     return build_tiny_draft(llava_target, folder, echo=True, kind="eaglevlm", **norms)
+
+
+@pytest.fixture(scope="session")
+def specvlm_drafts(
+    qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], pathlib.Path]:
+    """SpecVLM drafts (echo, input norm, compression 3) for the tiny Qwen2.5-VL target, by
+    compressor (a primitive, or "gate"), each built once."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    built: dict[str, pathlib.Path] = {}
+
+    def draft(compressor: str) -> pathlib.Path:
+        if compressor not in built:
+            folder = tmp_path_factory.mktemp(f"specvlm-{compressor}") / "d"
+            settings = {"kind": "specvlm", "compressor": compressor, "input_norm": True}
+            built[compressor] = build_tiny_draft(qwen_target, folder, echo=True, **settings)
+        return built[compressor]
+
+    return draft
+
+
+@pytest.fixture(scope="session")
+def qwen_specvlm_draft(specvlm_drafts: Callable[[str], pathlib.Path]) -> pathlib.Path:
+    """The gated SpecVLM draft for the tiny Qwen2.5-VL target."""
+    return specvlm_drafts("gate")
+
+
+@pytest.fixture(scope="session")
+def llava_specvlm_draft(
+    llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """Gated SpecVLM draft (echo, both norms, compression 4) for the tiny LLaVA-1.6 target."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("llava-specvlm-draft") / "d"
+    settings = {"kind": "specvlm", "compression": 4, "input_norm": True, "final_norm": True}
+    return build_tiny_draft(llava_target, folder, echo=True, **settings)
 
 
 @pytest.fixture(scope="session")

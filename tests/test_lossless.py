@@ -32,6 +32,8 @@ CASES = [
     ("qwen3", "mark"),
     ("qwen", "torch"),
     ("qwen-eaglevlm", "mark"),
+    ("qwen-specvlm", "mark"),
+    ("qwen-specvlm", "torch"),
 ]
 # The smallest prefill budget per target that still fits both images of a prompt in vLLM's
 # encoder cache (see test_parity.py); each splits at least one image across chunks.
@@ -89,16 +91,20 @@ def test_chunked_prefill_and_preemption(
     assert delta["vllm:num_preemptions"] > 0
 
 
-@pytest.mark.parametrize("attention", ["mark", "torch"])
+@pytest.mark.parametrize(
+    "name,attention",
+    [("qwen", "mark"), ("qwen", "torch"), ("qwen-specvlm", "mark"), ("qwen-specvlm", "torch")],
+)
 def test_prefix_cache_hit_drafts_like_a_cold_run(
-    attention: str, request: pytest.FixtureRequest
+    name: str, attention: str, request: pytest.FixtureRequest
 ) -> None:
     """A prefix-cache hit on an image (the encoder does not run) still gives the same drafts.
 
-    The compressed image tokens come from cached draft KV and the global feature from the
-    proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
+    The compressed image tokens come from cached draft KV and the global feature (ViSpec) or
+    the compressor's choice (SpecVLM, which the skipping attention needs to hide the rest) from
+    the proposer's per-image cache: the acceptance counts of a warm run equal a cold run's.
     """
-    target, draft = models("qwen", request)
+    target, draft = models(name, request)
     prompts = [chat([(7, (224, 224))]), chat([(8, (320, 200)), (9, (224, 224))])]
     vispec = {"draft_attention": attention}
     with engine(target, draft, vispec=vispec, enable_prefix_caching=True) as llm:
@@ -119,6 +125,23 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
         features = len(runner(llm).drafter.vision.features)
     assert accepted[0] == accepted[1]
     assert features == 3  # one adaptor output per distinct image, computed once
+
+
+def test_specvlm_keeps_its_choice_for_the_same_image_and_another_question(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Same image, another question after it: the second request reuses the first's image
+    blocks through the prefix cache, and the compressor's choice with them (the gate reads only
+    what precedes the image's end), so the image is compressed once; output is plain vLLM's."""
+    target, draft = models("qwen-specvlm", request)
+    prompts = [chat([(7, (224, 224))], "What is it?"), chat([(7, (224, 224))], "Which colors?")]
+    expected = plain_greedy(target, prompts)[0]
+    with engine(target, draft, enable_prefix_caching=True) as llm:
+        got = [greedy(llm, [p])[0] for p in prompts]
+        hits = counters(llm)["vllm:prefix_cache_hits"]
+        choices = runner(llm).drafter.vision.choices
+    assert got == expected
+    assert hits > 0 and sum(choices.values()) == 1, (hits, choices)
 
 
 def _video(seed: int, frames: int = 4) -> tuple[np.ndarray, dict]:
@@ -337,7 +360,9 @@ def _sampled_pit(
     return stats.kstest(pit, "uniform").pvalue, after[accepted] - before.get(accepted, 0)
 
 
-@pytest.mark.parametrize("method", ["ngram", "eagle", "vispec", "vispec-scheduled-trees"])
+@pytest.mark.parametrize(
+    "method", ["ngram", "eagle", "vispec", "vispec-scheduled-trees", "specvlm"]
+)
 def test_sampling_follows_the_target_distribution(
     method: str, request: pytest.FixtureRequest
 ) -> None:
@@ -349,6 +374,7 @@ def test_sampling_follows_the_target_distribution(
         "ngram": {"method": "ngram", "prompt_lookup_max": 2, "prompt_lookup_min": 1},
         "eagle": {"method": "eagle", "model": str(request.getfixturevalue("qwen_eagle_draft"))},
         "vispec": vispec_draft,
+        "specvlm": {"method": "eagle", "model": str(request.getfixturevalue("qwen_specvlm_draft"))},
         "vispec-scheduled-trees": {
             **vispec_draft,
             "num_speculative_tokens": 8,

@@ -140,6 +140,9 @@ def _image_token(target: pathlib.Path) -> int:
         ("qwen-eaglevlm", 40, "mark"),
         ("llava-eaglevlm", 160, "mark"),
         ("qwen-eaglevlm", 40, "torch"),
+        ("qwen-specvlm", 40, "mark"),
+        ("qwen-specvlm", 40, "torch"),
+        ("llava-specvlm", 160, "mark"),
         ("qwen", 40, "torch"),
         ("llava", 160, "torch"),
         ("qwen", 40, "triton"),
@@ -153,7 +156,8 @@ def test_first_pass_matches_reference(
     """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
     ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py).
     ``qwen3-nemo``: a NeMo Automodel export (norms, explicit head_dim) given to vLLM as is;
-    ``-eaglevlm``: EagleVLM drafts (every image position seen, with its image embedding)."""
+    ``-eaglevlm``: EagleVLM drafts (every image position seen, with its image embedding);
+    ``-specvlm``: SpecVLM drafts (the gate picks a compressor per image)."""
     if attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs TRITON_INTERPRET=1 (run by test_interpreted.py)")
     target, draft = models(name, request)
@@ -241,3 +245,30 @@ def test_qwen3_image_inputs_are_the_target_input_embeddings(qwen3_target, qwen3_
     hidden = embeds.shape[1]
     assert encoded.shape[1] > hidden, "no DeepStack channels: the test would not bite"
     torch.testing.assert_close(encoded[:, :hidden], embeds, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("compressor", ["prune", "pool", "conv", "resampler", "text"])
+def test_each_compressor_matches_reference(compressor: str, qwen_target, specvlm_drafts) -> None:
+    """A SpecVLM draft with one primitive, images split across prefill chunks."""
+    draft = specvlm_drafts(compressor)
+    overrides = {"enable_prefix_caching": False, "max_num_batched_tokens": 40, "max_num_seqs": 1}
+    with engine(qwen_target, draft, **overrides) as llm:
+        recorder = FirstPassRecorder(llm)
+        outputs = llm.chat(
+            CONVERSATIONS, SamplingParams(temperature=0, max_tokens=2), use_tqdm=False
+        )
+        choices = dict(recorder.drafter.vision.choices)
+    assert recorder.split_images() > 0
+    reference = _reference(qwen_target, draft)
+    for output in outputs:
+        inp, vllm_out = recorder.request_inputs(
+            list(output.prompt_token_ids), output.outputs[0].token_ids[0], _image_token(qwen_target)
+        )
+        with torch.no_grad():
+            ref = reference([inp])[0]
+        hidden = (~ref.visible).sum().item()
+        if inp.image_embeds and compressor != "text":
+            assert 0 < hidden < sum(x.shape[0] for x in inp.image_embeds), hidden
+        diff = (vllm_out[ref.visible] - ref.hidden_states[ref.visible]).abs().max().item()
+        assert diff < ATOL, f"{len(inp.image_embeds)} images: hidden states differ by {diff:.3g}"
+    assert set(choices) == {compressor}, choices

@@ -255,7 +255,7 @@ def test_hidden_intervals_are_the_layouts_hidden_positions(num_q: int) -> None:
 def test_span_errors():
     with pytest.raises(ValueError, match="starts at token 0"):
         check_spans(image_spans([IMG, IMG, 3], IDS), num_q=2)
-    with pytest.raises(ValueError, match="fewer than the 2 compressed"):
+    with pytest.raises(ValueError, match="fewer than its 2 compressed"):
         draft_layout([(1, 3), (5, 6)], num_q=3, lo=0, hi=8)
     check_spans([(1, 3), (5, 7)], num_q=3)  # exactly num_q - 1 tokens is enough
     with pytest.raises(ValueError, match="sorted and disjoint"):

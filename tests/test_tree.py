@@ -237,6 +237,7 @@ def _compare_trees(
         ("qwen3", "mark"),
         ("qwen", "torch"),
         ("llava-eaglevlm", "mark"),
+        ("qwen-specvlm", "torch"),
     ],
 )
 def test_trees_mixed_batch_and_prefix_cache_hits(

@@ -16,7 +16,10 @@ DRAFT_ARCHITECTURE = "EagleViSpecForCausalLM"
 FORMAT_VERSION = 2  # 2: EagleVLM drafts and drafts with trained norms (input/final_norm)
 # ViSpec: images compressed by the adaptor, a global image feature on text (img_fc).
 # EagleVLM (SpecVLM's baseline): every image position seen, its image embedding as its input.
-DRAFT_KINDS = ("vispec", "eaglevlm")
+# SpecVLM: EagleVLM whose images pass SpecVLM's elastic compressor first.
+DRAFT_KINDS = ("vispec", "eaglevlm", "specvlm")
+# The compressor's primitives, in the gate's order; "gate" picks one per image.
+COMPRESSORS = ("prune", "pool", "conv", "resampler", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +47,24 @@ class ViSpecConfig:
     input_norm: bool = False
     final_norm: bool = False
     kind: str = "vispec"
+    compressor: str = "gate"  # specvlm: one of COMPRESSORS, or "gate"
+    compression: int = 3  # specvlm: rows per token of prune/pool/conv
+    resampler_queries: int = 2  # specvlm: the resampler's learned queries
 
     def __post_init__(self) -> None:
         if self.kind not in DRAFT_KINDS:
             raise ValueError(
                 f"draft kind must be one of {', '.join(DRAFT_KINDS)}, got {self.kind!r}"
+            )
+        if self.compressor not in (*COMPRESSORS, "gate"):
+            raise ValueError(
+                f"compressor must be one of {', '.join(COMPRESSORS)} or gate, got "
+                f"{self.compressor!r}"
+            )
+        if self.compression < 1 or self.resampler_queries < 1:
+            raise ValueError(
+                f"compression and resampler_queries must be >= 1, got {self.compression} and "
+                f"{self.resampler_queries}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -77,9 +93,23 @@ class ViSpecConfig:
         return self.kind == "vispec"
 
     @property
+    def compressor_choices(self) -> tuple[str, ...]:
+        """What the SpecVLM compressor may pick per image (empty for other kinds)."""
+        if self.kind != "specvlm":
+            return ()
+        return COMPRESSORS if self.compressor == "gate" else (self.compressor,)
+
+    @property
     def needs_format_2(self) -> bool:
         """What plugins before format 2 would run wrongly instead of refusing."""
         return self.input_norm or self.final_norm or self.kind != "vispec"
+
+    def _compressor_dict(self) -> dict[str, Any]:
+        return {
+            "compressor": self.compressor,
+            "compression": self.compression,
+            "resampler_queries": self.resampler_queries,
+        }
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], num_q: int | None = None) -> ViSpecConfig:
@@ -117,6 +147,9 @@ class ViSpecConfig:
             input_norm=bool(vispec.get("input_norm", False)),
             final_norm=bool(vispec.get("final_norm", False)),
             kind=str(vispec.get("kind", "vispec")),
+            compressor=str(vispec.get("compressor", "gate")),
+            compression=int(vispec.get("compression", 3)),
+            resampler_queries=int(vispec.get("resampler_queries", 2)),
         )
 
     def to_hf_dict(self, **provenance: Any) -> dict[str, Any]:
@@ -142,6 +175,7 @@ class ViSpecConfig:
                 # Plain ViSpec drafts stay readable by plugins that predate format 2.
                 "format_version": FORMAT_VERSION if self.needs_format_2 else 1,
                 **({"kind": self.kind} if self.kind != "vispec" else {}),
+                **(self._compressor_dict() if self.kind == "specvlm" else {}),
                 "num_q": self.num_q,
                 **({"input_norm": True} if self.input_norm else {}),
                 **({"final_norm": True} if self.final_norm else {}),

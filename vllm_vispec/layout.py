@@ -9,7 +9,8 @@ token ``t + 1``. An image occupying tokens ``[s, e)`` therefore occupies the *sh
 - every other position is *hidden*: it has no KV entry and nothing attends to it.
 
 An EagleVLM draft (``num_q`` None) keeps the whole span: position ``t`` is the image's token
-``t + 1 - s``, paired with that token's image embedding.
+``t + 1 - s``, paired with that token's image embedding. A SpecVLM draft gives each image its
+own count of compressed positions (``num_q`` a sequence: the compressor's choice per image).
 
 Every other draft position is *text*. A text position ``t`` uses the global feature (the last
 adaptor output) of the latest image ``i`` with ``e_i - 1 <= t``, or zeros before the first image.
@@ -48,29 +49,35 @@ def image_spans(
     return list(zip(starts, ends, strict=True))
 
 
-def kept(spans: Sequence[Span], num_q: int | None) -> list[int]:
+Keep = int | Sequence[int] | None  # ViSpec's num_q, per-image counts, or every position
+
+
+def kept(spans: Sequence[Span], num_q: Keep) -> list[int]:
     """How many positions at the end of each image's shifted span stay visible."""
-    return [e - s if num_q is None else num_q - 1 for s, e in spans]
+    if num_q is None:
+        return [e - s for s, e in spans]
+    if isinstance(num_q, int):
+        return [num_q - 1] * len(spans)
+    return list(num_q)
 
 
-def check_spans(spans: Sequence[Span], num_q: int | None) -> None:
+def check_spans(spans: Sequence[Span], num_q: Keep) -> None:
     """Reject spans the draft cannot represent.
 
     An image at token 0 has no draft position before it to start its shifted span, and an image
-    shorter than ``num_q - 1`` tokens has no room for its compressed tokens.
+    shorter than its compressed tokens (``num_q - 1`` for ViSpec) has no room for them.
     """
-    num_q = num_q or 2
     previous_end = 0
-    for i, (start, end) in enumerate(spans):
+    for i, ((start, end), k) in enumerate(zip(spans, kept(spans, num_q), strict=True)):
         if start < 1:
             raise ValueError(
                 f"image {i} starts at token {start}: a ViSpec draft needs at least one token "
                 "before every image"
             )
-        if end - start < max(num_q - 1, 1):
+        if end - start < max(k, 1):
             raise ValueError(
-                f"image {i} has {end - start} tokens, fewer than the {num_q - 1} compressed "
-                f"tokens of a num_q={num_q} adaptor"
+                f"image {i} has {end - start} tokens, fewer than its {k} compressed tokens"
+                + (f" (a num_q={num_q} adaptor)" if isinstance(num_q, int) else "")
             )
         if start < previous_end:
             raise ValueError(f"image spans must be sorted and disjoint, got {list(spans)}")
@@ -112,7 +119,7 @@ class DraftLayout:
 
 def draft_layout(
     spans: Sequence[Span],
-    num_q: int | None,
+    num_q: Keep,
     lo: int,
     hi: int,
     device: torch.device | str | None = None,
@@ -140,7 +147,7 @@ def draft_layout(
     return DraftLayout(positions, image, slot, global_image)
 
 
-def hidden_intervals(spans: Sequence[Span], num_q: int | None) -> list[Span]:
+def hidden_intervals(spans: Sequence[Span], num_q: Keep) -> list[Span]:
     """The hidden draft positions of a whole request as intervals ``[lo, hi)``, sorted.
 
     Image ``[s, e)`` hides ``[s - 1, e - num_q)``: its shifted span minus the ``num_q - 1``

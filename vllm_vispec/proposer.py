@@ -20,8 +20,7 @@ ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the insta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -75,8 +74,21 @@ class ViSpecProposer(EagleProposer):
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
         features = FeatureCache(self.settings.feature_cache_bytes)
-        if draft.num_q is None:
-            logger.info("EagleVLM draft: image positions read their image embeddings")
+        cfg = draft.vispec_config
+        if cfg.kind == "eaglevlm":
+            logger.info("EagleVLM draft: its image positions read their image embeddings")
+        elif cfg.kind == "specvlm":
+            logger.info(
+                "SpecVLM draft: each image passes the elastic compressor (%s; %dx for "
+                "prune/pool/conv, %d resampler queries), its tokens kept for prefix-cache hits "
+                "in up to %d MiB (vispec.feature_cache_mib)",
+                "the gate picks one of " + "/".join(cfg.compressor_choices)
+                if len(cfg.compressor_choices) > 1
+                else cfg.compressor,
+                cfg.compression,
+                cfg.resampler_queries,
+                features.capacity_bytes >> 20,
+            )
         else:
             per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
             logger.info(
@@ -94,6 +106,7 @@ class ViSpecProposer(EagleProposer):
             None if draft.num_q is None else draft.adapt_images,
             features,
             draft.attends_by_intervals,
+            draft.compress_images if cfg.kind == "specvlm" else None,
         )
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
@@ -157,7 +170,7 @@ class ViSpecProposer(EagleProposer):
                     batch.num_computed_tokens_cpu,
                     query_start_loc,
                     target_token_ids.shape[0],
-                    self._mm_features,
+                    self._request_state,
                     runner.encoder_cache,
                 )
             )
@@ -177,8 +190,8 @@ class ViSpecProposer(EagleProposer):
         finally:
             self.draft.set_vision_inputs(None)
 
-    def _mm_features(self, req_id: str) -> Sequence[Any]:
-        return self.runner.requests[req_id].mm_features
+    def _request_state(self, req_id: str) -> CachedRequestState:
+        return self.runner.requests[req_id]
 
     # -- steps that draft nothing -------------------------------------------------------------
 
@@ -198,7 +211,9 @@ class ViSpecProposer(EagleProposer):
         query_start_loc = cad.query_start_loc_cpu.numpy()[: num_reqs + 1]
         starts = batch.num_computed_tokens_cpu[:num_reqs]
         req_ids = batch.req_ids[:num_reqs]
-        self.vision.adapt(req_ids, starts, query_start_loc, self._mm_features, runner.encoder_cache)
+        self.vision.adapt(
+            req_ids, starts, query_start_loc, self._request_state, runner.encoder_cache
+        )
         lengths = np.diff(query_start_loc)
         if num_rejected_tokens is not None:
             lengths = lengths - num_rejected_tokens[:num_reqs].cpu().numpy()
@@ -246,7 +261,7 @@ class ViSpecProposer(EagleProposer):
                 rows.starts,
                 query_start_loc,
                 n,
-                self._mm_features,
+                self._request_state,
                 runner.encoder_cache,
             )
         )

@@ -11,12 +11,13 @@ every call recomputes the whole sequence.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm_vispec.compressor import ElasticCompressor
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.layout import DraftLayout, draft_layout, image_spans
 
@@ -200,6 +201,7 @@ class ViSpecDraft(nn.Module):
         if config.has_adaptor:
             self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
             self.imadpt = VisionAdaptor(config)
+        self.compressor = ElasticCompressor(config) if config.kind == "specvlm" else None
         # Its output is both the fed-back hidden state and the logits' input.
         self.norm = RMSNorm(h, config.rms_norm_eps) if config.final_norm else None
         self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
@@ -240,9 +242,9 @@ class ViSpecDraft(nn.Module):
         Returns the rows [Lv, H], their raw positions [Lv] (the RoPE positions), and the global
         feature [H] that applies after the prompt (zeros without images).
         """
-        layout = self.layout(inp)
         if not self.config.has_adaptor:
-            return self._eaglevlm_inputs(inp, layout)
+            return self._eaglevlm_inputs(inp)
+        layout = self.layout(inp)
         pooled = [self.imadpt(x) for x in inp.image_embeds]  # each [num_q, H]
         zeros = inp.hidden_states.new_zeros(1, self.config.hidden_size)
         globals_ = torch.cat([zeros] + [p[-1:] for p in pooled])  # row 0: no image yet
@@ -259,23 +261,41 @@ class ViSpecDraft(nn.Module):
         visible = layout.visible
         return x[visible], layout.positions[visible], globals_[-1]
 
-    def _eaglevlm_inputs(
-        self, inp: DraftInput, layout: DraftLayout
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """EagleVLM: every position visible; where the next token is an image token, its image
-        embedding (the target's input embedding there) replaces the token embedding."""
+    def _eaglevlm_inputs(self, inp: DraftInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EagleVLM: where the next token is an image token, the image's token (its image
+        embedding, or with SpecVLM's compressor one of the image's compressed tokens, at the
+        image's last positions) replaces the token embedding; other image positions are
+        hidden."""
+        tokens = self.image_tokens(inp)
+        layout = self.layout(inp, [t.shape[0] for t in tokens])
         embeds = self.embed_tokens(inp.token_ids[1:])
-        image = layout.image >= 0
+        image = layout.is_compressed
         if image.any():
-            starts = torch.tensor([0] + [x.shape[0] for x in inp.image_embeds]).cumsum(0)
+            starts = torch.tensor([0] + [t.shape[0] for t in tokens]).cumsum(0)
             rows = starts[layout.image[image]] + layout.slot[image]
-            embeds[image] = torch.cat(inp.image_embeds)[rows].to(embeds.dtype)
+            embeds[image] = torch.cat(tokens)[rows].to(embeds.dtype)
         g = inp.hidden_states.new_zeros(embeds.shape)
         x = self.fc_inputs(embeds, inp.hidden_states, g)
-        return x, layout.positions, g[0]
+        visible = layout.visible
+        return x[visible], layout.positions[visible], g[0]
 
-    def layout(self, inp: DraftInput) -> DraftLayout:
-        """The request's draft layout, after checking the input against it."""
+    def image_tokens(self, inp: DraftInput) -> list[torch.Tensor]:
+        """EagleVLM's tokens of each image: its embeddings, or what the compressor makes of
+        them (the gate reading the prompt's text before the image)."""
+        if self.compressor is None:
+            return list(inp.image_embeds)
+        ids = inp.token_ids
+        text = ~torch.isin(ids, torch.tensor(list(inp.image_token_ids), dtype=ids.dtype))
+        spans = image_spans(ids, inp.image_token_ids)
+        tokens = []
+        for (start, _), image in zip(spans, inp.image_embeds, strict=True):
+            context = self.embed_tokens(ids[:start][text[:start]])
+            tokens.append(self.compressor(image, self.compressor.choose(image, context)))
+        return tokens
+
+    def layout(self, inp: DraftInput, kept: Sequence[int] | None = None) -> DraftLayout:
+        """The request's draft layout, after checking the input against it (``kept``: the
+        visible positions of each image of an EagleVLM or SpecVLM draft)."""
         num_positions = inp.hidden_states.shape[0]
         if inp.token_ids.shape[0] != num_positions + 1:
             raise ValueError(
@@ -290,8 +310,7 @@ class ViSpecDraft(nn.Module):
                 f"image_embeds have {given} rows, the token ids hold images of {lengths} tokens"
             )
         device = inp.hidden_states.device
-        # EagleVLM hides and compresses nothing: an image's shifted span is all its own rows.
-        num_q = self.config.num_q if self.config.has_adaptor else None
+        num_q = self.config.num_q if self.config.has_adaptor else kept
         return draft_layout(spans, num_q, 0, num_positions, device=device)
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

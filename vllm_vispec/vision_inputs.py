@@ -8,7 +8,9 @@ Data flows one way: the draft never reaches back into the proposer or the runner
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +24,11 @@ from vllm_vispec.layout import draft_layout, hidden_intervals, image_spans
 logger = init_logger(f"vllm.{__name__}")
 
 Intervals = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# SpecVLM: images [n_i, H] and the prompt's text ids before each -> per image the compressor's
+# choice and its tokens [m_i, H]
+CompressImages = Callable[
+    [Sequence[torch.Tensor], Sequence[torch.Tensor]], list[tuple[str, torch.Tensor]]
+]
 
 
 @dataclasses.dataclass
@@ -79,7 +86,8 @@ class VisionBuffers:
             self.step_global_rows.zero_()
         if inputs is None:
             return
-        n = inputs.compressed.shape[0] if inputs.global_rows is None else len(inputs.global_rows)
+        rows = (inputs.global_rows, inputs.compressed, inputs.hidden)
+        n = next((len(t) for t in rows if t is not None), 0)
         if inputs.global_rows is not None:
             self.global_rows[:n].copy_(inputs.global_rows)
         if inputs.compressed is not None:
@@ -113,6 +121,8 @@ class VisionBuffers:
 class ImageSpan:
     """One image of a request, or one run of a video's tokens: tokens [start, end) of the
     target sequence, fed by rows ``rows`` of the encoder output stored under ``key``.
+    ``prefix`` (SpecVLM drafts): a digest of the prompt up to the span's end, which decides
+    the compressor's choice with the image.
 
     A video whose placeholder interleaves text with its tokens (Qwen3-VL puts a timestamp
     before each frame group) gives a span per run of video tokens, each compressed like an
@@ -123,11 +133,12 @@ class ImageSpan:
     end: int
     key: str  # the encoder-cache identifier (image or video hash)
     rows: tuple[int, int]
+    prefix: str = ""
 
     @property
     def feature_key(self) -> str:
-        """Where the adaptor output of this span is kept."""
-        return f"{self.key}:{self.rows[0]}"
+        """Where the adaptor (or compressor) output of this span is kept."""
+        return f"{self.key}:{self.rows[0]}:{self.prefix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +146,15 @@ class RequestImages:
     """What a request's images mean to the draft; fixed for the request's lifetime."""
 
     spans: list[ImageSpan]
-    hidden: list[tuple[int, int]]  # hidden raw positions [lo, hi), sorted
+    hidden: list[tuple[int, int]]  # hidden raw positions [lo, hi), sorted (ViSpec, EagleVLM)
+    prompt: np.ndarray | None = None  # the prompt's token ids (SpecVLM's gate reads its text)
 
     @classmethod
-    def from_features(cls, mm_features: Sequence[Any], num_q: int) -> RequestImages:
-        """From vLLM's ``MultiModalFeatureSpec`` list of a request."""
+    def from_state(cls, state: Any, num_q: int | None, compresses: bool) -> RequestImages:
+        """From vLLM's request state (its ``MultiModalFeatureSpec`` list, and its prompt when
+        a compressor chooses per image)."""
         spans = []
-        for f in mm_features:
+        for f in state.mm_features:
             p, row = f.mm_position, 0
             # Runs of the placeholder's embedding positions (flag 1); all of it without a mask.
             runs = [(0, p.length)] if p.is_embed is None else image_spans(p.is_embed.long(), (1,))
@@ -151,14 +164,30 @@ class RequestImages:
                 )
                 row += hi - lo
         spans.sort()
-        return cls(spans, hidden_intervals([(s.start, s.end) for s in spans], num_q))
+        if not compresses:
+            return cls(spans, hidden_intervals([(s.start, s.end) for s in spans], num_q))
+        prompt = np.asarray(state.prompt_token_ids, dtype=np.int64)
+        spans = [
+            dataclasses.replace(s, prefix=hashlib.blake2b(prompt[: s.end].tobytes()).hexdigest())
+            for s in spans
+        ]
+        return cls(spans, [], prompt)
+
+    def context(self, span: ImageSpan) -> np.ndarray:
+        """The prompt's text tokens before ``span`` (what SpecVLM's gate reads with it)."""
+        text = np.ones(span.start, dtype=bool)
+        for s in self.spans:
+            text[s.start : min(s.end, span.start)] = False
+        return self.prompt[: span.start][text]
 
 
 class VisionInputsBuilder:
     """Builds :class:`VisionInputs` per step; caches per-request images and adaptor outputs.
 
-    ``adapt_images`` None: an EagleVLM draft, which reads each image position's embedding
-    from the encoder output instead (``num_q`` None: nothing hidden, nothing compressed).
+    Three kinds of draft: ViSpec (``adapt_images``: adaptor outputs per image, kept in
+    ``features``), EagleVLM (neither callable, ``num_q`` None: each image position reads its
+    embedding from the encoder output), SpecVLM (``compress_images``: the compressor's tokens
+    per image, kept in ``features``, at the image's last positions; the rest hidden).
     """
 
     def __init__(
@@ -170,6 +199,7 @@ class VisionInputsBuilder:
         adapt_images: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
         features: FeatureCache,
         by_intervals: bool,
+        compress_images: CompressImages | None = None,
     ) -> None:
         self.num_q = num_q
         self.hidden_size = hidden_size
@@ -178,14 +208,16 @@ class VisionInputsBuilder:
         self.adapt_images = adapt_images
         self.features = features
         self.by_intervals = by_intervals
+        self.compress_images = compress_images
+        self.choices: collections.Counter[str] = collections.Counter()  # SpecVLM, per image
         self._requests: dict[str, RequestImages] = {}
 
-    def request(self, req_id: str, mm_features: Callable[[str], Sequence[Any]]) -> RequestImages:
-        """The request's images, read from vLLM's multimodal features once per request."""
+    def request(self, req_id: str, request_state: Callable[[str], Any]) -> RequestImages:
+        """The request's images, read from vLLM's request state once per request."""
         images = self._requests.get(req_id)
         if images is None:
-            images = self._requests[req_id] = RequestImages.from_features(
-                mm_features(req_id), self.num_q
+            images = self._requests[req_id] = RequestImages.from_state(
+                request_state(req_id), self.num_q, self.compress_images is not None
             )
         return images
 
@@ -199,7 +231,7 @@ class VisionInputsBuilder:
         req_ids: Sequence[str],
         num_computed: np.ndarray,
         query_start_loc: np.ndarray,
-        mm_features: Callable[[str], Sequence[Any]],
+        request_state: Callable[[str], Any],
         encoder_cache: Mapping[str, torch.Tensor],
     ) -> tuple[list[RequestImages], list[tuple[int, int, int, list[ImageSpan]]]]:
         """Run the adaptor on the images the rows reach whose output is not cached yet (the
@@ -207,21 +239,23 @@ class VisionInputsBuilder:
         nothing; each request's images and the windows (rows lo..hi, first draft position,
         spans) of the requests with images."""
         num_reqs = len(query_start_loc) - 1
-        images = [self.request(req_ids[r], mm_features) for r in range(num_reqs)]
-        windows = []
+        images = [self.request(req_ids[r], request_state) for r in range(num_reqs)]
+        windows, with_images = [], []
         for r in range(num_reqs):
             if images[r].spans:
                 lo, hi = int(query_start_loc[r]), int(query_start_loc[r + 1])
                 windows.append((lo, hi, int(num_computed[r]), images[r].spans))
-        self._adapt(
-            [
-                s
-                for lo, hi, first, spans in windows
-                for s in spans
-                if first + hi - lo > s.start - 1 and first < s.end - 1
-            ],
-            encoder_cache,
-        )
+                with_images.append(r)
+        reached = [
+            (images[r], s)
+            for r, (lo, hi, first, spans) in zip(with_images, windows, strict=True)
+            for s in spans
+            if first + hi - lo > s.start - 1 and first < s.end - 1
+        ]
+        if self.compress_images is not None:
+            self._compress(reached, encoder_cache)
+        else:
+            self._adapt([s for _, s in reached], encoder_cache)
         return images, windows
 
     def build(
@@ -230,17 +264,17 @@ class VisionInputsBuilder:
         num_computed: np.ndarray,
         query_start_loc: np.ndarray,
         num_tokens: int,
-        mm_features: Callable[[str], Sequence[Any]],
+        request_state: Callable[[str], Any],
         encoder_cache: Mapping[str, torch.Tensor],
     ) -> VisionInputs | None:
         """Vision inputs of the first pass (a row per token) and later steps (per request)."""
         images, windows = self.adapt(
-            req_ids, num_computed, query_start_loc, mm_features, encoder_cache
+            req_ids, num_computed, query_start_loc, request_state, encoder_cache
         )
         if not windows:  # text only: no image feature anywhere (the model uses zeros)
             return None
         if self.adapt_images is None:
-            return self._image_embeddings(windows, num_tokens, encoder_cache)
+            return self._image_tokens(images, windows, num_tokens, encoder_cache)
         intervals = self._hidden_intervals(images) if self.by_intervals else None
 
         global_index = torch.zeros(num_tokens, dtype=torch.long)
@@ -283,47 +317,99 @@ class VisionInputsBuilder:
             hidden_intervals=intervals,
         )
 
-    def _image_embeddings(
+    def _image_tokens(
         self,
+        images: list[RequestImages],
         windows: list[tuple[int, int, int, list[ImageSpan]]],
         num_tokens: int,
         encoder_cache: Mapping[str, torch.Tensor],
     ) -> VisionInputs | None:
-        """EagleVLM's rows: where a row's next token is an image token, that token's embedding
-        (the target's input embedding there, rows of the encoder output)."""
+        """EagleVLM's rows: where a row's next token is one of an image's kept tokens, that
+        token (the image embedding there, or SpecVLM's compressed token) stands for its token
+        embedding; SpecVLM hides the image's other positions."""
         index = torch.full((num_tokens,), -1, dtype=torch.long)
+        hidden = torch.zeros(num_tokens, dtype=torch.bool)
         rows: list[torch.Tensor] = []
         num_rows = 0
         for lo, hi, first, spans in windows:
             if first >= spans[-1].end - 1:  # decoding: past every image
                 continue
-            layout = draft_layout([(s.start, s.end) for s in spans], None, first, first + hi - lo)
-            for i in layout.image[layout.image >= 0].unique().tolist():
-                span = spans[i]
-                if span.key not in encoder_cache:  # not expected: vLLM looks one token ahead
-                    logger.warning_once(
-                        "EagleVLM: an image's encoder output was gone when the draft read it; "
-                        "its token embeddings stand in (output unchanged, acceptance may drop)"
-                    )
+            tokens = [self._tokens(span, encoder_cache) for span in spans]
+            layout = draft_layout(
+                [(s.start, s.end) for s in spans], self._kept(spans), first, first + hi - lo
+            )
+            hidden[lo:hi] = layout.is_hidden
+            for i in layout.image[layout.is_compressed].unique().tolist():
+                if tokens[i] is None:
                     continue
-                at = layout.image == i
+                at = (layout.image == i) & layout.is_compressed
                 index[lo:hi][at] = num_rows + layout.slot[at]
-                rows.append(
-                    encoder_cache[span.key][span.rows[0] : span.rows[1], : self.hidden_size]
-                )
-                num_rows += span.end - span.start
-        if not rows:
+                rows.append(tokens[i])
+                num_rows += tokens[i].shape[0]
+        # The skipping attentions need the hidden intervals also once every row is past them.
+        intervals = self._hidden_intervals(images) if self.by_intervals else None
+        if not rows and not hidden.any() and (intervals is None or not len(intervals[0])):
             return None
-        table = torch.cat(rows).to(self.dtype)
         index = index.to(self.device)
+        table = torch.cat(rows).to(self.dtype) if rows else None
         return VisionInputs(
             global_rows=None,
-            compressed_rows=table[index.clamp(min=0)],
-            compressed=index >= 0,
-            hidden=None,
+            compressed_rows=None if table is None else table[index.clamp(min=0)],
+            compressed=None if table is None else index >= 0,
+            hidden=hidden.to(self.device) if hidden.any() and not self.by_intervals else None,
             step_global_rows=None,
-            hidden_intervals=None,
+            hidden_intervals=intervals,
         )
+
+    def _tokens(self, span: ImageSpan, encoder_cache: Mapping[str, torch.Tensor]) -> Any:
+        """An image's EagleVLM tokens [m, H], None when they are not at hand."""
+        if self.compress_images is not None:
+            tokens = self.features.get(span.feature_key)
+        elif span.key in encoder_cache:
+            tokens = encoder_cache[span.key][span.rows[0] : span.rows[1], : self.hidden_size]
+        else:
+            tokens = None
+        if tokens is None:  # not expected: vLLM runs the encoder one token ahead of the draft
+            logger.warning_once(
+                "ViSpec: an image's tokens were gone when the EagleVLM/SpecVLM draft read them; "
+                "its token embeddings stand in (output unchanged, acceptance may drop)"
+            )
+        return tokens
+
+    def _kept(self, spans: Sequence[ImageSpan]) -> list[int]:
+        """Visible positions per image: all of them (EagleVLM), the compressor's tokens
+        (SpecVLM; an image whose choice is gone counts as dropped)."""
+        if self.compress_images is None:
+            return [s.end - s.start for s in spans]
+        kept = []
+        for s in spans:
+            tokens = self.features.get(s.feature_key)
+            kept.append(0 if tokens is None else tokens.shape[0])
+        return kept
+
+    def _compress(
+        self,
+        reached: list[tuple[RequestImages, ImageSpan]],
+        encoder_cache: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Run SpecVLM's compressor on images whose encoder output is at hand, once per image
+        and prefix."""
+        todo = {
+            span.feature_key: (
+                encoder_cache[span.key][span.rows[0] : span.rows[1], : self.hidden_size],
+                torch.from_numpy(images.context(span)).to(self.device),
+            )
+            for images, span in reached
+            if span.feature_key not in self.features and span.key in encoder_cache
+        }
+        if not todo:
+            return
+        images_, contexts = zip(*todo.values(), strict=True)
+        for key, (choice, tokens) in zip(
+            todo, self.compress_images(images_, contexts), strict=True
+        ):
+            self.features.put(key, tokens)
+            self.choices[choice] += 1
 
     def _adapt(self, spans: list[ImageSpan], encoder_cache: Mapping[str, torch.Tensor]) -> None:
         """Run the adaptor, in one varlen call, on images whose encoder output is at hand."""
@@ -361,8 +447,16 @@ class VisionInputsBuilder:
         All of a request's images count, also those of earlier chunks or prefix-cache hits: the
         attention reads the whole cached context.
         """
-        starts = [lo for r in images for lo, _ in r.hidden]
-        ends = [hi for r in images for _, hi in r.hidden]
-        cu = np.cumsum([0] + [len(r.hidden) for r in images]).tolist()
+        if self.compress_images is not None:  # by the compressor's choices
+            spans = [[(s.start, s.end) for s in r.spans] for r in images]
+            hidden = [
+                hidden_intervals(sp, self._kept(r.spans))
+                for sp, r in zip(spans, images, strict=True)
+            ]
+        else:
+            hidden = [r.hidden for r in images]
+        starts = [lo for h in hidden for lo, _ in h]
+        ends = [hi for h in hidden for _, hi in h]
+        cu = np.cumsum([0] + [len(h) for h in hidden]).tolist()
         table = torch.tensor([starts, ends], dtype=torch.int32).to(self.device)
         return table[0], table[1], torch.tensor(cu, dtype=torch.int32).to(self.device)

@@ -89,6 +89,24 @@ def expected_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
         shapes.update({"imadpt.k_proj.bias": (h,), "imadpt.v_proj.bias": (h,)})
     if cfg.has_adaptor and cfg.fc_bias:
         shapes["img_fc.bias"] = (h,)
+    return {**shapes, **_compressor_shapes(cfg)}
+
+
+def _compressor_shapes(cfg: ViSpecConfig) -> dict[str, tuple[int, ...]]:
+    """SpecVLM's compressor: what its possible choices need."""
+    h, choices, shapes = cfg.hidden_size, cfg.compressor_choices, {}
+    if "conv" in choices:  # a Conv1d over the image rows, kernel and stride = compression
+        shapes["compressor.conv.weight"] = (h, h, cfg.compression)
+        shapes["compressor.conv.bias"] = (h,)
+    if "resampler" in choices:  # learned queries, laid out as ViSpec's adaptor
+        nh = cfg.num_attention_heads
+        shapes["compressor.resampler.q"] = (cfg.resampler_queries, nh, cfg.adaptor_head_dim)
+        shapes.update({f"compressor.resampler.{p}_proj.weight": (h, h) for p in "kvo"})
+        if cfg.qkv_bias:
+            shapes.update({f"compressor.resampler.{p}_proj.bias": (h,) for p in "kv"})
+    if len(choices) > 1:  # over cat(mean image embedding, mean text embedding before it)
+        shapes["compressor.gate.weight"] = (len(choices), 2 * h)
+        shapes["compressor.gate.bias"] = (len(choices),)
     return shapes
 
 

@@ -14,7 +14,7 @@ token, so the merged embeddings would never be used).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from vllm.model_executor.models.llama import LlamaMLP
 from vllm.model_executor.models.utils import maybe_prefix
 from vllm.platforms import current_platform
 
+from vllm_vispec.compressor import ElasticCompressor
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.draft.adaptor import ImageFeatureFc, VisionAdaptor
 from vllm_vispec.draft.attention import ViSpecAttention
@@ -105,6 +106,7 @@ class ViSpecModel(nn.Module):
         # EagleVLM drafts have neither: their image positions read the image embeddings.
         self.img_fc = ImageFeatureFc(h, cfg.fc_bias) if cfg.has_adaptor else None
         self.imadpt = VisionAdaptor(cfg) if cfg.has_adaptor else None
+        self.compressor = ElasticCompressor(cfg) if cfg.kind == "specvlm" else None
         # Output norm of NeMo exports: its output is what EAGLE feeds back and the lm_head reads.
         self.norm = RMSNorm(h, eps=cfg.rms_norm_eps) if cfg.final_norm else None
 
@@ -120,7 +122,8 @@ class ViSpecModel(nn.Module):
     ) -> torch.Tensor:
         """Rows: ``global_rows`` img_fc's image half of each row's global feature,
         ``compressed_rows`` where ``compressed``: the compressed image token replacing fc's
-        output (ViSpec) or the image embedding replacing the token embedding (EagleVLM),
+        output (ViSpec) or the image's token replacing the token embedding (EagleVLM: the image
+        embedding; SpecVLM: a token of the compressor),
         ``hidden`` the positions the ``mark`` attention hides."""
         embeds = self.embed_tokens(input_ids)
         if self.img_fc is None:
@@ -181,6 +184,20 @@ class EagleViSpecForCausalLM(nn.Module):
         """
         out = self.model.imadpt(x, cu_seqlens)
         return torch.cat([out[:, :-1], self.model.img_fc.project_global(out[:, -1:])], dim=1)
+
+    @torch.inference_mode()
+    def compress_images(
+        self, images: Sequence[torch.Tensor], contexts: Sequence[torch.Tensor]
+    ) -> list[tuple[str, torch.Tensor]]:
+        """SpecVLM: each image's choice and tokens [m_i, H] from its embeddings [n_i, H], the
+        compressor's gate reading the prompt's text ids before the image."""
+        compressor = self.model.compressor
+        out = []
+        for image, ids in zip(images, contexts, strict=True):
+            image = image.to(self.model.fc.weight.dtype)
+            choice = compressor.choose(image, self.model.embed_tokens(ids))
+            out.append((choice, compressor(image, choice)))
+        return out
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)

@@ -207,7 +207,13 @@ RUNNER_ATTRIBUTES = (
 )
 # InputBatch and CachedRequestState attributes the proposer reads.
 INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_cpu", "num_reqs", "req_ids")
-REQUEST_STATE_ATTRIBUTES = ("get_token_id", "mm_features", "output_token_ids", "sampling_params")
+REQUEST_STATE_ATTRIBUTES = (
+    "get_token_id",
+    "mm_features",
+    "output_token_ids",
+    "prompt_token_ids",
+    "sampling_params",
+)
 # SamplingParams fields that decide whether a request's drafts can be a tree.
 SAMPLING_PARAMS_ATTRIBUTES = (
     "logprobs",
