@@ -54,6 +54,8 @@ def test_bench_offline_all_methods(
     qwen_target: pathlib.Path,
     qwen_draft: pathlib.Path,
     qwen_eagle_draft: pathlib.Path,
+    qwen_eaglevlm_draft: pathlib.Path,
+    qwen_specvlm_draft: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
     result = _bench(
@@ -61,11 +63,15 @@ def test_bench_offline_all_methods(
         qwen_target,
         "--vispec-draft", str(qwen_draft),
         "--eagle-draft", str(qwen_eagle_draft),
+        "--eaglevlm-draft", str(qwen_eaglevlm_draft),
+        "--specvlm-draft", str(qwen_specvlm_draft),
         "--modes", "offline",
         "--batch-sizes", "2", "4",
         "--max-tokens", "12",
     )  # fmt: skip
-    methods = ["no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto"]
+    methods = [
+        "no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto", "eaglevlm", "specvlm"
+    ]  # fmt: skip
     _check_rows(result, "offline", methods, [2, 4])
     tree = [r for r in result["rows"] if r["method"] == "vispec-tree"]
     assert all(r["draft_tokens"] > 4 * r["drafts"] for r in tree), "vispec-tree drafted no trees"
@@ -73,6 +79,8 @@ def test_bench_offline_all_methods(
         "vispec": {},
         "vispec-tree": {"tree": True},
         "vispec-auto": {},
+        "eaglevlm": {},
+        "specvlm": {},
     }
 
 
@@ -103,6 +111,7 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     args = cli.build_parser().parse_args(
         ["bench", "--target", str(tmp_path), "--vispec-draft", str(tmp_path),
+         "--specvlm-draft", str(tmp_path),
          "--tree", '{"depth": 4, "top_k": 6}', "--vispec-config", '{"draft_attention": "torch"}']
     )  # fmt: skip
     methods = command._methods(args)
@@ -113,6 +122,7 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "vispec": torch,
         "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6}},
         "vispec-auto": torch,  # the default schedule drafts chains only
+        "specvlm": torch,
     }
     schedules = {m.name: m.spec.get("num_speculative_tokens_per_batch_size") for m in methods[1:]}
     assert schedules == {
@@ -120,12 +130,13 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "vispec": None,
         "vispec-tree": None,
         "vispec-auto": [[1, 4, 3], [5, max(args.batch_sizes + [5]), 0]],
+        "specvlm": None,
     }
     given = cli.build_parser().parse_args(
         ["bench", "--target", str(tmp_path), "--vispec-draft", str(tmp_path),
          "--schedule", "[[1, 2, 29], [3, 64, 2]]"]
     )  # fmt: skip
-    auto = command._methods(given)[-1]
+    auto = next(m for m in command._methods(given) if m.name == "vispec-auto")
     assert auto.spec["num_speculative_tokens_per_batch_size"] == [[1, 2, 29], [3, 64, 2]]
     assert auto.spec["num_speculative_tokens"] == 29 and auto.vispec == {"tree": True}
     for bad in ("[[1, 2]]", "[]", '[[1, 2, "x"]]', "{}"):

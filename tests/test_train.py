@@ -11,7 +11,7 @@ import shutil
 import pytest
 import safetensors.torch
 import torch
-from engines import MIXED_BATCH, counters, engine, greedy, runner
+from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy, runner
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -162,6 +162,36 @@ def test_eagle_baseline_trains_with_mtp_and_loads_in_vllm(
         # `attention_bias` would add, left uninitialised: garbage drafts, zero acceptance).
         attn = runner(llm).drafter.model.model.layers[0].self_attn
         assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
+
+
+@pytest.mark.parametrize("kind", ["eaglevlm", "specvlm"])
+def test_eaglevlm_and_specvlm_drafts_train_and_decode_losslessly(
+    kind: str, qwen_target: pathlib.Path, toy_data: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """SpecVLM's gate learns through the straight-through Gumbel weight and the compute term."""
+    from vllm_vispec.train.teacher import Teacher
+    from vllm_vispec.train.trainer import Distiller, _build_draft
+
+    out = tmp_path / kind
+    train(_config(qwen_target, toy_data, out, draft=kind, max_steps=3, mtp_steps=1))
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["vispec"]["kind"] == kind and config["vispec"]["input_norm"]
+    assert all(math.isfinite(x) for x in _log(out))
+    if kind == "specvlm":
+        assert all(0 <= x <= 1 for x in _log(out, "kept"))
+        cfg = _config(qwen_target, toy_data, out, draft=kind)
+        teacher = Teacher(qwen_target, torch.device("cpu"), torch.float32)
+        draft = _build_draft(cfg, teacher)[1].train()
+        examples, _ = build_examples(load_records(cfg.data), teacher.processor, toy_data, 4096)
+        batch = collate(teacher.processor, examples[:4])
+        loss, _ = Distiller(draft, False, cfg, teacher.image_token_ids)(
+            teacher, teacher(batch), batch
+        )
+        loss.backward()
+        assert draft.compressor.gate.weight.grad.abs().sum() > 0
+    expected = plain_greedy(qwen_target, MIXED_BATCH[:2], max_tokens=16)[0]
+    with engine(qwen_target, out / "final") as llm:
+        assert greedy(llm, MIXED_BATCH[:2], max_tokens=16) == expected
 
 
 @pytest.mark.parametrize("name", ["llava15", "qwen3", "qwen3_moe"])

@@ -202,6 +202,7 @@ class ViSpecDraft(nn.Module):
             self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
             self.imadpt = VisionAdaptor(config)
         self.compressor = ElasticCompressor(config) if config.kind == "specvlm" else None
+        self.gate_log: list[torch.Tensor] | None = None  # training: expected token shares
         # Its output is both the fed-back hidden state and the logits' input.
         self.norm = RMSNorm(h, config.rms_norm_eps) if config.final_norm else None
         self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
@@ -290,8 +291,26 @@ class ViSpecDraft(nn.Module):
         tokens = []
         for (start, _), image in zip(spans, inp.image_embeds, strict=True):
             context = self.embed_tokens(ids[:start][text[:start]])
-            tokens.append(self.compressor(image, self.compressor.choose(image, context)))
+            if self.training and self.compressor.gate is not None:
+                tokens.append(self._gumbel_tokens(image, context))
+            else:
+                tokens.append(self.compressor(image, self.compressor.choose(image, context)))
         return tokens
+
+    def _gumbel_tokens(self, image: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Training: one primitive drawn by Gumbel-softmax, its tokens scaled by the
+        straight-through weight (1 in value, the soft weight's gradient), so the distillation
+        loss reaches the gate; ``gate_log`` collects the expected share of rows kept (the
+        compute-aware term)."""
+        compressor = self.compressor
+        logits = compressor.gate_logits(image, context)
+        soft = F.gumbel_softmax(logits, tau=1.0)
+        k = int(soft.argmax())
+        if self.gate_log is not None:
+            n = image.shape[0]
+            shares = [compressor.num_tokens(n, c) / n for c in compressor.choices]
+            self.gate_log.append((logits.softmax(-1) * logits.new_tensor(shares)).sum())
+        return compressor(image, compressor.choices[k]) * (1 + soft[k] - soft[k].detach())
 
     def layout(self, inp: DraftInput, kept: Sequence[int] | None = None) -> DraftLayout:
         """The request's draft layout, after checking the input against it (``kept``: the

@@ -2,7 +2,8 @@
 
 Runs one target on the same image + question prompts with every method in one go, so the figures are
 comparable: no speculation (the baseline), vLLM's ngram prompt lookup, vLLM's EAGLE with a plain
-EAGLE-1 draft (--eagle-draft) and the ViSpec draft (--vispec-draft), which also runs as vispec-tree
+EAGLE-1 draft (--eagle-draft), SpecVLM's drafts (--eaglevlm-draft, --specvlm-draft; chains) and
+the ViSpec draft (--vispec-draft), which also runs as vispec-tree
 (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and vispec-auto (the
 draft under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size, given by --schedule:
 by default chains of --k up to 4 requests and no drafting beyond; how to find the schedule of a
@@ -70,7 +71,9 @@ example:
 RUNNERS = {"offline": offline.measure, "serve": serve.measure}
 MODES = tuple(RUNNERS)
 VISPEC_METHODS = ("vispec", "vispec-tree", "vispec-auto")
-SPEC_METHODS = ("ngram", "eagle", *VISPEC_METHODS)
+# SpecVLM's drafts, chains of --k (the vispec settings apply to them too).
+SPECVLM_METHODS = ("eaglevlm", "specvlm")
+SPEC_METHODS = ("ngram", "eagle", *VISPEC_METHODS, *SPECVLM_METHODS)
 # The ViSpec methods with trees: at every batch size, or under vLLM's batch-size schedule.
 TREE_METHODS = ("vispec-tree", "vispec-auto")
 CHAIN_BATCH = 4  # the default schedule drafts chains up to this batch size, nothing beyond
@@ -119,6 +122,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="DIR",
         help="plain EAGLE-1 draft folder for vLLM's built-in EAGLE; else skipped",
     )
+    for name in SPECVLM_METHODS:
+        parser.add_argument(
+            f"--{name}-draft",
+            metavar="DIR",
+            help=f"{'EagleVLM' if name == 'eaglevlm' else 'SpecVLM'} draft folder (`vllm-vispec "
+            f"train --draft {name}`); else skipped",
+        )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -308,6 +318,7 @@ def _methods(args: argparse.Namespace) -> list[Method]:
     drafts = {
         "eagle": ("--eagle-draft", args.eagle_draft),
         **{m: ("--vispec-draft", args.vispec_draft) for m in VISPEC_METHODS},
+        **{m: (f"--{m}-draft", getattr(args, f"{m}_draft")) for m in SPECVLM_METHODS},
     }
     methods = [Method(BASELINE)]
     for name in SPEC_METHODS:
@@ -330,7 +341,7 @@ def _methods(args: argparse.Namespace) -> list[Method]:
         if name == "vispec-auto":
             spec["num_speculative_tokens"] = max(k for _, _, k in _schedule(args))
             spec["num_speculative_tokens_per_batch_size"] = _schedule(args)
-        settings = vispec.get(name)
+        settings = vispec["vispec"] if name in SPECVLM_METHODS else vispec.get(name)
         if name == "vispec-auto" and spec["num_speculative_tokens"] < _min_tree(settings):
             settings = vispec["vispec"]  # a schedule of chains only: no tree engine
         methods.append(Method(name, spec, settings))

@@ -22,11 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vllm_vispec.config import COMPRESSORS
 from vllm_vispec.layout import image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
 from vllm_vispec.train.losses import RECIPES, LossWeights, distill_loss
 
 LOG_FILE = "train_log.jsonl"
+DRAFTS = ("vispec", "eaglevlm", "specvlm", "eagle")
 
 DESCRIPTION = """\
 Train a draft for a target VLM with online distillation (no offline dumps).
@@ -44,7 +46,11 @@ Recipes (loss weights, each overridable):
 
 Checkpoints OUT/step-NNNNNNN/ and OUT/final/ are draft folders for vLLM:
   --speculative-config '{"method": "eagle", "model": "OUT/final", "num_speculative_tokens": 3}'
---draft eagle trains the text-only EAGLE-1 baseline instead, saved in vLLM's own format."""
+Drafts (--draft): vispec (the adaptor and a global image feature), eaglevlm (SpecVLM's
+baseline: every image position with its image embedding, an input norm), specvlm (eaglevlm
+with the elastic compressor; its gate is trained with Gumbel-softmax and --compute-weight times
+the expected share of image tokens kept), eagle (the text-only EAGLE-1 baseline, saved in
+vLLM's own format)."""
 
 EPILOG = """\
 examples:
@@ -63,6 +69,9 @@ class TrainConfig:
     image_root: Path = Path(".")
     draft: str = "vispec"
     num_q: int = 2
+    compressor: str = "gate"
+    compression: int = 3
+    compute_weight: float = 0.05
     init: Path | None = None
     recipe: str = "specvlm"
     weights: LossWeights = dataclasses.field(default_factory=lambda: RECIPES["specvlm"])
@@ -95,12 +104,15 @@ class Distiller(nn.Module):
         self.eagle = eagle
         self.cfg = cfg
         self.image_token_ids = image_token_ids
+        # SpecVLM: the gate's expected share of image tokens kept, per image of the last pass.
+        self.kept_shares: list[torch.Tensor] = []
 
     def forward(
         self, teacher: Any, out: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, positions, targets, wanted = self._inputs(out, batch, self.cfg.noise)
         total, parts, rows = 0.0, {}, None
+        self.draft.gate_log = self.kept_shares = [] if self.draft.compressor is not None else None
         for step in range(1 + self.cfg.mtp_steps):
             outputs = self._outputs(inputs, positions)
             if rows is None:  # visibility depends on the tokens only: the same on every pass
@@ -119,7 +131,13 @@ class Distiller(nn.Module):
                 agree = draft_logits.argmax(-1) == teacher_logits.argmax(-1)
                 parts = {**terms, "top1": float(agree.float().mean())}
             inputs = [self._shifted(inp, o) for inp, o in zip(inputs, outputs, strict=True)]
-        return total / (1 + self.cfg.mtp_steps), parts
+        total = total / (1 + self.cfg.mtp_steps)
+        if self.kept_shares:  # SpecVLM's compute-aware term
+            kept = torch.stack(self.kept_shares).mean()
+            total = total + self.cfg.compute_weight * kept
+            parts["kept"] = float(kept)
+        self.draft.gate_log = None
+        return total, parts
 
     @torch.no_grad()
     def first_step(
@@ -282,7 +300,7 @@ def first_step_agreement(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A trained draft on held-out conversations, teacher-forced: at every answer position the
     token the target predicts and whether the draft's first step predicts the same (whether
-    greedy verification accepts a first draft token there). ``kind``: "vispec" or "eagle"."""
+    greedy verification accepts a first draft token there). ``kind``: as ``--draft``."""
     from vllm_vispec.checkpoint import check_draft
     from vllm_vispec.train.data import build_examples, collate, load_records
     from vllm_vispec.train.teacher import Teacher
@@ -293,8 +311,11 @@ def first_step_agreement(
     )
     if not examples:
         raise ValueError(f"no usable records in {data} ({report})")
-    num_q = check_draft(draft).num_q if kind == "vispec" else TrainConfig.num_q
-    cfg = TrainConfig(target=target, data=data, out=draft, draft=kind, num_q=num_q, init=draft)
+    settings = {}
+    if kind != "eagle":
+        d = check_draft(draft)
+        settings = {"num_q": d.num_q, "compressor": d.compressor, "compression": d.compression}
+    cfg = TrainConfig(target=target, data=data, out=draft, draft=kind, init=draft, **settings)
     _, model = _build_draft(cfg, teacher)
     distiller = Distiller(model.eval(), kind == "eagle", cfg, teacher.image_token_ids)
     predicted, agree = [], []
@@ -309,8 +330,8 @@ def first_step_agreement(
 def _check_out(cfg: TrainConfig) -> None:
     from vllm_vispec.checkpoint import CheckpointError
 
-    if cfg.draft not in ("vispec", "eagle"):
-        raise CheckpointError(f"--draft must be vispec or eagle, got {cfg.draft!r}")
+    if cfg.draft not in DRAFTS:
+        raise CheckpointError(f"--draft must be one of {', '.join(DRAFTS)}, got {cfg.draft!r}")
     if cfg.out.exists() and not cfg.out.is_dir():
         raise CheckpointError(f"--out {cfg.out} is a file; choose a folder")
     previous = sorted(cfg.out.glob("step-*")) + sorted(cfg.out.glob("final"))
@@ -335,7 +356,10 @@ def _build_draft(cfg: TrainConfig, teacher: Any) -> tuple[Any, ViSpecDraft]:
     from vllm_vispec.checkpoint import draft_config_for_target, find_weights, read_tensors
 
     eagle = cfg.draft == "eagle"
-    draft_cfg = draft_config_for_target(cfg.target, num_q=cfg.num_q, fc_bias=not eagle)
+    kind = {"eagle": {}, "vispec": {}}.get(cfg.draft, {"kind": cfg.draft, "input_norm": True})
+    if cfg.draft == "specvlm":
+        kind.update(compressor=cfg.compressor, compression=cfg.compression)
+    draft_cfg = draft_config_for_target(cfg.target, num_q=cfg.num_q, fc_bias=not eagle, **kind)
     draft = ViSpecDraft(draft_cfg, teacher.lm_head_weight.detach())
     with torch.no_grad():
         draft.embed_tokens.weight.copy_(teacher.embed_weight)
@@ -353,10 +377,12 @@ def _build_draft(cfg: TrainConfig, teacher: Any) -> tuple[Any, ViSpecDraft]:
     if eagle:
         for module in (draft.img_fc, draft.imadpt):
             module.requires_grad_(False)
-    if draft.imadpt.k_proj.bias is not None:
-        # It adds the same score to every image row, which the softmax cancels: its gradient is
-        # rounding noise that Adam would blow up to learning-rate-sized steps.
-        draft.imadpt.k_proj.bias.requires_grad_(False)
+    resampler = draft.compressor and draft.compressor.resampler
+    for adaptor in (getattr(draft, "imadpt", None), resampler):
+        if adaptor is not None and adaptor.k_proj.bias is not None:
+            # It adds the same score to every image row, which the softmax cancels: its gradient
+            # is rounding noise that Adam would blow up to learning-rate-sized steps.
+            adaptor.k_proj.bias.requires_grad_(False)
     return draft_cfg, draft.to(teacher.device)
 
 
@@ -436,11 +462,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and final/")
     p.add_argument(
         "--draft",
-        choices=("vispec", "eagle"),
+        choices=DRAFTS,
         default="vispec",
-        help="vispec (default) or the text-only EAGLE-1 baseline in vLLM's format",
+        help="vispec (default), eaglevlm, specvlm, or the text-only EAGLE-1 baseline (eagle)",
     )
     p.add_argument("--num-q", type=int, default=2, help="adaptor queries per image (default 2)")
+    p.add_argument(
+        "--compressor",
+        choices=(*COMPRESSORS, "gate"),
+        default="gate",
+        help="specvlm: one primitive for every image, or the gate choosing per image (default)",
+    )
+    p.add_argument(
+        "--compression", type=int, default=3, help="specvlm: rows per token of prune/pool/conv"
+    )
+    p.add_argument(
+        "--compute-weight",
+        type=float,
+        default=0.05,
+        help="specvlm: weight of the gate's expected share of image tokens kept (default 0.05)",
+    )
     p.add_argument(
         "--init",
         type=Path,

@@ -1,0 +1,275 @@
+"""ViSpec, EagleVLM, SpecVLM (gated and each primitive) and EAGLE-1 drafts at equal training
+budget on one world, in vLLM: acceptance and what each keeps of an image.
+
+    python benchmarks/draft_kinds.py --world grounded           # trains what is missing
+    python benchmarks/draft_kinds.py --drafts eaglevlm specvlm specvlm:pool:10
+
+A draft is ``KIND[:COMPRESSOR[:RATIO]]`` (``vllm-vispec train --draft KIND --compressor ...
+--compression RATIO``). Every draft trains on the data, steps, batch and recipe that
+benchmarks/toy_world.py gives ViSpec and EAGLE-1 (whose full-budget drafts in models/WORLD/ are
+reused), then drafts K=3 chains for the held-out prompts in one vLLM engine each. Figures: mean
+acceptance length (vLLM's), whether the output equals plain decoding, and the draft's KV rows
+per image (EAGLE-1 and EagleVLM: every image token; ViSpec: its num_q - 1 compressed tokens;
+SpecVLM: the compressor's tokens, averaged over the images, with the gate's choices). Writes
+benchmarks/results/draft_kinds_WORLD.{md,json,png}; the trained drafts stay in --work, and the
+EagleVLM and gated SpecVLM drafts are copied to models/WORLD/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import gc
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the drafter is read in-process
+
+from toy_world import DRAFT_SEED, RESULTS, ROOT, Budget, _prompts  # noqa: E402
+
+from vllm_vispec.toy import WORLDS, world_module  # noqa: E402
+
+DRAFTS = (
+    "eagle",
+    "vispec",
+    "eaglevlm",
+    "specvlm",
+    "specvlm:pool:3",
+    "specvlm:pool:10",
+    "specvlm:prune:10",
+    "specvlm:conv:3",
+    "specvlm:resampler",
+)
+SHIPPED = ("eaglevlm", "specvlm")  # copied to models/WORLD/
+
+
+def parse(draft: str) -> dict[str, Any]:
+    """``KIND[:COMPRESSOR[:RATIO]]`` -> TrainConfig fields."""
+    kind, _, rest = draft.partition(":")
+    compressor, _, ratio = rest.partition(":")
+    fields: dict[str, Any] = {"draft": kind}
+    if compressor:
+        fields["compressor"] = compressor
+    if ratio:
+        fields["compression"] = int(ratio)
+    return fields
+
+
+def train_draft(
+    world: Any, target: pathlib.Path, work: pathlib.Path, draft: str, budget: Budget
+) -> pathlib.Path:
+    """The full-budget draft (toy_world.py's ViSpec and EAGLE-1 from models/WORLD/)."""
+    from vllm_vispec.train.trainer import TrainConfig, train
+
+    shipped = ROOT / "models" / work.name / draft
+    if draft in ("eagle", "vispec"):
+        return shipped
+    out = work / "kinds" / draft.replace(":", "-")
+    if (out / "final" / "config.json").exists():
+        return out / "final"
+    images, data = work / "draft_images", work / "draft_data.json"
+    if not data.exists():
+        data.write_text(json.dumps(world.make_samples(budget.samples, DRAFT_SEED, images)))
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"training {draft} ...", flush=True)
+    return train(
+        TrainConfig(
+            target=target,
+            data=[data],
+            image_root=images,
+            out=out,
+            max_steps=max(budget.units) * budget.unit_steps,
+            batch_size=budget.batch_size,
+            lr=budget.lr,
+            warmup_ratio=0.1,
+            **parse(draft),
+        )
+    )
+
+
+def measure(
+    target: pathlib.Path, chats: list, max_tokens: int, draft: pathlib.Path | None
+) -> dict[str, Any]:
+    """One engine: greedy ids, acceptance, and what the draft keeps per image."""
+    from vllm import LLM, SamplingParams
+
+    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.bench.offline import offline_counters
+    from vllm_vispec.bench.report import acceptance
+
+    spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3}
+    extra = {"speculative_config": spec} if draft else {}
+    llm = LLM(
+        model=str(target),
+        disable_log_stats=False,
+        **cpu_engine_kwargs(max_num_seqs=len(chats), enable_prefix_caching=False, **extra),
+    )
+    try:
+        before = offline_counters(llm)
+        start = time.perf_counter()
+        outputs = llm.chat(chats, SamplingParams(temperature=0, max_tokens=max_tokens))
+        seconds = time.perf_counter() - start
+        after = offline_counters(llm)
+        kept = _kept(llm) if draft else {}
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    image = json.loads((target / "config.json").read_text())["image_token_id"]
+    return {
+        "ids": [list(o.outputs[0].token_ids) for o in outputs],
+        "image_tokens": sum(o.prompt_token_ids.count(image) for o in outputs) / len(outputs),
+        "acceptance": acceptance(before, after) if after else {},
+        "seconds": round(seconds, 2),
+        **kept,
+    }
+
+
+def _kept(llm: Any) -> dict[str, Any]:
+    """The draft's KV rows per image, and the compressor's choices (SpecVLM)."""
+    core = llm.llm_engine.engine_core.engine_core
+    drafter = core.model_executor.driver_worker.worker.model_runner.drafter
+    vision = getattr(drafter, "vision", None)
+    if vision is None:  # vLLM's own EAGLE-1: every image token is a draft row
+        return {"kept_per_image": None}
+    cfg = drafter.draft.vispec_config
+    if cfg.kind == "vispec":
+        return {"kept_per_image": cfg.num_q - 1}
+    if cfg.kind == "eaglevlm":
+        return {"kept_per_image": None}
+    sizes = [vision.features.get(k).shape[0] for k in list(vision.features._items)]
+    return {
+        "kept_per_image": round(sum(sizes) / max(len(sizes), 1), 2),
+        "choices": dict(collections.Counter(vision.choices)),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    world = world_module(args.world)
+    work = args.work / args.world
+    work.mkdir(parents=True, exist_ok=True)
+    target = ROOT / "models" / args.world / "target"
+    prompts = _prompts(world, args.prompts)
+    chats = [c for _, c in prompts]
+    started = time.perf_counter()
+    budget = Budget()
+    drafts = {d: train_draft(world, target, work, d, budget) for d in args.drafts}
+    for d in SHIPPED:
+        if d in drafts and drafts[d].parent.parent == work / "kinds":
+            dst = ROOT / "models" / args.world / d
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(drafts[d], dst, ignore=shutil.ignore_patterns("trainer_state"))
+    plain = measure(target, chats, args.max_tokens, None)
+    image_tokens = plain["image_tokens"]
+    rows = []
+    for name, folder in drafts.items():
+        got = measure(target, chats, args.max_tokens, folder)
+        rows.append(
+            {
+                "draft": name,
+                "mean_acceptance_length": got["acceptance"].get("mean_acceptance_length"),
+                "acceptance_per_pos": got["acceptance"].get("acceptance_per_pos"),
+                "kept_per_image": got["kept_per_image"] or image_tokens,
+                "choices": got.get("choices"),
+                "seconds": got["seconds"],
+                "lossless": got["ids"] == plain["ids"],
+            }
+        )
+        print(rows[-1], flush=True)
+    return {
+        "world": args.world,
+        "rows": rows,
+        "plain_seconds": plain["seconds"],
+        "image_tokens": image_tokens,
+        "budget": {
+            "steps": max(budget.units) * budget.unit_steps,
+            "batch_size": budget.batch_size,
+            "lr": budget.lr,
+            "samples": budget.samples,
+        },  # fmt: skip
+        "prompts": args.prompts,
+        "max_tokens": args.max_tokens,
+        "seconds": round(time.perf_counter() - started),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
+    """draft_kinds_WORLD.json, a Markdown table and a plot of acceptance vs rows kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"draft_kinds_{result['world']}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    b = result["budget"]
+    lines = [
+        f"# {result['world'].capitalize()} world: draft kinds at equal training budget",
+        "",
+        f"Command: `{result['command']}` ({result['date']}, {result['machine']}, "
+        f"{result['seconds']} s). {result['prompts']} held-out prompts, greedy, up to "
+        f"{result['max_tokens']} tokens, K=3 chains, one vLLM engine per draft (plain decoding: "
+        f"{result['plain_seconds']} s for all prompts at once).",
+        "",
+        f"Training: {b['steps']} steps of {b['batch_size']} conversations ({b['samples']} "
+        f"samples of the world), lr {b['lr']}, recipe specvlm, for every draft.",
+        "",
+        "| draft | mean acceptance length | per position | draft rows per image | "
+        "compressor choices | generate s | lossless |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        per_pos = "/".join(f"{p:.2f}" for p in r["acceptance_per_pos"] or [])
+        choices = ", ".join(f"{k} {v}" for k, v in (r["choices"] or {}).items()) or "-"
+        lines.append(
+            f"| {r['draft']} | {r['mean_acceptance_length'] or 1.0:.2f} | {per_pos} | "
+            f"{r['kept_per_image']} | {choices} | {r['seconds']} | {r['lossless']} |"
+        )
+    lines += ["", f"![acceptance vs draft rows per image]({name}.png)", ""]
+    (out / f"{name}.md").write_text("\n".join(lines))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in result["rows"]:
+        ax.scatter(r["kept_per_image"], r["mean_acceptance_length"] or 1.0)
+        ax.annotate(r["draft"], (r["kept_per_image"], r["mean_acceptance_length"] or 1.0),
+                    fontsize=7)  # fmt: skip
+    ax.set_xscale("symlog")
+    ax.set_xlabel("draft rows per image")
+    ax.set_ylabel("mean acceptance length (K=3)")
+    ax.set_title(f"{result['world'].capitalize()} world: draft kinds")
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--world", choices=WORLDS, default="grounded")
+    parser.add_argument(
+        "--drafts", nargs="+", default=list(DRAFTS), help="KIND[:COMPRESSOR[:RATIO]] each"
+    )
+    parser.add_argument("--prompts", type=int, default=48, help="held-out prompts (default 48)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="per answer (default 64)")
+    parser.add_argument(
+        "--work", type=pathlib.Path, default=pathlib.Path("/tmp/vispec-toy"), help="scratch"
+    )
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    write_results(run(args), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
