@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import gc
 import json
 import os
 import pathlib
@@ -33,7 +32,7 @@ from typing import Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the drafter is read in-process
 
-from toy_world import DRAFT_SEED, RESULTS, ROOT, Budget, _prompts  # noqa: E402
+from toy_world import DRAFT_SEED, RESULTS, ROOT, Budget, _prompts, offline_engine  # noqa: E402
 
 from vllm_vispec.toy import WORLDS, world_module  # noqa: E402
 
@@ -99,30 +98,19 @@ def measure(
     target: pathlib.Path, chats: list, max_tokens: int, draft: pathlib.Path | None
 ) -> dict[str, Any]:
     """One engine: greedy ids, acceptance, and what the draft keeps per image."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
     from vllm_vispec.bench.offline import offline_counters
     from vllm_vispec.bench.report import acceptance
 
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3}
-    extra = {"speculative_config": spec} if draft else {}
-    llm = LLM(
-        model=str(target),
-        disable_log_stats=False,
-        **cpu_engine_kwargs(max_num_seqs=len(chats), enable_prefix_caching=False, **extra),
-    )
-    try:
+    with offline_engine(target, len(chats), spec if draft else None) as llm:
         before = offline_counters(llm)
         start = time.perf_counter()
         outputs = llm.chat(chats, SamplingParams(temperature=0, max_tokens=max_tokens))
         seconds = time.perf_counter() - start
         after = offline_counters(llm)
         kept = _kept(llm) if draft else {}
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
     image = json.loads((target / "config.json").read_text())["image_token_id"]
     return {
         "ids": [list(o.outputs[0].token_ids) for o in outputs],

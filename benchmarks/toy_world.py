@@ -17,6 +17,7 @@ win or lose is shown by their first-step acceptance on image-fact tokens vs the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -28,6 +29,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from vllm_vispec.toy import WORLDS, world_module
@@ -71,30 +73,40 @@ def _prompts(world: Any, n: int) -> list[tuple[dict, Any]]:
     ]
 
 
-def generate(
-    target: pathlib.Path, chats: list, max_tokens: int, spec: dict | None
-) -> tuple[list[list[int]], list[str], dict[str, Any]]:
-    """Greedy answers of one engine, and its spec-decode acceptance over the run."""
-    from vllm import LLM, SamplingParams
+@contextlib.contextmanager
+def offline_engine(target: pathlib.Path, max_num_seqs: int, spec: dict | None) -> Iterator[Any]:
+    """A vllm.LLM on the target (with ``spec`` as its speculative_config), shut down after."""
+    from vllm import LLM
 
     from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-    from vllm_vispec.bench.offline import offline_counters
-    from vllm_vispec.bench.report import acceptance
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(
         model=str(target),
         disable_log_stats=False,
-        **cpu_engine_kwargs(max_num_seqs=len(chats), **extra),
+        **cpu_engine_kwargs(max_num_seqs=max_num_seqs, **extra),
     )
     try:
-        before = offline_counters(llm)
-        outputs = llm.chat(chats, SamplingParams(temperature=0, max_tokens=max_tokens))
-        after = offline_counters(llm)
+        yield llm
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
+
+
+def generate(
+    target: pathlib.Path, chats: list, max_tokens: int, spec: dict | None
+) -> tuple[list[list[int]], list[str], dict[str, Any]]:
+    """Greedy answers of one engine, and its spec-decode acceptance over the run."""
+    from vllm import SamplingParams
+
+    from vllm_vispec.bench.offline import offline_counters
+    from vllm_vispec.bench.report import acceptance
+
+    with offline_engine(target, len(chats), spec) as llm:
+        before = offline_counters(llm)
+        outputs = llm.chat(chats, SamplingParams(temperature=0, max_tokens=max_tokens))
+        after = offline_counters(llm)
     ids = [list(o.outputs[0].token_ids) for o in outputs]
     texts = [o.outputs[0].text for o in outputs]
     return ids, texts, acceptance(before, after) if after else {}

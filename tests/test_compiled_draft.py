@@ -13,16 +13,18 @@ import json
 from types import SimpleNamespace as NS
 
 import pytest
-from engines import MIXED_BATCH, counters, engine, greedy, runner
+from engines import MIXED_BATCH, counters, engine, greedy, models, plain_greedy, runner
 
 from vllm_vispec.draft.model import draft_compiles
 
 
 @pytest.mark.slow
-def test_compiled_draft_is_lossless(request: pytest.FixtureRequest) -> None:
-    target, draft = request.getfixturevalue("qwen_target"), request.getfixturevalue("qwen_draft")
-    with engine(target) as llm:
-        expected = greedy(llm, MIXED_BATCH)
+@pytest.mark.parametrize("name", ["qwen", "qwen-specvlm"])
+def test_compiled_draft_is_lossless(name: str, request: pytest.FixtureRequest) -> None:
+    """``qwen-specvlm``: the SpecVLM draft's forward (no img_fc, image tokens in place of token
+    embeddings, hidden rows) compiles too."""
+    target, draft = models(name, request)
+    expected = plain_greedy(target, MIXED_BATCH)[0]
     vispec = {"draft_attention": "mark"}
     with engine(target, draft, vispec=vispec, enforce_eager=False) as llm:
         before = counters(llm)
