@@ -4,15 +4,15 @@ budget on one world, in vLLM: acceptance and what each keeps of an image.
     python benchmarks/draft_kinds.py --world grounded           # trains what is missing
     python benchmarks/draft_kinds.py --drafts eaglevlm specvlm specvlm:pool:10
 
-A draft is ``KIND[:COMPRESSOR[:RATIO]]`` (``vllm-vispec train --draft KIND --compressor ...
---compression RATIO``). Every draft trains on the data, steps, batch and recipe that
-benchmarks/toy_world.py gives ViSpec and EAGLE-1 (whose full-budget drafts in models/WORLD/ are
-reused), then drafts K=3 chains for the held-out prompts in one vLLM engine each. Figures: mean
-acceptance length (vLLM's), whether the output equals plain decoding, and the draft's KV rows
-per image (EAGLE-1 and EagleVLM: every image token; ViSpec: its num_q - 1 compressed tokens;
-SpecVLM: the compressor's tokens, averaged over the images, with the gate's choices). Writes
-benchmarks/results/draft_kinds_WORLD.{md,json,png}; the trained drafts stay in --work, and the
-EagleVLM and gated SpecVLM drafts are copied to models/WORLD/.
+A draft is ``KIND[:COMPRESSOR[:RATIO[:COMPUTE_WEIGHT]]]`` (``vllm-vispec train --draft KIND
+--compressor ... --compression RATIO --compute-weight W``). Every draft trains on the data, steps,
+batch and recipe that benchmarks/toy_world.py gives ViSpec and EAGLE-1 (whose full-budget drafts in
+models/WORLD/ are reused), then drafts K=3 chains for the held-out prompts in one vLLM engine each.
+Figures: mean acceptance length (vLLM's), whether the output equals plain decoding, and the draft's
+KV rows per image (EAGLE-1 and EagleVLM: every image token; ViSpec: its num_q - 1 compressed
+tokens; SpecVLM: the compressor's tokens, averaged over the images, with the gate's choices).
+Writes benchmarks/results/draft_kinds_WORLD.{md,json,png}; the trained drafts stay in --work, and
+the EagleVLM and gated SpecVLM drafts are copied to models/WORLD/.
 """
 
 from __future__ import annotations
@@ -51,14 +51,15 @@ SHIPPED = ("eaglevlm", "specvlm")  # copied to models/WORLD/
 
 
 def parse(draft: str) -> dict[str, Any]:
-    """``KIND[:COMPRESSOR[:RATIO]]`` -> TrainConfig fields."""
-    kind, _, rest = draft.partition(":")
-    compressor, _, ratio = rest.partition(":")
+    """``KIND[:COMPRESSOR[:RATIO[:COMPUTE_WEIGHT]]]`` -> TrainConfig fields."""
+    kind, compressor, ratio, weight = (draft.split(":") + [""] * 3)[:4]
     fields: dict[str, Any] = {"draft": kind}
     if compressor:
         fields["compressor"] = compressor
     if ratio:
         fields["compression"] = int(ratio)
+    if weight:
+        fields["compute_weight"] = float(weight)
     return fields
 
 
@@ -165,7 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "draft": name,
                 "mean_acceptance_length": got["acceptance"].get("mean_acceptance_length"),
                 "acceptance_per_pos": got["acceptance"].get("acceptance_per_pos"),
-                "kept_per_image": got["kept_per_image"] or image_tokens,
+                "kept_per_image": (
+                    image_tokens if got["kept_per_image"] is None else got["kept_per_image"]
+                ),
                 "choices": got.get("choices"),
                 "seconds": got["seconds"],
                 "lossless": got["ids"] == plain["ids"],
@@ -212,7 +215,11 @@ def write_results(result: dict[str, Any], out: pathlib.Path) -> None:
         f"{result['plain_seconds']} s for all prompts at once).",
         "",
         f"Training: {b['steps']} steps of {b['batch_size']} conversations ({b['samples']} "
-        f"samples of the world), lr {b['lr']}, recipe specvlm, for every draft.",
+        f"samples of the world), lr {b['lr']}, recipe specvlm, for every draft. Gated SpecVLM "
+        "drafts (`specvlm`, `specvlm:gate:RATIO:W`) draw the primitives uniformly for the first "
+        "half of the steps (`--gate-warmup 0.5`), then train the gate (straight-through "
+        "Gumbel-softmax, a score-function term and W times the share of image rows kept; W "
+        "0.05 by default).",
         "",
         "| draft | mean acceptance length | per position | draft rows per image | "
         "compressor choices | generate s | lossless |",
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--world", choices=WORLDS, default="grounded")
     parser.add_argument(
-        "--drafts", nargs="+", default=list(DRAFTS), help="KIND[:COMPRESSOR[:RATIO]] each"
+        "--drafts", nargs="+", default=list(DRAFTS), help="KIND[:COMPRESSOR[:RATIO[:W]]] each"
     )
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts (default 48)")
     parser.add_argument("--max-tokens", type=int, default=64, help="per answer (default 64)")

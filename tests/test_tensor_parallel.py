@@ -6,7 +6,8 @@ this CPU, TP=2 runs one rank per core (``VLLM_CPU_OMP_THREADS_BIND=0|1``) with v
 multiprocess executor; the engine core stays in-process as in the other engine tests.
 
 The engines use the shipped trained toy models (a peaked target and a draft trained for it), so
-that drafts are accepted often and equality is not the trivial one of rejected drafts. Each
+that drafts are accepted often and equality is not the trivial one of rejected drafts (a random
+SpecVLM draft for the same target checks that kind's sharding and lossless output). Each
 engine starts once for the module and runs the same batch twice: the first pass is a mixed
 batch (prompts with 1, 0 and 2 images) whose prefill is chunked with a budget that splits an
 image, the second pass hits the prefix cache on every prompt. Greedy output at TP=2 with the
@@ -63,10 +64,13 @@ def _conversations() -> list[list[dict]]:
     ]
 
 
-def _run(attention: str | None, **overrides: Any) -> dict[str, Any]:
+def _run(attention: str | None, draft: pathlib.Path = DRAFT, **overrides: Any) -> dict[str, Any]:
     """One engine (with the draft and this draft attention, unless None): greedy tokens of each
     pass, the prompts' token ids and counter deltas."""
-    draft, vispec = (None, None) if attention is None else (DRAFT, {"draft_attention": attention})
+    if attention is None:
+        draft, vispec = None, None
+    else:
+        vispec = {"draft_attention": attention}
     conversations = _conversations()
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     result: dict[str, Any] = {"tokens": [], "delta": []}
@@ -161,6 +165,20 @@ def test_tp2_vispec_drafts_are_accepted_as_at_tp1(
         assert abs(accepted - tp1_accepted) <= 0.05 * tp1_accepted, (
             f"{accepted} draft tokens accepted at TP=2, {tp1_accepted} at TP=1"
         )
+
+
+def test_tp2_specvlm_is_lossless(
+    tp_env: Any, tp2_plain: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A SpecVLM draft (gated compressor, replicated on both ranks) at TP=2: the same tokens,
+    chunked images and prefix-cache hits included, with drafts made."""
+    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+
+    folder = tmp_path_factory.mktemp("tp-specvlm") / "d"
+    draft = build_tiny_draft(TARGET, folder, echo=True, kind="specvlm", input_norm=True)
+    got = _run("mark", draft, **TP2)
+    assert got["tokens"] == tp2_plain["tokens"]
+    assert all(d["vllm:spec_decode_num_draft_tokens"] > 0 for d in got["delta"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -202,7 +202,10 @@ class ViSpecDraft(nn.Module):
             self.img_fc = nn.Linear(2 * h, h, bias=config.fc_bias)
             self.imadpt = VisionAdaptor(config)
         self.compressor = ElasticCompressor(config) if config.kind == "specvlm" else None
-        self.gate_log: list[torch.Tensor] | None = None  # training: expected token shares
+        # Training: per image drawn, the gate's expected share of rows kept and the log
+        # probability of the drawn choice (the trainer's compute term and score-function term).
+        self.gate_log: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.gate_warmup = False  # training: draw every primitive uniformly, the gate idle
         # Its output is both the fed-back hidden state and the logits' input.
         self.norm = RMSNorm(h, config.rms_norm_eps) if config.final_norm else None
         self.register_buffer("lm_head_weight", lm_head_weight, persistent=False)
@@ -299,17 +302,24 @@ class ViSpecDraft(nn.Module):
 
     def _gumbel_tokens(self, image: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Training: one primitive drawn by Gumbel-softmax, its tokens scaled by the
-        straight-through weight (1 in value, the soft weight's gradient), so the distillation
-        loss reaches the gate; ``gate_log`` collects the expected share of rows kept (the
-        compute-aware term)."""
+        straight-through weight (1 in value, the soft weight's gradient). ``gate_log`` gets
+        the expected share of rows kept and the drawn choice's log probability: a choice whose
+        tokens add nothing (``text``) gets no straight-through gradient, so the trainer also
+        scores each draw by its request's loss."""
         compressor = self.compressor
+        if self.gate_warmup:  # every primitive learns to serve before the gate judges them
+            k = int(torch.randint(len(compressor.choices), ()))
+            return compressor(image, compressor.choices[k])
         logits = compressor.gate_logits(image, context)
         soft = F.gumbel_softmax(logits, tau=1.0)
         k = int(soft.argmax())
         if self.gate_log is not None:
             n = image.shape[0]
-            shares = [compressor.num_tokens(n, c) / n for c in compressor.choices]
-            self.gate_log.append((logits.softmax(-1) * logits.new_tensor(shares)).sum())
+            shares = logits.new_tensor(
+                [compressor.num_tokens(n, c) / n for c in compressor.choices]
+            )
+            probs = logits.softmax(-1)
+            self.gate_log.append(((probs * shares).sum(), probs[k].log()))
         return compressor(image, compressor.choices[k]) * (1 + soft[k] - soft[k].detach())
 
     def layout(self, inp: DraftInput, kept: Sequence[int] | None = None) -> DraftLayout:

@@ -73,6 +73,18 @@ def distill_loss(
     weights: LossWeights,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted loss (mean over the given rows) and its terms, for logging."""
+    rows, terms = row_losses(draft_logits, draft_hidden, teacher_logits, teacher_hidden, weights)
+    return rows.mean(), {name: float(value.mean().detach()) for name, value in terms.items()}
+
+
+def row_losses(
+    draft_logits: torch.Tensor,
+    draft_hidden: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    weights: LossWeights,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted loss of every row [N], and each term's per-row values."""
     terms: dict[str, torch.Tensor] = {}
     if weights.ce:
         terms["ce"] = soft_cross_entropy(draft_logits, teacher_logits)
@@ -84,6 +96,4 @@ def distill_loss(
         terms["rank"] = topk_ranking(draft_logits, teacher_logits, weights.rank_k)
     if not terms:
         raise ValueError("every loss weight is zero; nothing to train")
-    means = {name: value.mean() for name, value in terms.items()}
-    total = sum(getattr(weights, name) * value for name, value in means.items())
-    return total, {name: float(value.detach()) for name, value in means.items()}
+    return sum(getattr(weights, name) * value for name, value in terms.items()), terms

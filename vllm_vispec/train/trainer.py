@@ -25,7 +25,7 @@ from torch import nn
 from vllm_vispec.config import COMPRESSORS
 from vllm_vispec.layout import image_spans
 from vllm_vispec.reference import DraftInput, ViSpecDraft
-from vllm_vispec.train.losses import RECIPES, LossWeights, distill_loss
+from vllm_vispec.train.losses import RECIPES, LossWeights, row_losses
 
 LOG_FILE = "train_log.jsonl"
 DRAFTS = ("vispec", "eaglevlm", "specvlm", "eagle")
@@ -72,6 +72,7 @@ class TrainConfig:
     compressor: str = "gate"
     compression: int = 3
     compute_weight: float = 0.05
+    gate_warmup: float = 0.5
     init: Path | None = None
     recipe: str = "specvlm"
     weights: LossWeights = dataclasses.field(default_factory=lambda: RECIPES["specvlm"])
@@ -104,16 +105,15 @@ class Distiller(nn.Module):
         self.eagle = eagle
         self.cfg = cfg
         self.image_token_ids = image_token_ids
-        # SpecVLM: the gate's expected share of image tokens kept, per image of the last pass.
-        self.kept_shares: list[torch.Tensor] = []
 
     def forward(
         self, teacher: Any, out: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, positions, targets, wanted = self._inputs(out, batch, self.cfg.noise)
-        total, parts, rows = 0.0, {}, None
-        self.draft.gate_log = self.kept_shares = [] if self.draft.compressor is not None else None
+        total, parts, rows, gate = 0.0, {}, None, 0.0
         for step in range(1 + self.cfg.mtp_steps):
+            gated = step == 0 and self.draft.compressor is not None and self.draft.training
+            self.draft.gate_log = [] if gated else None
             outputs = self._outputs(inputs, positions)
             if rows is None:  # visibility depends on the tokens only: the same on every pass
                 rows = [w & visible for w, (_, visible) in zip(wanted, outputs, strict=True)]
@@ -123,21 +123,38 @@ class Distiller(nn.Module):
                 teacher_logits = teacher.logits(teacher_h).float()
             draft_h = torch.cat([h[r] for (h, _), r in zip(outputs, rows, strict=True)])
             draft_logits = self.draft.logits(draft_h)
-            loss, terms = distill_loss(
+            per_row, terms = row_losses(
                 draft_logits, draft_h, teacher_logits, teacher_h, self.cfg.weights
             )
+            loss = per_row.mean()
             total = total + loss
             if step == 0:
                 agree = draft_logits.argmax(-1) == teacher_logits.argmax(-1)
-                parts = {**terms, "top1": float(agree.float().mean())}
+                means = {name: float(value.mean().detach()) for name, value in terms.items()}
+                parts = {**means, "top1": float(agree.float().mean())}
+            if gated and self.draft.gate_log:
+                gate, parts["kept"] = self._gate_loss(inputs, rows, per_row.detach())
             inputs = [self._shifted(inp, o) for inp, o in zip(inputs, outputs, strict=True)]
-        total = total / (1 + self.cfg.mtp_steps)
-        if self.kept_shares:  # SpecVLM's compute-aware term
-            kept = torch.stack(self.kept_shares).mean()
-            total = total + self.cfg.compute_weight * kept
-            parts["kept"] = float(kept)
         self.draft.gate_log = None
-        return total, parts
+        return total / (1 + self.cfg.mtp_steps) + gate, parts
+
+    def _gate_loss(
+        self, inputs: list[DraftInput], rows: list[torch.Tensor], per_row: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """SpecVLM's gate terms: the compute weight times the expected share of image rows
+        kept, and a score-function term that makes the draws whose request's loss was below
+        the batch's mean likelier (the straight-through weight alone never learns that
+        dropping an image, which leaves no token to scale, costs acceptance)."""
+        shares, log_probs = (torch.stack(t) for t in zip(*self.draft.gate_log, strict=True))
+        mean = per_row.mean()
+        parts = per_row.split([int(r.sum()) for r in rows])
+        losses = [part.mean() if len(part) else mean for part in parts]
+        per_image = torch.stack(
+            [loss for inp, loss in zip(inputs, losses, strict=True) for _ in inp.image_embeds]
+        )
+        advantage = per_image - per_image.mean()
+        kept = shares.mean()
+        return self.cfg.compute_weight * kept + (advantage * log_probs).mean(), kept.item()
 
     @torch.no_grad()
     def first_step(
@@ -265,6 +282,7 @@ def train(cfg: TrainConfig) -> Path:
         disable=cfg.quiet or not accelerator.is_main_process,
     )
     model.train()
+    draft.gate_warmup = step < cfg.gate_warmup * total
     started = time.perf_counter()
     log = (cfg.out / LOG_FILE).open("a") if accelerator.is_main_process else None
     while step < total:
@@ -279,6 +297,7 @@ def train(cfg: TrainConfig) -> Path:
         scheduler.step()
         optimizer.zero_grad()
         step += 1
+        draft.gate_warmup = step < cfg.gate_warmup * total
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}", top1=f"{metrics['top1']:.3f}")
         if log is not None:
@@ -475,6 +494,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--compression", type=int, default=3, help="specvlm: rows per token of prune/pool/conv"
+    )
+    p.add_argument(
+        "--gate-warmup",
+        type=float,
+        default=0.5,
+        help="specvlm: share of the steps that draw primitives uniformly before the gate trains "
+        "(default 0.5: without it the gate settles on dropping images before the others learn)",
     )
     p.add_argument(
         "--compute-weight",
