@@ -17,7 +17,7 @@ from transformers import AutoProcessor
 
 from vllm_vispec.cli import main
 from vllm_vispec.toy.world import make_samples
-from vllm_vispec.train.data import build_examples, collate, load_records
+from vllm_vispec.train.data import build_examples, collate, load_records, to_messages
 from vllm_vispec.train.losses import RECIPES, distill_loss, topk_ranking
 from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, first_step_agreement, train
 
@@ -319,26 +319,38 @@ def test_recipes_and_ranking_loss() -> None:
 def test_regenerated_answers_are_the_targets_and_cached(
     qwen_target: pathlib.Path, toy_data: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
+    """vLLM regenerates the answers in one batched call, equal to HF transformers' greedy
+    answers one at a time; a second run finds them all in the cache."""
     from vllm_vispec.train.data import regenerate_answers
-    from vllm_vispec.train.teacher import Teacher
+    from vllm_vispec.train.teacher import Teacher, vllm_answers
 
-    teacher = Teacher(qwen_target, torch.device("cpu"), torch.float32)
-    records = load_records([toy_data / "llava.json"])[:2]
+    records = load_records([toy_data / "llava.json"])[:3]
     cache = tmp_path / "regenerated.jsonl"
     suffix = "Please answer with at least 1000 words."
+    calls = []
+    with vllm_answers(qwen_target, 6, bf16=False) as vllm_answer:
 
-    def answer(messages: list, images: list) -> str:
-        assert messages[-1]["content"][-1]["text"] == suffix
-        return teacher.answer(messages, images, max_new_tokens=6)
+        def answer(prompts: list) -> list[str]:
+            calls.append(len(prompts))
+            assert all(m[-1]["content"][-1]["text"] == suffix for m, _ in prompts)
+            return vllm_answer(prompts)
 
-    first = regenerate_answers(records, answer, toy_data, suffix, cache, "tiny")
-    assert len(cache.read_text().splitlines()) == 2
+        first = regenerate_answers(records, answer, toy_data, suffix, cache, "tiny")
+    assert calls == [3] and len(cache.read_text().splitlines()) == 3
+    teacher = Teacher(qwen_target, torch.device("cpu"), torch.float32)
     for old, new in zip(records, first, strict=True):
         human, gpt = new["conversations"]
         assert human["value"].startswith("<image>") and human["value"].endswith(suffix)
         assert gpt["value"] and gpt["value"] != old["conversations"][1]["value"]
+        messages, images = to_messages(old, toy_data)
+        question = [*messages[0]["content"], {"type": "text", "text": suffix}]
+        ask = [{"role": "user", "content": question}]
+        assert gpt["value"] == teacher.answer(ask, images, max_new_tokens=6)
 
-    def fail(messages: list, images: list) -> str:
+    def fail(prompts: list) -> list[str]:
         raise AssertionError("a cached answer was generated again")
 
     assert regenerate_answers(records, fail, toy_data, suffix, cache, "tiny") == first
+    out = tmp_path / "run"  # the trainer's own path: vLLM first, then the HF teacher trains
+    train(_config(qwen_target, toy_data, out, regenerate=True, regen_max_tokens=6, max_steps=1))
+    assert len((out / "regenerated.jsonl").read_text().splitlines()) == 10  # 8 LLaVA + 2 chats

@@ -270,18 +270,21 @@ def collate(processor: Any, examples: list[Example]) -> dict[str, torch.Tensor]:
 
 def regenerate_answers(
     records: list[dict[str, Any]],
-    answer: Callable[[list[dict[str, Any]], list[Image.Image]], str],
+    answer: Callable[[list[tuple[list[dict[str, Any]], list[Image.Image]]]], list[str]],
     image_root: Path,
     suffix: str,
     cache_file: Path,
     cache_key: str,
+    chunk: int = 256,
 ) -> list[dict[str, Any]]:
     """Replace each record's first answer by the target's own, asked with ``suffix`` appended.
 
     This is ViSpec's curation: the target's (long) answers are what the draft must predict at
-    serving time. Answers are cached in ``cache_file`` (JSON lines) under a key of the target,
-    the settings and the record, so an interrupted or repeated run regenerates nothing twice.
-    Records that cannot be rendered are passed through unchanged, to be counted when encoded.
+    serving time. ``answer`` answers a list of (messages, images) prompts at once (vLLM's
+    ``LLM.chat``, :func:`vllm_answers`), ``chunk`` prompts per call. Answers are cached in
+    ``cache_file`` (JSON lines) under a key of the target, the settings and the record, so an
+    interrupted or repeated run regenerates nothing twice. Records that cannot be rendered are
+    passed through unchanged, to be counted when encoded.
     """
     from tqdm import tqdm
 
@@ -291,32 +294,61 @@ def regenerate_answers(
             if line.strip():
                 entry = json.loads(line)
                 cache[entry["key"]] = entry["answer"]
+    keys: list[str | None] = []
+    todo: dict[str, tuple[list[dict[str, Any]], list[Image.Image]]] = {}
+    for record in records:
+        try:
+            messages, images = to_messages(record, image_root)
+        except SampleError:
+            keys.append(None)
+            continue
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        prompt = messages[: first_user + 1]
+        prompt[-1] = {
+            "role": "user",
+            "content": [*prompt[-1]["content"], {"type": "text", "text": suffix}],
+        }
+        key_data = json.dumps([cache_key, suffix, record["conversations"], record_images(record)])
+        key = hashlib.sha256(key_data.encode()).hexdigest()
+        keys.append(key)
+        if key not in cache:
+            todo[key] = (prompt, images)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    pending = list(todo)
+    with (
+        cache_file.open("a", encoding="utf-8") as sink,
+        tqdm(total=len(pending), desc="regenerating answers", unit="rec") as bar,
+    ):
+        for start in range(0, len(pending), chunk):
+            part = pending[start : start + chunk]
+            for key, text in zip(part, answer([todo[k] for k in part]), strict=True):
+                cache[key] = text
+                sink.write(json.dumps({"key": key, "answer": text}) + "\n")
+            sink.flush()
+            bar.update(len(part))
     out = []
-    with cache_file.open("a", encoding="utf-8") as sink:
-        for record in tqdm(records, desc="regenerating answers", unit="rec"):
-            try:
-                messages, images = to_messages(record, image_root)
-            except SampleError:
-                out.append(record)
-                continue
-            first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-            prompt = messages[: first_user + 1]
-            prompt[-1] = {
-                "role": "user",
-                "content": [*prompt[-1]["content"], {"type": "text", "text": suffix}],
-            }
-            key_data = json.dumps(
-                [cache_key, suffix, record["conversations"], record_images(record)]
-            )
-            key = hashlib.sha256(key_data.encode()).hexdigest()
-            if key not in cache:
-                cache[key] = answer(prompt, images)
-                sink.write(json.dumps({"key": key, "answer": cache[key]}) + "\n")
-                sink.flush()
-            turns = record["conversations"]
-            human = next(t for t in turns if ROLES.get(str(t.get("from")).lower()) == "user")
-            value = f"{human['value']} {suffix}"
-            new_turns = [{"from": "human", "value": value}, {"from": "gpt", "value": cache[key]}]
-            out.append({**record, "conversations": new_turns})
+    for record, key in zip(records, keys, strict=True):
+        if key is None:
+            out.append(record)
+            continue
+        turns = record["conversations"]
+        human = next(t for t in turns if ROLES.get(str(t.get("from")).lower()) == "user")
+        value = f"{human['value']} {suffix}"
+        new_turns = [{"from": "human", "value": value}, {"from": "gpt", "value": cache[key]}]
+        out.append({**record, "conversations": new_turns})
     return out
+
+
+def vllm_chat(messages: list[dict[str, Any]], images: list[Image.Image]) -> list[dict[str, Any]]:
+    """Chat-template messages with image parts as vLLM's ``LLM.chat`` takes them."""
+    pictures = iter(images)
+    return [
+        {
+            **m,
+            "content": [
+                {"type": "image_pil", "image_pil": next(pictures)} if p["type"] == "image" else p
+                for p in m["content"]
+            ],
+        }
+        for m in messages
+    ]

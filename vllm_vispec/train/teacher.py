@@ -9,7 +9,10 @@ of which feed ViSpec's vision adaptor), the RoPE positions vLLM's built-in EAGLE
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +107,8 @@ class Teacher:
     def answer(
         self, messages: list[dict[str, Any]], images: list[Image.Image], max_new_tokens: int
     ) -> str:
-        """The target's greedy answer to a conversation (for regenerating training answers)."""
+        """The target's greedy answer to a conversation in HF transformers, one at a time
+        (:func:`vllm_answers` regenerates training answers; this is its check)."""
         text = self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -113,3 +117,45 @@ class Teacher:
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1] :]
         return self.processor.decode(new, skip_special_tokens=True).strip()
+
+
+@contextlib.contextmanager
+def vllm_answers(
+    target: Path, max_new_tokens: int, bf16: bool
+) -> Iterator[Callable[[list[tuple[list[dict[str, Any]], list[Image.Image]]]], list[str]]]:
+    """The target's greedy answers through vLLM (``LLM.chat``, one batched call per list of
+    prompts), for regenerating training answers; the engine is gone after the block."""
+    from vllm import LLM, SamplingParams
+
+    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.train.data import vllm_chat
+
+    if torch.cuda.is_available():
+        kwargs: dict[str, Any] = {"dtype": "bfloat16" if bf16 else "float32"}
+        kwargs["gpu_memory_utilization"] = 0.5  # the HF teacher loads next to it afterwards
+    else:
+        kwargs = cpu_engine_kwargs(
+            max_num_seqs=32,
+            max_model_len=None,  # the target's own
+            max_num_batched_tokens=4096,
+            kv_cache_memory_bytes=1 << 30,
+        )
+    llm = LLM(model=str(target), **kwargs)
+    params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
+    tokenizer = llm.get_tokenizer()
+
+    def answer(prompts: list[tuple[list[dict[str, Any]], list[Image.Image]]]) -> list[str]:
+        chats = [vllm_chat(messages, images) for messages, images in prompts]
+        outputs = llm.chat(chats, params, use_tqdm=False)
+        # Decoded whole, as HF's path decodes (vLLM's streamed text holds back a trailing
+        # incomplete character).
+        return [
+            tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip()
+            for o in outputs
+        ]
+
+    try:
+        yield answer
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        gc.collect()
