@@ -108,8 +108,12 @@ def _ask_all(url: str) -> dict[str, tuple[str, list[int] | None]]:
 
 @pytest.mark.slow
 def test_vllm_serve_vispec_matches_plain_server(
-    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, tmp_path: pathlib.Path
+    qwen_target: pathlib.Path,
+    qwen_draft: pathlib.Path,
+    qwen_specvlm_draft: pathlib.Path,
+    tmp_path: pathlib.Path,
 ) -> None:
+    """Also a third server with a SpecVLM draft (gated compressor) in the plugin's format."""
     cfg, tensors = checkpoint.load_draft(qwen_draft)
     official = write_official_checkpoint(tmp_path / "official", cfg, tensors)
     spec_config = {
@@ -131,12 +135,20 @@ def test_vllm_serve_vispec_matches_plain_server(
             ),
             tmp_path / "speculative.log",
         ),
+        (
+            "specvlm",
+            qwen_target,
+            cpu_engine_kwargs(speculative_config={**spec_config, "model": str(qwen_specvlm_draft)}),
+            tmp_path / "specvlm.log",
+        ),
     ]
-    with _servers(specs) as (plain, spec):
+    with _servers(specs) as (plain, spec, specvlm):
         plain_answers = _ask_all(plain.url)
         before = spec_decode_counters(spec.url)
         spec_answers = _ask_all(spec.url)
         after = spec_decode_counters(spec.url)
+        specvlm_answers = _ask_all(specvlm.url)
+        specvlm_drafts = spec_decode_counters(specvlm.url).get("drafts", 0.0)
 
     keys = ("drafts", "draft_tokens", "accepted_tokens")
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
@@ -156,6 +168,11 @@ def test_vllm_serve_vispec_matches_plain_server(
         f"{len(differing)}/{len(REQUESTS)} answers differ with ViSpec ({report}):\n"
         + "\n".join(differing)
     )
+    assert specvlm_answers == plain_answers, "answers differ with the SpecVLM draft"
+    assert specvlm_drafts > 0, "the SpecVLM server proposed no drafts"
+    assert "SpecVLM draft: each image passes the elastic compressor" in (
+        tmp_path / "specvlm.log"
+    ).read_text(errors="replace")
     for name, (text, token_ids) in plain_answers.items():
         assert text, f"{name}: empty answer"
         assert token_ids, f"{name}: the server returned no token ids"
