@@ -94,10 +94,10 @@ class ElasticCompressor(nn.Module):
         if choice == "resampler":
             return self.resampler(image)[: self.num_tokens(n, choice)]
         m = self.num_tokens(n, choice)
-        padded = F.pad(image, (0, 0, 0, m * self.ratio - n))  # [m * r, H]
         if choice == "prune":
             last = torch.arange(m, device=image.device) * self.ratio + self.ratio - 1
             return image[last.clamp(max=n - 1)]
+        padded = F.pad(image, (0, 0, 0, m * self.ratio - n))  # [m * r, H]
         if choice == "pool":
             sizes = (n - torch.arange(m, device=image.device) * self.ratio).clamp(max=self.ratio)
             return padded.view(m, self.ratio, h).sum(1) / sizes[:, None].to(image.dtype)

@@ -334,18 +334,19 @@ class VisionInputsBuilder:
         for lo, hi, first, spans in windows:
             if first >= spans[-1].end - 1:  # decoding: past every image
                 continue
-            tokens = [self._tokens(span, encoder_cache) for span in spans]
             layout = draft_layout(
                 [(s.start, s.end) for s in spans], self._kept(spans), first, first + hi - lo
             )
             hidden[lo:hi] = layout.is_hidden
+            # Only the images this window's rows reach: earlier ones' encoder output is gone.
             for i in layout.image[layout.is_compressed].unique().tolist():
-                if tokens[i] is None:
+                tokens = self._tokens(spans[i], encoder_cache)
+                if tokens is None:
                     continue
                 at = (layout.image == i) & layout.is_compressed
                 index[lo:hi][at] = num_rows + layout.slot[at]
-                rows.append(tokens[i])
-                num_rows += tokens[i].shape[0]
+                rows.append(tokens)
+                num_rows += tokens.shape[0]
         # The skipping attentions need the hidden intervals also once every row is past them.
         intervals = self._hidden_intervals(images) if self.by_intervals else None
         if not rows and not hidden.any() and (intervals is None or not len(intervals[0])):
