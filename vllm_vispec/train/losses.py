@@ -65,18 +65,6 @@ def topk_ranking(draft_logits: torch.Tensor, teacher_logits: torch.Tensor, k: in
     return F.softplus(ranked[..., 1:] - ranked[..., :-1]).mean(-1)
 
 
-def distill_loss(
-    draft_logits: torch.Tensor,
-    draft_hidden: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    weights: LossWeights,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted loss (mean over the given rows) and its terms, for logging."""
-    rows, terms = row_losses(draft_logits, draft_hidden, teacher_logits, teacher_hidden, weights)
-    return rows.mean(), {name: float(value.mean().detach()) for name, value in terms.items()}
-
-
 def row_losses(
     draft_logits: torch.Tensor,
     draft_hidden: torch.Tensor,

@@ -48,9 +48,9 @@ Checkpoints OUT/step-NNNNNNN/ and OUT/final/ are draft folders for vLLM:
   --speculative-config '{"method": "eagle", "model": "OUT/final", "num_speculative_tokens": 3}'
 Drafts (--draft): vispec (the adaptor and a global image feature), eaglevlm (SpecVLM's
 baseline: every image position with its image embedding, an input norm), specvlm (eaglevlm
-with the elastic compressor; its gate is trained with Gumbel-softmax and --compute-weight times
-the expected share of image tokens kept), eagle (the text-only EAGLE-1 baseline, saved in
-vLLM's own format)."""
+with the elastic compressor; after --gate-warmup its gate trains by Gumbel-softmax, a
+score-function term and --compute-weight times the expected share of image tokens kept),
+eagle (the text-only EAGLE-1 baseline, saved in vLLM's own format)."""
 
 EPILOG = """\
 examples:
