@@ -31,7 +31,8 @@ test: $(STAMP) lint
 # The inner loop: tests that start no engine (kernels, references, worlds, the upgrade guard).
 FAST_TESTS := tests/test_kernels.py tests/test_tree_kernels.py tests/test_reference.py \
 	tests/test_upgrade_guard.py tests/test_toy_world.py tests/test_grounded_world.py \
-	tests/test_cpu_fixes.py tests/test_world_digests.py tests/test_compressor.py
+	tests/test_cpu_fixes.py tests/test_world_digests.py tests/test_compressor.py \
+	tests/test_content_world.py
 test-fast: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --durations=5 $(FAST_TESTS)
 

@@ -1,16 +1,18 @@
-"""Train (or resume) the grounded world's target, measure its held-out accuracy, ship it.
+"""Train (or resume) a strip world's target, measure its held-out accuracy, ship it.
 
     OMP_NUM_THREADS=1 python benchmarks/grounded_target.py --work /tmp/grounded/run
+    OMP_NUM_THREADS=1 python benchmarks/grounded_target.py --world content --work /tmp/content
     # interrupted or out of --minutes? the same command continues from the last checkpoint
 
 The target (a tiny Qwen2.5-VL, :mod:`vllm_vispec.toy.grounded_target`) trains on fresh seeded
-strips of :mod:`vllm_vispec.toy.grounded_world`; every ``--eval-every`` steps and at the end its
-greedy HF transformers descriptions of ``--eval-n`` held-out strips (8 cells, 896x224 pixels,
-256 image tokens) are scored with ``grounded_world.score``. The work folder holds the model (an
-HF folder), ``train_state.pt`` and ``progress.jsonl``. When training has reached ``--max-steps``
-the model (without the optimizer state) is copied to ``--models`` (``models/grounded/target``,
-which benchmarks/toy_world.py --world grounded and the demo use) with ``grounded_training.json``,
-and the results go to ``--out``/grounded_target.{md,json}.
+strips of the world (:mod:`vllm_vispec.toy.grounded_world` or
+:mod:`~vllm_vispec.toy.content_world`); every ``--eval-every`` steps and at the end its greedy HF
+transformers answers about ``--eval-n`` held-out strips (8 cells, 896x224 pixels, 256 image
+tokens) are scored with the world's ``score``. The work folder holds the model (an HF folder),
+``train_state.pt`` and ``progress.jsonl``. When training has reached ``--max-steps`` the model
+(without the optimizer state) is copied to ``--models`` (default ``models/WORLD/target``, which
+benchmarks/toy_world.py --world WORLD and the demo use) with ``grounded_training.json``, and the
+results go to ``--out``/WORLD_target.{md,json}.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ROOT / "models" / "grounded" / "target"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -56,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only evaluate the model in --work")  # fmt: skip
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS,
                         help="results folder (default %(default)s)")  # fmt: skip
-    parser.add_argument("--models", type=pathlib.Path, default=MODELS,
-                        help="where the finished target goes (default %(default)s)")  # fmt: skip
+    parser.add_argument("--models", type=pathlib.Path,
+                        help="finished target (default models/WORLD/target)")  # fmt: skip
     for field in dataclasses.fields(GroundedRecipe):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
                             default=getattr(defaults, field.name),
                             help=f"recipe: {field.name} (default %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.world not in ("grounded", "content"):
+        parser.error(f"--world {args.world}: strip worlds are grounded and content")
 
     import torch
 
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_eval(model, processor, step: int, n: int = args.eval_n) -> dict:
         t0 = time.perf_counter()
-        result = evaluate(model, processor, n, EVAL_SEED)
+        result = evaluate(model, processor, n, EVAL_SEED, world=recipe.world)
         result["eval_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"step {step}: held-out accuracy {result['accuracy']:.3f} {result['by_kind']}",
               flush=True)  # fmt: skip
@@ -93,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    recipe = GroundedRecipe(**json.loads((work / "grounded_recipe.json").read_text()))
     processor = AutoProcessor.from_pretrained(work)
     model = AutoModelForImageTextToText.from_pretrained(work, dtype=torch.float32)
     final = on_eval(model, processor, -1, args.final_eval_n)
     state = torch.load(work / "train_state.pt", weights_only=False)
-    recipe = GroundedRecipe(**json.loads((work / "grounded_recipe.json").read_text()))
     history = [
         json.loads(line)
         for line in (work / "progress.jsonl").read_text().splitlines()
@@ -117,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {state['step']} of {recipe.max_steps}: run the same command to continue")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "grounded_target.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = f"{recipe.world}_target"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        "# Grounded world: held-out accuracy of the target",
+        f"# {recipe.world.capitalize()} world: held-out accuracy of the target",
         "",
         f"Command: `{result['command']}` ({result['machine']}, {datetime.date.today()}); "
         "training is `python benchmarks/grounded_target.py --work DIR` with the recipe's "
-        "defaults (resumable: the same command continues).",
+        "options (resumable: the same command continues).",
         f"Target: hidden {recipe.hidden_size}, {recipe.num_layers} layers, batch "
         f"{recipe.batch_size}, lr {recipe.lr}; {state['step']} steps, "
         f"{result['train_minutes']} training minutes.",
@@ -137,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {s} | {t / 60:.1f} | {a:.3f} |" for s, t, a in evals],
         "",
         f"Final accuracy on {final['n']} held-out strips **{final['accuracy']:.3f}** (by kind: "
-        f"{final['by_kind']}). Text alone can do no better than chance on the facts: count 1/3, "
-        "colour 1/8, shape 1/6, a score of about 0.21.",
+        f"{final['by_kind']}). Text alone can do no better than chance on the image facts "
+        "(count 1/3, shape 1/6; colour 1/8 in the grounded world, where it is an image fact).",
         "",
         "Examples (truth / answer):",
         "",
         *[f"- `{e['truth']}`\n  `{e['answer']}`" for e in final["examples"]],
     ]
-    (args.out / "grounded_target.md").write_text("\n".join(lines) + "\n")
-    ship(work, args.models, result)
-    print(f"final held-out accuracy {final['accuracy']:.3f}; target in {args.models}, results "
-          f"in {args.out / 'grounded_target.md'}")  # fmt: skip
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    models = args.models or ROOT / "models" / recipe.world / "target"
+    ship(work, models, result)
+    print(f"final held-out accuracy {final['accuracy']:.3f}; target in {models}, results "
+          f"in {args.out / name}.md")  # fmt: skip
     return 0
 
 

@@ -54,7 +54,7 @@ class Budget:
     num_q: int = 2
 
 
-def _prompts(world: Any, n: int) -> list[tuple[dict, Any]]:
+def _prompts(world: Any, n: int, seed: int = EVAL_SEED) -> list[tuple[dict, Any]]:
     """Held-out (record, chat) pairs: image + question, the description kept for scoring."""
     return [
         (
@@ -69,7 +69,7 @@ def _prompts(world: Any, n: int) -> list[tuple[dict, Any]]:
                 }
             ],
         )
-        for record, image, question in world.prompts(n, EVAL_SEED)
+        for record, image, question in world.prompts(n, seed)
     ]
 
 
@@ -177,6 +177,15 @@ def first_step_by_kind(
     return out
 
 
+def check_target(world: str, target: pathlib.Path) -> None:
+    """A strip world's target is trained by benchmarks/grounded_target.py, not here."""
+    if not (target / "config.json").exists():
+        raise SystemExit(
+            f"no target in {target}: train it with python benchmarks/grounded_target.py "
+            f"--world {world} --work DIR"
+        )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     world = world_module(args.world)
     work = args.work / args.world
@@ -189,10 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         shutil.rmtree(target, ignore_errors=True)
         train_toy_target(target, work, TargetRecipe())
-    if not (target / "config.json").exists():
-        raise SystemExit(
-            f"no target in {target}: train it with python benchmarks/grounded_target.py"
-        )
+    check_target(args.world, target)
     prompts = _prompts(world, args.prompts)
     chats = [c for _, c in prompts]
     base_ids, base_texts, _ = generate(target, chats, args.max_tokens, None)

@@ -165,7 +165,7 @@ def test_markdown_of_earlier_results(path: pathlib.Path) -> None:
 def test_prompt_sets() -> None:
     photos = load_prompts("photos", 16)
     assert {p.image_name for p in photos} == {"grace_hopper.jpg"} and len(photos) >= 2
-    for name, size in (("toy", (168, 168)), ("grounded", (896, 224))):
+    for name, size in (("toy", (168, 168)), ("grounded", (896, 224)), ("content", (896, 224))):
         prompts = load_prompts(name, 3)
         assert len(prompts) == 3 and len({p.image.tobytes() for p in prompts}) == 3
         assert all(p.image.size == size and "<image>" not in p.question for p in prompts)

@@ -33,7 +33,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from vllm_vispec.toy import grounded_world, world
+from vllm_vispec.toy import world, world_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 32
@@ -91,16 +91,16 @@ def _toy_target(tmp_path: pathlib.Path) -> list[tuple]:
     return _records(world.make_samples, recipe.seed + 2, tmp_path, size=recipe.image_size)
 
 
-def _grounded_target(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """The shipped grounded target's first batches, drawn by ``training_batch`` itself (strips
+def _strip_target(name: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """A shipped strip world target's first batches, drawn by ``training_batch`` itself (strips
     seeded by step and index) and caught on their way to the processor. Its records have no
-    scene: the answer states every cell's count, colour and shape."""
+    scene: question and answer state every fact of it."""
     import torch
 
     from vllm_vispec.toy.grounded_target import GroundedRecipe, training_batch
     from vllm_vispec.train import data
 
-    shipped = json.loads((ROOT / "models/grounded/target/grounded_recipe.json").read_text())
+    shipped = json.loads((ROOT / f"models/{name}/target/grounded_recipe.json").read_text())
     recipe = GroundedRecipe(**shipped)
     seen = []
 
@@ -141,11 +141,10 @@ def test_training_samples_match_the_shipped_models(
 ) -> None:
     if (world_name, stream) == ("toy", "target"):
         samples = _toy_target(tmp_path)
-    elif (world_name, stream) == ("grounded", "target"):
-        samples = _grounded_target(monkeypatch)
+    elif stream == "target":
+        samples = _strip_target(world_name, monkeypatch)
     else:
-        module = world if world_name == "toy" else grounded_world
-        samples = _records(module.make_samples, _draft_seed(), tmp_path)
+        samples = _records(world_module(world_name).make_samples, _draft_seed(), tmp_path)
     assert len(samples) == N
     text, pixels = _digests(samples)
     expected_text, expected_pixels = EXPECTED[world_name, stream]

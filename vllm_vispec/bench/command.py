@@ -35,6 +35,8 @@ Prompt sets (--prompts):
   toy      held-out toy-world scenes (vllm_vispec.toy.world, seed 10000), one per request.
   grounded held-out strips of the image-grounded world (vllm_vispec.toy.grounded_world, seed
            10000, 256 image tokens each), one per request.
+  content  held-out strips of the content world (vllm_vispec.toy.content_world, seed 10000,
+           256 image tokens each): facts asked in an order the question decides.
 Each batch size runs in waves of that many concurrent requests until every prompt has run once
 (batch 1: each prompt alone, one after the other), cycling the set when a batch is larger.
 

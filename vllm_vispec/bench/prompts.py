@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-PROMPT_SETS = ("photos", "toy", "grounded")
+PROMPT_SETS = ("photos", "toy", "grounded", "content")
 TOY_SEED = 10_000  # the toy worlds' held-out scenes
 
 PHOTOS = ("grace_hopper.jpg",)
@@ -92,7 +92,7 @@ def _photos() -> list[Prompt]:
 
 
 def _world(name: str, n: int) -> list[Prompt]:
-    """Held-out scenes of a toy world (``toy`` or ``grounded``)."""
+    """Held-out scenes of a toy world (``toy``, ``grounded`` or ``content``)."""
     from vllm_vispec.toy import world_module
 
     world = world_module(name)

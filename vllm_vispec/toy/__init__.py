@@ -6,14 +6,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-WORLDS = ("toy", "grounded")
+_MODULES = {"toy": "world", "grounded": "grounded_world", "content": "content_world"}
+WORLDS = tuple(_MODULES)
 
 
 def world_module(name: str) -> ModuleType:
     """A world's module (scenes, rendering, descriptions, ``prompts``, ``score``,
     ``fact_token``): ``toy`` is :mod:`~vllm_vispec.toy.world`, ``grounded``
-    :mod:`~vllm_vispec.toy.grounded_world`."""
+    :mod:`~vllm_vispec.toy.grounded_world`, ``content`` :mod:`~vllm_vispec.toy.content_world`."""
     if name not in WORLDS:
-        raise ValueError(f"unknown world {name!r}; choose {' or '.join(WORLDS)}")
-    module = "world" if name == "toy" else "grounded_world"
-    return importlib.import_module(f"vllm_vispec.toy.{module}")
+        raise ValueError(f"unknown world {name!r}; choose one of {', '.join(WORLDS)}")
+    return importlib.import_module(f"vllm_vispec.toy.{_MODULES[name]}")

@@ -1,4 +1,7 @@
-"""The grounded world's target: a tiny Qwen2.5-VL trained from scratch, resumably, on a CPU.
+"""The strip worlds' targets: a tiny Qwen2.5-VL trained from scratch, resumably, on a CPU.
+
+The strip worlds are :mod:`vllm_vispec.toy.grounded_world` and
+:mod:`vllm_vispec.toy.content_world` (``GroundedRecipe.world``).
 
 :mod:`vllm_vispec.toy.target` trains once, in one go, on a fixed sample set written to disk.
 Training a target that really reads :mod:`vllm_vispec.toy.grounded_world` strips takes longer
@@ -28,17 +31,8 @@ from typing import Any
 
 import torch
 
-from vllm_vispec.toy.grounded_world import (
-    EVAL_CELLS,
-    QUESTION,
-    describe,
-    prompts,
-    random_scene,
-    render,
-    scene_from_dict,
-    score,
-    tokenizer_corpus,
-)
+from vllm_vispec.toy import world_module
+from vllm_vispec.toy.grounded_world import EVAL_CELLS
 
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.jsonl"
@@ -58,6 +52,8 @@ class GroundedRecipe:
 
     ``vision_depth`` / ``vision_hidden`` size the vision tower (the tiny builder's: 2 blocks of
     64); every second block attends to the full image, the others to 112-pixel windows.
+
+    ``world``: ``grounded`` or ``content``, the strip world the target learns.
     """
 
     hidden_size: int = 128
@@ -74,6 +70,7 @@ class GroundedRecipe:
     checkpoint_every: int = 200
     log_every: int = 25
     seed: int = 0
+    world: str = "grounded"
 
 
 def messages(question: str, answer: str | None = None) -> list[dict[str, Any]]:
@@ -90,13 +87,14 @@ def training_batch(processor: Any, recipe: GroundedRecipe, step: int, expansions
     """The model inputs (plus ``labels``) of training step ``step``: fresh seeded strips."""
     from vllm_vispec.train.data import collate, encode
 
+    world = world_module(recipe.world)
     examples = []
     for i in range(recipe.batch_size):
         rng = random.Random(f"grounded-train:{recipe.seed}:{step}:{i}")
-        scene = random_scene(rng, recipe.n_cells)
+        scene = world.random_scene(rng, recipe.n_cells)
         examples.append(
-            encode(processor, messages(QUESTION, describe(scene)), [render(scene)], f"{step}:{i}",
-                   expansions)
+            encode(processor, messages(world.question(scene), world.describe(scene)),
+                   [world.render(scene)], f"{step}:{i}", expansions)
         )  # fmt: skip
     batch = collate(processor, examples)
     mask = batch.pop("loss_mask")
@@ -106,16 +104,22 @@ def training_batch(processor: Any, recipe: GroundedRecipe, step: int, expansions
 
 @torch.no_grad()
 def evaluate(
-    model: Any, processor: Any, n: int, seed: int, n_cells: int = EVAL_CELLS, batch_size: int = 16
+    model: Any,
+    processor: Any,
+    n: int,
+    seed: int,
+    n_cells: int = EVAL_CELLS,
+    batch_size: int = 16,
+    world: str = "grounded",
 ) -> dict[str, Any]:
-    """Greedy HF descriptions of ``n`` held-out strips; mean :func:`score` and per-kind accuracy."""
-    from vllm_vispec.toy.grounded_world import fact_accuracy
-
+    """Greedy HF answers about ``n`` held-out strips of ``world``: its mean ``score`` and
+    per-kind accuracy."""
+    w = world_module(world)
     was_training = model.training
     model.eval()
     processor.tokenizer.padding_side = "left"
-    items = prompts(n, seed, n_cells)
-    scores, kinds, texts = [], {"count": 0.0, "colour": 0.0, "shape": 0.0}, []
+    items = w.prompts(n, seed, n_cells)
+    scores, kinds, texts = [], dict.fromkeys(("count", "colour", "shape"), 0.0), []
     image_tokens = None
     for start in range(0, n, batch_size):
         chunk = items[start : start + batch_size]
@@ -131,9 +135,9 @@ def evaluate(
             out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
         )
         for (record, _, _), answer in zip(chunk, answers, strict=True):
-            scene = scene_from_dict(record["scene"])
-            scores.append(score(scene, answer))
-            for k, v in fact_accuracy(scene, answer).items():
+            scene = w.scene_from_dict(record["scene"])
+            scores.append(w.score(scene, answer))
+            for k, v in w.fact_accuracy(scene, answer).items():
                 kinds[k] += v / n
             texts.append({"truth": record["conversations"][1]["value"], "answer": answer})
     model.train(was_training)
@@ -243,7 +247,7 @@ def train_grounded_target(
             hidden_size=recipe.hidden_size,
             num_heads=recipe.num_heads,
             num_layers=recipe.num_layers,
-            extra_corpus=tokenizer_corpus(recipe.seed + 1),
+            extra_corpus=world_module(recipe.world).tokenizer_corpus(recipe.seed + 1),
             init_std=0.02,
         )
         _customise(out, recipe)
@@ -272,7 +276,7 @@ def train_grounded_target(
     expansions: dict[tuple, int] = {}
     started = time.perf_counter()
     losses: list[float] = []
-    bar = tqdm(total=recipe.max_steps, initial=step, desc="grounded target", unit="step")
+    bar = tqdm(total=recipe.max_steps, initial=step, desc=f"{recipe.world} target", unit="step")
     while step < recipe.max_steps:
         t0 = time.perf_counter()
         batch = training_batch(processor, recipe, step, expansions)

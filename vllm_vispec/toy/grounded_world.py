@@ -33,8 +33,10 @@ import dataclasses
 import pathlib
 import random
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -60,13 +62,19 @@ __all__ = [
     "make_samples",
     "phrase",
     "prompts",
+    "question",
     "random_scene",
     "render",
     "scene_from_dict",
     "scene_to_dict",
     "score",
+    "strip_prompts",
+    "strip_records",
     "tokenizer_corpus",
 ]
+
+NAME = "grounded"
+"""The world's name in :data:`vllm_vispec.toy.WORLDS` and in its samples' seeds."""
 
 CELL_WIDTH = 112
 """Cell width in pixels: 4 merged Qwen2.5-VL image tokens (28 pixels each)."""
@@ -151,11 +159,13 @@ def scene_from_dict(d: dict[str, Any]) -> StripScene:
 # Rendering
 
 
-def render(scene: StripScene) -> Image.Image:
+def render(scene: StripScene, colour_cells: bool = False) -> Image.Image:
     """Draw the strip: grey background, each cell's copies stacked and centred, no anti-aliasing.
 
     A copy's slot is ``HEIGHT / count`` high; shapes span about 60% of the cell width (about 5
     patches of 14 pixels), so shape, colour and count are all visible to the patch embedding.
+    ``colour_cells`` swaps the colours: each cell is filled with its colour and its shapes are
+    grey (:mod:`~vllm_vispec.toy.content_world`: every patch of a cell then shows its colour).
     """
     width, height = image_size(len(scene.cells))
     image = Image.new("RGB", (width, height), BACKGROUND_RGB)
@@ -164,9 +174,13 @@ def render(scene: StripScene) -> Image.Image:
         cx = i * CELL_WIDTH + CELL_WIDTH / 2
         slot = height / cell.count
         r = min(CELL_WIDTH * 0.3, slot * 0.36)
+        ink = COLOUR_RGB[cell.colour]
+        if colour_cells:
+            draw.rectangle((i * CELL_WIDTH, 0, (i + 1) * CELL_WIDTH - 1, height - 1), fill=ink)
+            ink = BACKGROUND_RGB
         for k in range(cell.count):
             centre = (cx, slot * (k + 0.5))
-            draw_shape(draw, cell.shape, COLOUR_RGB[cell.colour], centre, r, ring_width=0.4)
+            draw_shape(draw, cell.shape, ink, centre, r, ring_width=0.4)
     return image
 
 
@@ -178,6 +192,11 @@ def phrase(cell: Cell) -> str:
     """``"two red circles"``: count word, colour, shape (plural when count > 1)."""
     shape = cell.shape if cell.count == 1 else _plural(cell.shape)
     return f"{NUMBER_WORDS[cell.count]} {cell.colour} {shape}"
+
+
+def question(scene: StripScene) -> str:
+    """Always :data:`QUESTION`."""
+    return QUESTION
 
 
 def describe(scene: StripScene) -> str:
@@ -201,25 +220,7 @@ def make_samples(
     Sample ``i`` depends only on ``(seed, i, n_cells)``, so a smaller ``n`` gives a prefix.
     File names are ``strip_{i:05d}.png``: use separate directories for different seeds.
     """
-    image_dir = pathlib.Path(image_dir)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        scene = random_scene(random.Random(f"grounded-world:{seed}:{n_cells}:{i}"), n_cells)
-        name = f"strip_{i:05d}"
-        render(scene).save(image_dir / f"{name}.png", format="PNG")
-        records.append(
-            {
-                "id": name,
-                "image": f"{name}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\n" + QUESTION},
-                    {"from": "gpt", "value": describe(scene)},
-                ],
-                "scene": scene_to_dict(scene),
-            }
-        )
-    return records
+    return strip_records(sys.modules[__name__], n, seed, image_dir, n_cells)
 
 
 def prompts(
@@ -227,9 +228,43 @@ def prompts(
 ) -> list[tuple[dict[str, Any], Image.Image, str]]:
     """``n`` (record, image, question) triples about fresh strips; the default ``n_cells`` (8)
     gives 896x224 images, 256 Qwen2.5-VL image tokens each. Images are loaded into memory."""
+    return strip_prompts(sys.modules[__name__], n, seed, n_cells)
+
+
+def strip_records(
+    world: ModuleType, n: int, seed: int, image_dir: pathlib.Path, n_cells: int
+) -> list[dict[str, Any]]:
+    """:func:`make_samples` of a strip world: a module with ``NAME``, ``random_scene``,
+    ``question``, ``describe``, ``render`` and ``scene_to_dict``."""
+    image_dir = pathlib.Path(image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        scene = world.random_scene(random.Random(f"{world.NAME}-world:{seed}:{n_cells}:{i}"),
+                                   n_cells)  # fmt: skip
+        name = f"strip_{i:05d}"
+        world.render(scene).save(image_dir / f"{name}.png", format="PNG")
+        records.append(
+            {
+                "id": name,
+                "image": f"{name}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + world.question(scene)},
+                    {"from": "gpt", "value": world.describe(scene)},
+                ],
+                "scene": world.scene_to_dict(scene),
+            }
+        )
+    return records
+
+
+def strip_prompts(
+    world: ModuleType, n: int, seed: int, n_cells: int
+) -> list[tuple[dict[str, Any], Image.Image, str]]:
+    """:func:`prompts` of a strip world (see :func:`strip_records`)."""
     out = []
-    with tempfile.TemporaryDirectory(prefix="grounded-world-") as tmp:
-        for record in make_samples(n, seed, pathlib.Path(tmp), n_cells):
+    with tempfile.TemporaryDirectory(prefix=f"{world.NAME}-world-") as tmp:
+        for record in strip_records(world, n, seed, pathlib.Path(tmp), n_cells):
             with Image.open(pathlib.Path(tmp) / record["image"]) as image:
                 rgb = image.convert("RGB")
             question = record["conversations"][0]["value"].replace("<image>", "").strip()
