@@ -8,7 +8,8 @@ against vision-aware drafts. Here the strips have the same geometry (8 cells, 89
 256 image tokens), but
 
 * every cell has its own colour (the 8 colours, shuffled) and is filled with it, its one to
-  three copies of a shape drawn grey, so every image token of a cell shows its colour;
+  three copies of a shape drawn grey and all the same size, so every image token of a cell
+  shows its colour and the grey share of a cell grows with the count;
 * the question names the colours in a random order: ``"Describe the white cell, the red cell,
   ..."``; the answer gives, in that order, each colour's count and shape: ``"white two circles,
   red one star, ..."``.

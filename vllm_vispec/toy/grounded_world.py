@@ -165,7 +165,9 @@ def render(scene: StripScene, colour_cells: bool = False) -> Image.Image:
     A copy's slot is ``HEIGHT / count`` high; shapes span about 60% of the cell width (about 5
     patches of 14 pixels), so shape, colour and count are all visible to the patch embedding.
     ``colour_cells`` swaps the colours: each cell is filled with its colour and its shapes are
-    grey (:mod:`~vllm_vispec.toy.content_world`: every patch of a cell then shows its colour).
+    grey, all copies the size of three's (:mod:`~vllm_vispec.toy.content_world`: every patch of
+    a cell shows its colour, and the grey share of a cell grows with the count: with the sizes
+    above two and three copies cover the same share, 0.29 and 0.28 of a cell for circles).
     """
     width, height = image_size(len(scene.cells))
     image = Image.new("RGB", (width, height), BACKGROUND_RGB)
@@ -173,7 +175,7 @@ def render(scene: StripScene, colour_cells: bool = False) -> Image.Image:
     for i, cell in enumerate(scene.cells):
         cx = i * CELL_WIDTH + CELL_WIDTH / 2
         slot = height / cell.count
-        r = min(CELL_WIDTH * 0.3, slot * 0.36)
+        r = min(CELL_WIDTH * 0.3, (height / max(COUNTS) if colour_cells else slot) * 0.36)
         ink = COLOUR_RGB[cell.colour]
         if colour_cells:
             draw.rectangle((i * CELL_WIDTH, 0, (i + 1) * CELL_WIDTH - 1, height - 1), fill=ink)
