@@ -96,21 +96,14 @@ def target_step_ms(target: pathlib.Path, conversations: list, tokens: int) -> fl
 def draft_step_ms(target: pathlib.Path, conversations: list, tokens: int, k: int) -> float:
     from vllm import SamplingParams
 
+    from vllm_vispec.bench.offline import timed_propose
+
     spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": k}
     llm = _engine(target, spec)
     params = SamplingParams(temperature=0, max_tokens=1 + tokens, ignore_eos=True)
     llm.chat(conversations[:1], params, use_tqdm=False)  # warm-up
-    core = llm.llm_engine.engine_core.engine_core
-    drafter = core.model_executor.driver_worker.worker.model_runner.drafter
-    propose, calls = drafter.propose, []
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        out = propose(*args, **kwargs)
-        calls.append(time.perf_counter() - start)
-        return out
-
-    drafter.propose = timed
+    calls: list[float] = []
+    timed_propose(llm, calls)
     for c in conversations:
         llm.chat([c], params, use_tqdm=False)
     _shutdown(llm)

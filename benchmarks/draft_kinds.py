@@ -146,11 +146,6 @@ def measure(
     }
 
 
-def _drafter(llm: Any) -> Any:
-    core = llm.llm_engine.engine_core.engine_core
-    return core.model_executor.driver_worker.worker.model_runner.drafter
-
-
 def draft_prefill_ms(llm: Any, chats: list, max_tokens: int = 8) -> float:
     """The draft's prefill time per image, in vLLM: each one-image chat runs alone, every call
     of the drafter's ``propose`` is timed; the first of a request drafts over the whole prompt
@@ -158,31 +153,24 @@ def draft_prefill_ms(llm: Any, chats: list, max_tokens: int = 8) -> float:
     alone, so the median first call minus the median later call is the prefill's share."""
     from vllm import SamplingParams
 
-    drafter = _drafter(llm)
-    propose, calls = drafter.propose, []
+    from vllm_vispec.bench.offline import timed_propose
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        out = propose(*args, **kwargs)
-        calls.append(time.perf_counter() - start)
-        return out
-
-    drafter.propose = timed
+    calls: list[float] = []
+    timed_propose(llm, calls)
     first, later = [], []
-    try:
-        for chat in chats:
-            calls.clear()
-            llm.chat([chat], SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False)
-            first.append(calls[0])
-            later += calls[1:]
-    finally:
-        del drafter.propose
+    for chat in chats:
+        calls.clear()
+        llm.chat([chat], SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False)
+        first.append(calls[0])
+        later += calls[1:]
     return round(1e3 * (statistics.median(first) - statistics.median(later)), 2)
 
 
 def _kept(llm: Any) -> dict[str, Any]:
     """The draft's KV rows per image, and the compressor's choices (SpecVLM)."""
-    drafter = _drafter(llm)
+    from vllm_vispec.bench.offline import drafter as engine_drafter
+
+    drafter = engine_drafter(llm)
     vision = getattr(drafter, "vision", None)
     if vision is None:  # vLLM's own EAGLE-1: every image token is a draft row
         return {"kept_per_image": None}

@@ -22,7 +22,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -55,28 +54,13 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def timed_propose(llm, times: list[float]) -> None:
-    """Wrap the engine's proposer so that every propose() call is timed."""
-    core = llm.llm_engine.engine_core.engine_core
-    drafter = core.model_executor.driver_worker.worker.model_runner.drafter
-    propose = drafter.propose
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        out = propose(*args, **kwargs)
-        times.append(time.perf_counter() - start)
-        return out
-
-    drafter.propose = wrapper
-    return type(drafter).__name__
-
-
 def main() -> int:
     args = parse_args()
     from tqdm import tqdm
     from vllm import LLM, SamplingParams
 
     from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.bench.offline import timed_propose
     from vllm_vispec.draft.attention_mode import padded_head_size
     from vllm_vispec.settings import SETTINGS_KEY
     from vllm_vispec.testing.tiny_drafts import build_tiny_draft, build_tiny_eagle_draft

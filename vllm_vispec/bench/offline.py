@@ -76,6 +76,28 @@ def offline_counters(llm: Any) -> dict[str, Any]:
     return out
 
 
+def drafter(llm: Any) -> Any:
+    """The proposer of an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    core = llm.llm_engine.engine_core.engine_core
+    return core.model_executor.driver_worker.worker.model_runner.drafter
+
+
+def timed_propose(llm: Any, times: list[float]) -> str:
+    """Time every later ``propose`` call of an in-process engine's proposer into ``times``;
+    returns the proposer's class name."""
+    proposer = drafter(llm)
+    propose = proposer.propose
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = propose(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+        return out
+
+    proposer.propose = timed
+    return type(proposer).__name__
+
+
 def _sampling(args: argparse.Namespace, max_tokens: int) -> Any:
     from vllm import SamplingParams
 
