@@ -53,6 +53,7 @@ from vllm_vispec.toy.grounded_world import (
     _plural,
     image_size,
     image_tokens,
+    match_phrases,
     strip_prompts,
     strip_records,
 )
@@ -176,20 +177,18 @@ _PHRASE_RE = re.compile(
 
 def parse(text: str) -> list[tuple[str, str, str] | None]:
     """The text's phrases in order: (colour, count word, shape), or None if unreadable."""
-    pieces = [p.strip() for p in re.split(r"[,.;\n]", text.lower())]
-    out: list[tuple[str, str, str] | None] = []
-    for piece in pieces:
-        if piece:
-            m = _PHRASE_RE.match(" ".join(piece.split()))
-            out.append(m.groups() if m else None)
-    return out
+    return match_phrases(text, _PHRASE_RE)
 
 
 def fact_accuracy(scene: AskedScene, text: str) -> dict[str, float]:
     """Per kind, the share of asked colours whose phrase (in the question's order) gets it
     right: the colour named, the count and the shape of that colour's cell."""
+    return _accuracy(scene, parse(text))
+
+
+def _accuracy(scene: AskedScene, phrases: list) -> dict[str, float]:
     hits = {"colour": 0, "count": 0, "shape": 0}
-    for colour, got in zip(scene.asked, parse(text), strict=False):
+    for colour, got in zip(scene.asked, phrases, strict=False):
         if got is not None:
             cell = scene.cell(colour)
             hits["colour"] += got[0] == colour
@@ -201,8 +200,9 @@ def fact_accuracy(scene: AskedScene, text: str) -> dict[str, float]:
 def score(scene: AskedScene, text: str) -> float:
     """The fraction of facts ``text`` states right, in [0, 1]: three per asked colour (see
     :func:`fact_accuracy`); every phrase beyond the asked colours adds three wrong facts."""
-    right = sum(fact_accuracy(scene, text).values()) * len(scene.asked)
-    extra = max(0, len(parse(text)) - len(scene.asked))
+    phrases = parse(text)
+    right = sum(_accuracy(scene, phrases).values()) * len(scene.asked)
+    extra = max(0, len(phrases) - len(scene.asked))
     return right / (3 * (len(scene.asked) + extra))
 
 

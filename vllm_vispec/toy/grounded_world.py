@@ -60,6 +60,7 @@ __all__ = [
     "image_size",
     "image_tokens",
     "make_samples",
+    "match_phrases",
     "phrase",
     "prompts",
     "question",
@@ -285,13 +286,17 @@ _PHRASE_RE = re.compile(
 
 def parse(text: str) -> list[tuple[str, str, str] | None]:
     """The text's cell phrases in order: (count word, colour, shape), or None if unreadable."""
-    pieces = [p.strip() for p in re.split(r"[,.;\n]", text.lower())]
-    out: list[tuple[str, str, str] | None] = []
-    for piece in pieces:
-        if not piece:
-            continue
-        m = _PHRASE_RE.match(" ".join(piece.split()))
-        out.append(m.groups() if m else None)
+    return match_phrases(text, _PHRASE_RE)
+
+
+def match_phrases(text: str, pattern: re.Pattern[str]) -> list[tuple[str, ...] | None]:
+    """The groups of ``pattern`` in each phrase of ``text`` (split at ``,``, ``.``, ``;`` and
+    newlines, lower-cased, spaces collapsed), or None for a phrase it does not match."""
+    out: list[tuple[str, ...] | None] = []
+    for piece in re.split(r"[,.;\n]", text.lower()):
+        if piece.strip():
+            m = pattern.match(" ".join(piece.split()))
+            out.append(m.groups() if m else None)
     return out
 
 
