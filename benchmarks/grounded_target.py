@@ -27,6 +27,7 @@ import shlex
 import shutil
 import sys
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# {recipe.world.capitalize()} world: held-out accuracy of the target",
         "",
         f"Command: `{result['command']}` ({result['machine']}, {datetime.date.today()}); "
-        "training is `python benchmarks/grounded_target.py --work DIR` with the recipe's "
-        "options (resumable: the same command continues).",
+        f"training is `python benchmarks/grounded_target.py --work DIR{_options(recipe)}` "
+        "(resumable: the same command continues).",
         f"Target: hidden {recipe.hidden_size}, {recipe.num_layers} layers, batch "
         f"{recipe.batch_size}, lr {recipe.lr}; {state['step']} steps, "
         f"{result['train_minutes']} training minutes.",
@@ -154,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final held-out accuracy {final['accuracy']:.3f}; target in {models}, results "
           f"in {args.out / name}.md")  # fmt: skip
     return 0
+
+
+def _options(recipe: Any) -> str:
+    """The command-line options that give ``recipe`` (those off the defaults)."""
+    defaults = dataclasses.asdict(type(recipe)())
+    return "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(recipe).items()
+        if v != defaults[k]
+    )  # fmt: skip
 
 
 def ship(work: pathlib.Path, dst: pathlib.Path, result: dict) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from vllm import LLM, SamplingParams
 
 from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.bench.offline import model_runner
 from vllm_vispec.testing.tiny_targets import make_test_image
 
 # Where plain_greedy keeps its results for the rest of the test run (set by conftest; shared by
@@ -68,12 +69,6 @@ def models(name: str, request: Any) -> tuple[pathlib.Path, pathlib.Path]:
     return target, request.getfixturevalue(f"{name.replace('-', '_')}_draft")
 
 
-def runner(llm: LLM) -> Any:
-    """The model runner of an in-process engine (uni executor)."""
-    core = llm.llm_engine.engine_core.engine_core
-    return core.model_executor.driver_worker.worker.model_runner
-
-
 def counters(llm: LLM) -> dict[str, Any]:
     """vLLM's counters and vectors by name (process-wide: compare before/after)."""
     from vllm.v1.metrics.reader import Counter, Vector
@@ -96,7 +91,7 @@ def committed_kv(llm: LLM, draft: bool = False) -> tuple[int, list[Any]]:
     core = llm.llm_engine.engine_core.engine_core
     (req_id, req), *_ = core.scheduler.requests.items()
     blocks = core.scheduler.kv_cache_manager.get_block_ids(req_id)[0]
-    r = runner(llm)
+    r = model_runner(llm)
     draft_layers = set(getattr(getattr(r, "drafter", None), "_draft_attn_layer_names", ()) or ())
     layers = r.compilation_config.static_forward_context
     out = []

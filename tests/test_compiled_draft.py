@@ -13,8 +13,9 @@ import json
 from types import SimpleNamespace as NS
 
 import pytest
-from engines import MIXED_BATCH, counters, engine, greedy, models, plain_greedy, runner
+from engines import MIXED_BATCH, counters, engine, greedy, models, plain_greedy
 
+from vllm_vispec.bench.offline import drafter
 from vllm_vispec.draft.model import draft_compiles
 
 
@@ -30,7 +31,7 @@ def test_compiled_draft_is_lossless(name: str, request: pytest.FixtureRequest) -
         before = counters(llm)
         assert greedy(llm, MIXED_BATCH) == expected
         after = counters(llm)
-        core = runner(llm).drafter.draft.model
+        core = drafter(llm).draft.model
         assert not core.do_not_compile and core.compiled, "vLLM never ran the compiled draft"
     accepted = after["vllm:spec_decode_num_accepted_tokens"] - before.get(
         "vllm:spec_decode_num_accepted_tokens", 0

@@ -17,6 +17,7 @@ from vllm_vispec.toy.content_world import (
     AskedScene,
     describe,
     fact_token,
+    ink,
     make_samples,
     parse,
     prompts,
@@ -80,14 +81,19 @@ def test_where_the_described_cell_sits_is_random() -> None:
     assert min(places.values()) > 800 / EVAL_CELLS / 2
 
 
-def test_the_picture_shows_each_colour_in_its_cell() -> None:
-    scene = random_scene(random.Random(4))
-    image = render(scene)
-    assert image.size == (EVAL_CELLS * CELL_WIDTH, HEIGHT)
-    for i, cell in enumerate(scene.cells):
-        pixels = {image.getpixel((x, y)) for x in range(i * CELL_WIDTH, (i + 1) * CELL_WIDTH)
-                  for y in range(0, HEIGHT, 2)}  # fmt: skip
-        assert COLOUR_RGB[cell.colour] in pixels
+def test_the_picture_shows_each_colour_in_its_cell_and_a_copy_per_third() -> None:
+    for seed in range(4):
+        scene = random_scene(random.Random(seed))
+        image = render(scene)
+        assert image.size == (EVAL_CELLS * CELL_WIDTH, HEIGHT)
+        third = HEIGHT // 3
+        for i, cell in enumerate(scene.cells):
+            fill = COLOUR_RGB[cell.colour]
+            assert ink(fill) not in COLOUR_RGB.values() and ink(fill) != fill
+            for k in range(3):
+                band = {image.getpixel((x, y)) for x in range(i * CELL_WIDTH, (i + 1) * CELL_WIDTH)
+                        for y in range(k * third, (k + 1) * third)}  # fmt: skip
+                assert band == ({fill, ink(fill)} if k < cell.count else {fill})
 
 
 def test_same_seed_same_records(tmp_path: pathlib.Path) -> None:

@@ -19,9 +19,11 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engines import MIXED_BATCH, chat, counters, engine, greedy, models, plain_greedy, runner
+from engines import MIXED_BATCH, chat, counters, engine, greedy, models, plain_greedy
 from scipy import stats
 from vllm import SamplingParams
+
+from vllm_vispec.bench.offline import drafter
 
 # (target, vispec.draft_attention): every target with the portable hiding channel, and the
 # attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
@@ -122,7 +124,7 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
                     )
                 ]
             )
-        features = len(runner(llm).drafter.vision.features)
+        features = len(drafter(llm).vision.features)
     assert accepted[0] == accepted[1]
     assert features == 3  # one adaptor output per distinct image, computed once
 
@@ -139,7 +141,7 @@ def test_specvlm_keeps_its_choice_for_the_same_image_and_another_question(
     with engine(target, draft, enable_prefix_caching=True) as llm:
         got = [greedy(llm, [p])[0] for p in prompts]
         hits = counters(llm)["vllm:prefix_cache_hits"]
-        choices = runner(llm).drafter.vision.choices
+        choices = drafter(llm).vision.choices
     assert got == expected
     assert hits > 0 and sum(choices.values()) == 1, (hits, choices)
 
@@ -213,8 +215,8 @@ def test_chains_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest)
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3,
             "num_speculative_tokens_per_batch_size": schedule}  # fmt: skip
     with engine(target, speculative_config=spec, **chunked) as llm:
-        drafter = runner(llm).drafter
-        calls = _count_draft_passes(drafter)
+        proposer = drafter(llm)
+        calls = _count_draft_passes(proposer)
         got = [list(o.outputs[0].token_ids) for o in llm.chat(MIXED_BATCH, params)]
     assert got == expected
     assert {k for k, _, _ in calls} == {0, 3}
@@ -222,8 +224,8 @@ def test_chains_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest)
     assert all(passes == extensions for passes, extensions in idle), idle
     assert sum(passes == 0 for passes, _ in idle) > len(idle) // 2
     # Passes on resuming, and past the bound within K = 0 steps.
-    assert drafter.skipped.extensions > sum(e for _, e in idle) > 0
-    assert 0 < drafter.skipped.peak_rows <= drafter.skipped.capacity_rows == CHUNK["qwen"]
+    assert proposer.skipped.extensions > sum(e for _, e in idle) > 0
+    assert 0 < proposer.skipped.peak_rows <= proposer.skipped.capacity_rows == CHUNK["qwen"]
 
 
 def _count_draft_passes(drafter) -> list[tuple[int, int, int]]:
@@ -282,7 +284,7 @@ def test_skipped_steps_leave_the_draft_kv_of_steps_that_drafted(
                 n, kv = committed_kv(llm, draft=True)
                 if n >= want > 0:
                     break
-            return n, kv, runner(llm).drafter.skipped.extensions
+            return n, kv, drafter(llm).skipped.extensions
 
     n_skip, kv_skip, extensions = run([[1, 1, 3], [2, 8, 0]], 16, 0)
     n_ref, kv_ref, _ = run(None, 64, n_skip)

@@ -17,9 +17,10 @@ import pathlib
 import pytest
 import safetensors
 import torch
-from engines import chat, engine, models, runner
+from engines import chat, engine, models
 from vllm import SamplingParams
 
+from vllm_vispec.bench.offline import model_runner
 from vllm_vispec.checkpoint import load_draft, load_official
 from vllm_vispec.config import is_plugin_config
 from vllm_vispec.layout import image_spans
@@ -39,7 +40,7 @@ class FirstPassRecorder:
     """Wraps the engine's ViSpec proposer to record each step's inputs and first-pass output."""
 
     def __init__(self, llm) -> None:
-        self.runner = runner(llm)
+        self.runner = model_runner(llm)
         self.drafter = self.runner.drafter
         self.hidden: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
         self.draft_out: dict[str, list[torch.Tensor]] = collections.defaultdict(list)

@@ -11,10 +11,11 @@ import shutil
 import pytest
 import safetensors.torch
 import torch
-from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy, runner
+from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy
 from PIL import Image
 from transformers import AutoProcessor
 
+from vllm_vispec.bench.offline import drafter
 from vllm_vispec.cli import main
 from vllm_vispec.toy.world import make_samples
 from vllm_vispec.train.data import build_examples, collate, load_records, to_messages
@@ -160,7 +161,7 @@ def test_eagle_baseline_trains_with_mtp_and_loads_in_vllm(
         assert greedy(llm, MIXED_BATCH[:2], max_tokens=16) == expected
         # vLLM builds the layer the checkpoint describes: q/k/v biases, none on o_proj (which
         # `attention_bias` would add, left uninitialised: garbage drafts, zero acceptance).
-        attn = runner(llm).drafter.model.model.layers[0].self_attn
+        attn = drafter(llm).model.model.layers[0].self_attn
         assert attn.qkv_proj.bias is not None and attn.o_proj.bias is None
 
 

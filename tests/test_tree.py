@@ -26,12 +26,12 @@ from engines import (
     models,
     output_tokens,
     plain_greedy,
-    runner,
 )
 from test_lossless import _sampled_pit
 from vllm import SamplingParams
 from vllm_vispec.kernels.tree import ancestor_masks
 
+from vllm_vispec.bench.offline import drafter, model_runner
 from vllm_vispec.settings import ViSpecSettings
 from vllm_vispec.tree.expand import Expansion
 from vllm_vispec.tree.settings import TreeSettings
@@ -218,7 +218,7 @@ def _compare_trees(
         before = counters(llm)
         got = [greedy(llm, conversations) for _ in range(runs)]
         after = counters(llm)
-        trees = runner(llm).drafter.tree
+        trees = drafter(llm).tree
     assert trees is not None
     assert got == expected
     delta = {n: after[n] - before.get(n, 0) for n in after if isinstance(after[n], int | float)}
@@ -313,25 +313,25 @@ def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) 
     with engine(target, speculative_config=spec, vispec=trees, **chunked) as llm:
         lengths = _record_draft_lengths(llm)
         got = output_tokens(llm.chat(MIXED_BATCH, params, use_tqdm=False))
-        drafter = runner(llm).drafter
+        proposer = drafter(llm)
     assert got == expected
     assert lengths == {3, 12}
     # K = 0 steps drafted nothing; their rows reached the draft's KV when drafting resumed.
-    assert drafter.skipped.peak_rows > 0 and drafter.skipped.extensions > 0
+    assert proposer.skipped.peak_rows > 0 and proposer.skipped.extensions > 0
 
 
 def _record_draft_lengths(llm) -> set[int]:
     """The per-request draft lengths the proposer chose, collected over the engine's steps."""
-    drafter = runner(llm).drafter
+    proposer = drafter(llm)
     lengths: set[int] = set()
-    draft = drafter._draft
+    draft = proposer._draft
 
     def spy(*args):
         out = draft(*args)
-        lengths.update(drafter.proposal.lengths.values())
+        lengths.update(proposer.proposal.lengths.values())
         return out
 
-    drafter._draft = spy
+    proposer._draft = spy
     return lengths
 
 
@@ -344,16 +344,16 @@ def _wrapped_attention(model: torch.nn.Module) -> set[bool]:
 
 def _record_tree_steps(llm) -> list:
     """The verified TreeSteps of the engine's steps, as the draft's first pass receives them."""
-    drafter = runner(llm).drafter
+    proposer = drafter(llm)
     steps: list = []
-    draft_inputs = drafter._draft_inputs
+    draft_inputs = proposer._draft_inputs
 
     def spy(*args):
-        if drafter.step is not None:
-            steps.append(drafter.step)
+        if proposer.step is not None:
+            steps.append(proposer.step)
         return draft_inputs(*args)
 
-    drafter._draft_inputs = spy
+    proposer._draft_inputs = spy
     return steps
 
 
@@ -453,7 +453,7 @@ def test_two_engines_with_their_own_settings_in_one_process(
         assert greedy(trees, MIXED_BATCH) == expected
         assert greedy(chains, MIXED_BATCH) == expected
         assert greedy(trees, MIXED_BATCH[:1]) == expected[:1]
-        tree_runner, chain_runner = runner(trees), runner(chains)
+        tree_runner, chain_runner = model_runner(trees), model_runner(chains)
         tree_drafter, chain_drafter = tree_runner.drafter, chain_runner.drafter
         hooked = [
             {"_prepare_inputs", "_sample", "take_draft_token_ids"} & set(vars(r))

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 import torch
-from engines import MIXED_BATCH, chat, counters, engine, output_tokens, runner
+from engines import MIXED_BATCH, chat, counters, engine, output_tokens
 from test_config_errors import _assert_mentions, _create_config, _refusal, _spec, _vispec
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import StructuredOutputsParams
 
+from vllm_vispec.bench.offline import drafter
 from vllm_vispec.tree.settings import TREE_SETTING
 from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
@@ -224,7 +225,7 @@ def test_generation_config_penalties_draft_trees(
         expected = generate(llm)
     with engine(penalised_target, qwen_draft, k=29, vispec=ALWAYS) as llm:
         got, delta = _tree_delta(llm, generate)
-        depth = runner(llm).drafter.tree.depth
+        depth = drafter(llm).tree.depth
     assert got == expected
     _assert_trees_drafted(delta)
     per_pos = delta["vllm:spec_decode_num_accepted_tokens_per_pos"]

@@ -1,8 +1,8 @@
 """The toy worlds still draw the samples that the shipped toy models were trained on.
 
-``models/toy`` and ``models/grounded`` hold targets and drafts trained on samples of
-:mod:`vllm_vispec.toy.world` and :mod:`vllm_vispec.toy.grounded_world` that are never stored,
-only regenerated from seeds. A change to a world (scenes, wording, drawing, seeding, image
+``models/toy``, ``models/grounded`` and ``models/content`` hold targets and drafts trained on
+samples of :mod:`vllm_vispec.toy.world`, :mod:`vllm_vispec.toy.grounded_world` and
+:mod:`vllm_vispec.toy.content_world` that are never stored, only regenerated from seeds. A change to a world (scenes, wording, drawing, seeding, image
 format) would leave those models, and the README's figures about them, trained on data the code
 no longer makes; the "same seed twice" tests cannot see that, these digests can.
 
@@ -13,7 +13,11 @@ retrain them, then paste the new digests below:
   on 2 cores);
 * grounded world: ``python benchmarks/grounded_target.py --work DIR`` with an empty ``DIR`` (the
   target; rerun the same command until it reaches its last step), then ``python
-  benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64`` (the drafts).
+  benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64`` (the drafts);
+* content world: ``python benchmarks/grounded_target.py --world content --work DIR`` with the
+  options in ``models/content/target/grounded_recipe.json``, then ``python
+  benchmarks/draft_kinds.py --world content`` with an empty ``/tmp/vispec-toy/content`` (the
+  drafts).
 
 Texts and scenes are pinned for every sample, pixels (decoded PNGs, ``tobytes()``) only for
 pictures drawn with Pillow's shape primitives. Toy-world pictures that show a word are left out
@@ -44,6 +48,9 @@ RETRAIN = {
     "toy": "python benchmarks/toy_world.py --retrain",
     "grounded": "python benchmarks/grounded_target.py --work EMPTY_DIR until done, then python "
     "benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64",
+    "content": "python benchmarks/grounded_target.py --world content --work EMPTY_DIR with the "
+    "recipe in models/content/target/grounded_recipe.json, then python "
+    "benchmarks/draft_kinds.py --world content",
 }
 
 # (world, stream) -> (sha256 of the records' texts and scenes, sha256 of their pixels)
@@ -63,6 +70,14 @@ EXPECTED = {
     ("grounded", "drafts"): (
         "a8c11110cdb1a0167e596d8ffe365ae0ed86a8a6f45a671987f7dc58a0e9fde4",
         "28e7851b0fe88732f531cc2bfd0b228c5d3953879dcde490b4e41d96693ee6ff",
+    ),
+    ("content", "target"): (
+        "491a5f4a6d8d1e7db65cdf48ab2da4335edef28667e0bbcd04f6299b4a0ca973",
+        "edb507318de8075d7020ce9cc703cb56fc7b1dfc243b211e8f728278a0ee6997",
+    ),
+    ("content", "drafts"): (
+        "681bd3884cc1375e09d4f9c0ec86aca06c6c93b0d7b4945b73326f55d0521a69",
+        "52b0185e82d8f787b65bb72cd014371020373be4929dea372ebb6812172c71fb",
     ),
 }
 

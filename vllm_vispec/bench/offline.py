@@ -76,10 +76,16 @@ def offline_counters(llm: Any) -> dict[str, Any]:
     return out
 
 
-def drafter(llm: Any) -> Any:
-    """The proposer of an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+def model_runner(llm: Any) -> Any:
+    """The model runner of an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, uni
+    executor)."""
     core = llm.llm_engine.engine_core.engine_core
-    return core.model_executor.driver_worker.worker.model_runner.drafter
+    return core.model_executor.driver_worker.worker.model_runner
+
+
+def drafter(llm: Any) -> Any:
+    """The proposer of an in-process engine."""
+    return model_runner(llm).drafter
 
 
 def timed_propose(llm: Any, times: list[float]) -> str:

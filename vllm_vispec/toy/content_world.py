@@ -8,8 +8,8 @@ against vision-aware drafts. Here the strips have the same geometry (8 cells, 89
 256 image tokens), but
 
 * every cell has its own colour (the 8 colours, shuffled) and is filled with it, its one to
-  three copies of a shape drawn grey and all the same size, so every image token of a cell
-  shows its colour and the grey share of a cell grows with the count;
+  three copies of a shape drawn in black or white (:func:`ink`), all the same size, one per
+  third of the cell from the top, so every image token of a cell shows its colour;
 * the question names the colours in a random order: ``"Describe the white cell, the red cell,
   ..."``; the answer gives, in that order, each colour's count and shape: ``"white two circles,
   red one star, ..."``.
@@ -21,12 +21,12 @@ the tiny target's tokenizer), so the colour to describe next sits at a fixed off
 question. Counts and shapes are the image facts (:func:`fact_token`), half of the answer tokens;
 the commas and the full stop are the template.
 
-Fixed-stride questions because a tiny target learns to copy at a fixed offset (the grounded
-world's RoPE base 5) far sooner than by content (an induction head, when the question named a
-random number of colours); filled cells because the count is read from the whole cell (the
-share of it the grey copies cover), so every image token of the described cell should answer
-to its colour. No tiny target has learned this world yet: the ones trained here copy the
-colours but do not find the cells (benchmarks/results/content_target_attempts.md).
+Fixed-stride questions because a tiny target learns to copy at a fixed offset far sooner than
+by content (an induction head, when the question named a random number of colours); filled
+cells so that every image token of the described cell answers to its colour. The target that
+learned it (``models/content/target``) first saw strips of one or two cells, where no cell has
+to be found (``GroundedRecipe.small_steps``); what did not work is in
+benchmarks/results/content_target_attempts.md.
 
 :func:`score` is the fraction of facts right: per asked colour, in the question's order, the
 colour itself and its cell's count and shape; phrases beyond the asked colours count as wrong
@@ -41,15 +41,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from vllm_vispec.toy.grounded_world import (
+    CELL_WIDTH,
     COLOURS,
     COUNTS,
     EVAL_CELLS,
     SHAPES,
     Cell,
-    StripScene,
     _plural,
     image_size,
     image_tokens,
@@ -57,8 +57,7 @@ from vllm_vispec.toy.grounded_world import (
     strip_prompts,
     strip_records,
 )
-from vllm_vispec.toy.grounded_world import render as render_strip
-from vllm_vispec.toy.world import NUMBER_WORDS
+from vllm_vispec.toy.world import COLOUR_RGB, NUMBER_WORDS, draw_shape
 
 __all__ = [
     "EVAL_CELLS",
@@ -67,6 +66,7 @@ __all__ = [
     "describe",
     "fact_accuracy",
     "fact_token",
+    "ink",
     "image_size",
     "image_tokens",
     "make_samples",
@@ -117,9 +117,31 @@ def random_scene(rng: random.Random, n_cells: int = EVAL_CELLS) -> AskedScene:
     return AskedScene(cells, asked)
 
 
+def ink(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light fills, white on dark ones (by luma)."""
+    return (0, 0, 0) if 0.3 * fill[0] + 0.59 * fill[1] + 0.11 * fill[2] > 128 else (255, 255, 255)
+
+
 def render(scene: AskedScene) -> Image.Image:
-    """The strip as the grounded world draws it."""
-    return render_strip(StripScene(scene.cells), colour_cells=True)
+    """The grounded world's strip geometry; each cell filled with its colour, its copies drawn
+    in :func:`ink`, one per third of the cell from the top, all the same size, no anti-aliasing.
+
+    Not grey ink: grey sits near the vision tower's pixel mean, so grey shapes on a fill embed
+    as little more than the fill; a tiny target trained on one- and two-cell strips so drawn
+    kept counts at chance after 1000 steps, against 0.4 nats in 800 with black or white ink.
+    """
+    width, height = image_size(len(scene.cells))
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    slot = height / max(COUNTS)
+    r = min(CELL_WIDTH * 0.3, slot * 0.36)
+    for i, cell in enumerate(scene.cells):
+        fill = COLOUR_RGB[cell.colour]
+        draw.rectangle((i * CELL_WIDTH, 0, (i + 1) * CELL_WIDTH - 1, height - 1), fill=fill)
+        for k in range(cell.count):
+            centre = (i * CELL_WIDTH + CELL_WIDTH / 2, slot * (k + 0.5))
+            draw_shape(draw, cell.shape, ink(fill), centre, r, ring_width=0.4)
+    return image
 
 
 def question(scene: AskedScene) -> str:

@@ -54,6 +54,12 @@ class GroundedRecipe:
     64); every second block attends to the full image, the others to 112-pixel windows.
 
     ``world``: ``grounded`` or ``content``, the strip world the target learns.
+
+    ``small_steps`` / ``small_share``: the first ``small_steps`` steps train on strips of one or
+    two cells only, later steps on a ``small_share`` of them (evaluation always uses
+    ``EVAL_CELLS``). In a one-cell strip the whole image is the cell described, so the vision
+    tower and the path from image tokens to counts and shapes are learned before any attention
+    has to find a cell by its content (the content world's obstacle).
     """
 
     hidden_size: int = 128
@@ -71,6 +77,8 @@ class GroundedRecipe:
     log_every: int = 25
     seed: int = 0
     world: str = "grounded"
+    small_steps: int = 0
+    small_share: float = 0.0
 
 
 def messages(question: str, answer: str | None = None) -> list[dict[str, Any]]:
@@ -91,7 +99,10 @@ def training_batch(processor: Any, recipe: GroundedRecipe, step: int, expansions
     examples = []
     for i in range(recipe.batch_size):
         rng = random.Random(f"grounded-train:{recipe.seed}:{step}:{i}")
-        scene = world.random_scene(rng, recipe.n_cells)
+        small = step < recipe.small_steps or (
+            recipe.small_share > 0 and rng.random() < recipe.small_share  # no draw at 0
+        )
+        scene = world.random_scene(rng, rng.randint(1, 2) if small else recipe.n_cells)
         examples.append(
             encode(processor, messages(world.question(scene), world.describe(scene)),
                    [world.render(scene)], f"{step}:{i}", expansions)

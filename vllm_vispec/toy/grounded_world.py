@@ -160,15 +160,11 @@ def scene_from_dict(d: dict[str, Any]) -> StripScene:
 # Rendering
 
 
-def render(scene: StripScene, colour_cells: bool = False) -> Image.Image:
+def render(scene: StripScene) -> Image.Image:
     """Draw the strip: grey background, each cell's copies stacked and centred, no anti-aliasing.
 
     A copy's slot is ``HEIGHT / count`` high; shapes span about 60% of the cell width (about 5
     patches of 14 pixels), so shape, colour and count are all visible to the patch embedding.
-    ``colour_cells`` swaps the colours: each cell is filled with its colour and its shapes are
-    grey, all copies the size of three's (:mod:`~vllm_vispec.toy.content_world`: every patch of
-    a cell shows its colour, and the grey share of a cell grows with the count: with the sizes
-    above two and three copies cover the same share, 0.29 and 0.28 of a cell for circles).
     """
     width, height = image_size(len(scene.cells))
     image = Image.new("RGB", (width, height), BACKGROUND_RGB)
@@ -176,14 +172,10 @@ def render(scene: StripScene, colour_cells: bool = False) -> Image.Image:
     for i, cell in enumerate(scene.cells):
         cx = i * CELL_WIDTH + CELL_WIDTH / 2
         slot = height / cell.count
-        r = min(CELL_WIDTH * 0.3, (height / max(COUNTS) if colour_cells else slot) * 0.36)
-        ink = COLOUR_RGB[cell.colour]
-        if colour_cells:
-            draw.rectangle((i * CELL_WIDTH, 0, (i + 1) * CELL_WIDTH - 1, height - 1), fill=ink)
-            ink = BACKGROUND_RGB
+        r = min(CELL_WIDTH * 0.3, slot * 0.36)
         for k in range(cell.count):
-            centre = (cx, slot * (k + 0.5))
-            draw_shape(draw, cell.shape, ink, centre, r, ring_width=0.4)
+            draw_shape(draw, cell.shape, COLOUR_RGB[cell.colour], (cx, slot * (k + 0.5)), r,
+                       ring_width=0.4)  # fmt: skip
     return image
 
 
