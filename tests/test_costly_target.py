@@ -2,9 +2,10 @@
 
 :func:`~vllm_vispec.toy.costly_target.build_costly_target` widens every MLP and appends decoder
 layers whose output projections are zero; vLLM runs all of that work, and every greedy token
-must stay the trained target's, in both worlds with a trained target (toy, grounded). Also: the
-trained ViSpec draft is as lossless on it and accepts drafts, the shipped grounded target reads
-held-out strips right, and the builder is deterministic and refuses to remove work.
+must stay the trained target's, in every world with a trained target. Also: the trained ViSpec
+draft is as lossless on it and accepts drafts, the shipped strip-world targets read held-out
+strips (better than copying the question can), and the builder is deterministic and refuses to
+remove work.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from vllm_vispec.toy.costly_target import build_costly_target
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
 TOY = MODELS / "toy"
 BENCH_SEED = 10_000  # the bench's prompt sets
-SHIPPED = ("toy", "grounded")
-"""The worlds whose trained target ships (the content world has none yet)."""
+SHIPPED = ("toy", "grounded", "content")
+"""The worlds whose trained target ships."""
+READS = {"grounded": 0.9, "content": 0.7}
+"""Least held-out score of a strip world's shipped target (its 128-strip figures: 1.00 and 0.78;
+text alone scores about 0.21 on grounded strips and 0.5 on content strips, whose colours the
+question gives)."""
 
 
 def _prompts(name: str, n: int) -> tuple[list[list[dict]], list]:
@@ -53,16 +58,16 @@ def costly(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def test_greedy_tokens_are_the_trained_targets(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Also: the shipped grounded target reads its held-out strips right."""
+    """Also: the shipped strip-world targets read their held-out strips."""
     trained = MODELS / name / "target"
     costly = build_costly_target(trained, tmp_path_factory.mktemp("costly") / name)
     conversations, scenes = _prompts(name, 8)
     with engine(trained) as llm:
         expected = greedy(llm, conversations, max_tokens=96)
         texts = [llm.get_tokenizer().decode(ids, skip_special_tokens=True) for ids in expected]
-    if name == "grounded":
+    if name in READS:
         scores = [world_module(name).score(s, t) for s, t in zip(scenes, texts, strict=True)]
-        assert sum(scores) / len(scores) >= 0.9, texts
+        assert sum(scores) / len(scores) >= READS[name], texts
     with engine(costly) as llm:
         assert greedy(llm, conversations, max_tokens=96) == expected
     with engine(costly, MODELS / name / "vispec") as llm:

@@ -2,9 +2,10 @@
 
 ``models/toy``, ``models/grounded`` and ``models/content`` hold targets and drafts trained on
 samples of :mod:`vllm_vispec.toy.world`, :mod:`vllm_vispec.toy.grounded_world` and
-:mod:`vllm_vispec.toy.content_world` that are never stored, only regenerated from seeds. A change to a world (scenes, wording, drawing, seeding, image
-format) would leave those models, and the README's figures about them, trained on data the code
-no longer makes; the "same seed twice" tests cannot see that, these digests can.
+:mod:`vllm_vispec.toy.content_world` that are never stored, only regenerated from seeds. A
+change to a world (scenes, wording, drawing, seeding, image format) would leave those models,
+and the README's figures about them, trained on data the code no longer makes; the "same seed
+twice" tests cannot see that, these digests can.
 
 A failure means the shipped models no longer match their training data. If the change is meant,
 retrain them, then paste the new digests below:
