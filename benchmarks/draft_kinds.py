@@ -14,8 +14,9 @@ decoding, the draft's KV rows per image (EAGLE-1 and EagleVLM: every image token
 num_q - 1 compressed tokens; SpecVLM: the compressor's tokens, averaged over the images, with the
 gate's choices) and its prefill time per image (:func:`draft_prefill_ms`).
 Writes benchmarks/results/draft_kinds_WORLD.{md,json,png} and draft_kinds.md, one table of every
-world measured so far; the trained drafts stay in --work, and the EagleVLM and gated SpecVLM
-drafts of worlds that ship drafts (models/WORLD/vispec) are copied to models/WORLD/.
+world measured so far; the trained drafts stay in --work, and the EAGLE-1, ViSpec, EagleVLM and
+gated SpecVLM drafts it trained (none of them shipped yet) are copied to models/WORLD/, beside
+the world's target.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ DRAFTS = (
     "specvlm:conv:3",
     "specvlm:resampler",
 )
-SHIPPED = ("eaglevlm", "specvlm")  # copied to models/WORLD/ where the world ships drafts
+SHIPPED = ("eagle", "vispec", "eaglevlm", "specvlm")  # models/WORLD/ holds these
 TIMING_SEED = EVAL_SEED + 1
 """Prompts of the prefill timing: held out, and other than the acceptance prompts."""
 
@@ -85,7 +86,7 @@ def train_draft(
     from vllm_vispec.train.trainer import TrainConfig, train
 
     shipped = ROOT / "models" / work.name / draft
-    if draft in ("eagle", "vispec", *SHIPPED) and (shipped / "config.json").exists():
+    if draft in SHIPPED and (shipped / "config.json").exists():
         return shipped
     out = work / "kinds" / draft.replace(":", "-")
     if (out / "final" / "config.json").exists():
@@ -198,9 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     budget = Budget()
     drafts = {d: train_draft(world, target, work, d, budget) for d in args.drafts}
-    ships = (ROOT / "models" / args.world / "vispec" / "config.json").exists()
     for d in SHIPPED:
-        if ships and d in drafts and drafts[d].parent.parent == work / "kinds":
+        if d in drafts and drafts[d].parent.parent == work / "kinds":
             dst = ROOT / "models" / args.world / d
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(drafts[d], dst, ignore=shutil.ignore_patterns("trainer_state"))

@@ -16,9 +16,9 @@ retrain them, then paste the new digests below:
   target; rerun the same command until it reaches its last step), then ``python
   benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64`` (the drafts);
 * content world: ``python benchmarks/grounded_target.py --world content --work DIR`` with the
-  options in ``models/content/target/grounded_recipe.json``, then ``python
-  benchmarks/draft_kinds.py --world content`` with an empty ``/tmp/vispec-toy/content`` (the
-  drafts).
+  options in ``models/content/target/grounded_recipe.json``, then, with the drafts in
+  ``models/content`` removed and an empty ``/tmp/vispec-toy/content``, ``python
+  benchmarks/draft_kinds.py --world content`` (trains and ships the drafts).
 
 Texts and scenes are pinned for every sample, pixels (decoded PNGs, ``tobytes()``) only for
 pictures drawn with Pillow's shape primitives. Toy-world pictures that show a word are left out
@@ -50,8 +50,8 @@ RETRAIN = {
     "grounded": "python benchmarks/grounded_target.py --work EMPTY_DIR until done, then python "
     "benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64",
     "content": "python benchmarks/grounded_target.py --world content --work EMPTY_DIR with the "
-    "recipe in models/content/target/grounded_recipe.json, then python "
-    "benchmarks/draft_kinds.py --world content",
+    "recipe in models/content/target/grounded_recipe.json, then remove models/content's drafts "
+    "and run python benchmarks/draft_kinds.py --world content",
 }
 
 # (world, stream) -> (sha256 of the records' texts and scenes, sha256 of their pixels)
