@@ -38,6 +38,6 @@ setup(
     },
     entry_points={
         "vllm.general_plugins": ["vispec = vllm_vispec:register"],
-        "console_scripts": ["vllm-vispec = vllm_vispec.cli:main"],
+        "console_scripts": ["vllm-vispec = vllm_vispec.tools.cli:main"],
     },
 )

@@ -1,6 +1,6 @@
 """Cost of one ViSpec draft step against one target decode step, inside vLLM, on the toy models.
 
-For the trained toy target and its cost-realistic copy (``vllm_vispec.toy.costly_target``, the
+For the trained toy target and its cost-realistic copy (``vllm_vispec.tools.toy.costly_target``, the
 same function with extra work vLLM really does), one request at a time:
 
 * target step: a plain engine generates 1 and then 1 + N tokens for the same prompts;
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def _conversations(n: int) -> list[list[dict]]:
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     return [
         [
@@ -65,7 +65,7 @@ def _conversations(n: int) -> list[list[dict]]:
 def _engine(target: pathlib.Path, spec: dict | None):
     from vllm import LLM
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
     extra = {"speculative_config": spec} if spec else {}
     return LLM(model=str(target), **cpu_engine_kwargs(**extra))
@@ -96,7 +96,7 @@ def target_step_ms(target: pathlib.Path, conversations: list, tokens: int) -> fl
 def draft_step_ms(target: pathlib.Path, conversations: list, tokens: int, k: int) -> float:
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.offline import timed_propose
+    from vllm_vispec.tools.bench.offline import timed_propose
 
     spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": k}
     llm = _engine(target, spec)
@@ -112,7 +112,7 @@ def draft_step_ms(target: pathlib.Path, conversations: list, tokens: int, k: int
 
 def main() -> int:
     args = parse_args()
-    from vllm_vispec.toy.costly_target import build_costly_target
+    from vllm_vispec.tools.toy.costly_target import build_costly_target
 
     work = args.work or pathlib.Path(tempfile.mkdtemp(prefix="vispec-cost-"))
     targets = {

@@ -48,7 +48,7 @@ from toy_world import (  # noqa: E402
     offline_engine,
 )
 
-from vllm_vispec.toy import WORLDS, world_module  # noqa: E402
+from vllm_vispec.tools.toy import WORLDS, world_module  # noqa: E402
 
 DRAFTS = (
     "eagle",
@@ -83,7 +83,7 @@ def train_draft(
     world: Any, target: pathlib.Path, work: pathlib.Path, draft: str, budget: Budget
 ) -> pathlib.Path:
     """The full-budget draft (the ones models/WORLD/ ships are taken from there)."""
-    from vllm_vispec.train.trainer import TrainConfig, train
+    from vllm_vispec.tools.train.trainer import TrainConfig, train
 
     shipped = ROOT / "models" / work.name / draft
     if draft in SHIPPED and (shipped / "config.json").exists():
@@ -124,8 +124,8 @@ def measure(
     per image."""
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.offline import offline_counters
-    from vllm_vispec.bench.report import acceptance
+    from vllm_vispec.tools.bench.offline import offline_counters
+    from vllm_vispec.tools.bench.report import acceptance
 
     spec = {"method": "eagle", "model": str(draft), "num_speculative_tokens": 3}
     with offline_engine(target, len(chats), spec if draft else None) as llm:
@@ -154,7 +154,7 @@ def draft_prefill_ms(llm: Any, chats: list, max_tokens: int = 8) -> float:
     alone, so the median first call minus the median later call is the prefill's share."""
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.offline import timed_propose
+    from vllm_vispec.tools.bench.offline import timed_propose
 
     calls: list[float] = []
     timed_propose(llm, calls)
@@ -169,7 +169,7 @@ def draft_prefill_ms(llm: Any, chats: list, max_tokens: int = 8) -> float:
 
 def _kept(llm: Any) -> dict[str, Any]:
     """The draft's KV rows per image, and the compressor's choices (SpecVLM)."""
-    from vllm_vispec.bench.offline import drafter as engine_drafter
+    from vllm_vispec.tools.bench.offline import drafter as engine_drafter
 
     drafter = engine_drafter(llm)
     vision = getattr(drafter, "vision", None)

@@ -59,12 +59,12 @@ def main() -> int:
     from tqdm import tqdm
     from vllm import LLM, SamplingParams
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-    from vllm_vispec.bench.offline import timed_propose
     from vllm_vispec.draft.attention_mode import padded_head_size
     from vllm_vispec.settings import SETTINGS_KEY
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft, build_tiny_eagle_draft
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl, make_test_image
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.bench.offline import timed_propose
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft, build_tiny_eagle_draft
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl, make_test_image
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="vispec-overhead-"))
     target = build_tiny_qwen2_5_vl(work / "target", hidden_size=args.hidden, num_heads=args.heads)

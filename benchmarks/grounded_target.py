@@ -4,9 +4,10 @@
     OMP_NUM_THREADS=1 python benchmarks/grounded_target.py --world content --work /tmp/content
     # interrupted or out of --minutes? the same command continues from the last checkpoint
 
-The target (a tiny Qwen2.5-VL, :mod:`vllm_vispec.toy.grounded_target`) trains on fresh seeded
-strips of the world (:mod:`vllm_vispec.toy.grounded_world` or
-:mod:`~vllm_vispec.toy.content_world`); every ``--eval-every`` steps and at the end its greedy HF
+The target (a tiny Qwen2.5-VL, :mod:`vllm_vispec.tools.toy.grounded_target`) trains on fresh seeded
+strips of the world (:mod:`vllm_vispec.tools.toy.grounded_world` or
+:mod:`~vllm_vispec.tools.toy.content_world`); every ``--eval-every`` steps and at the end its
+greedy HF
 transformers answers about ``--eval-n`` held-out strips (8 cells, 896x224 pixels, 256 image
 tokens) are scored with the world's ``score``. The work folder holds the model (an HF folder),
 ``train_state.pt`` and ``progress.jsonl``. When training has reached ``--max-steps`` the model
@@ -39,7 +40,7 @@ EVAL_SEED = 20_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vllm_vispec.toy.grounded_target import GroundedRecipe
+    from vllm_vispec.tools.toy.grounded_target import GroundedRecipe
 
     defaults = GroundedRecipe()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from vllm_vispec.toy.grounded_target import evaluate, train_grounded_target
+    from vllm_vispec.tools.toy.grounded_target import evaluate, train_grounded_target
 
     recipe = GroundedRecipe(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(GroundedRecipe)}

@@ -1,6 +1,6 @@
 """How much faster `vllm-vispec train --regenerate` is through vLLM than through HF transformers.
 
-    python -m vllm_vispec.toy.costly_target models/grounded/target /tmp/grounded-costly
+    python -m vllm_vispec.tools.toy.costly_target models/grounded/target /tmp/grounded-costly
     python benchmarks/regenerate.py --target /tmp/grounded-costly --records 64
 
 Regenerates the answers of ``--records`` conversations of a toy world with its shipped target (or
@@ -25,14 +25,14 @@ import time
 
 from toy_world import DRAFT_SEED, RESULTS, ROOT
 
-from vllm_vispec.toy import WORLDS, world_module
+from vllm_vispec.tools.toy import WORLDS, world_module
 
 
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from vllm_vispec.train.data import to_messages
-    from vllm_vispec.train.teacher import Teacher, vllm_answers
+    from vllm_vispec.tools.train.data import to_messages
+    from vllm_vispec.tools.train.teacher import Teacher, vllm_answers
 
     world = world_module(args.world)
     target = args.target or ROOT / "models" / args.world / "target"

@@ -5,8 +5,8 @@ against it with equal budgets, and their acceptance in vLLM on held-out images.
     python benchmarks/toy_world.py --retrain  # everything from scratch (about 40 min on 2 CPUs)
     python benchmarks/toy_world.py --world grounded --prompts 48   # the image-grounded world
 
-Worlds: ``toy`` (:mod:`vllm_vispec.toy.world`, its target trained here) and ``grounded``
-(:mod:`vllm_vispec.toy.grounded_world`, its target trained by benchmarks/grounded_target.py).
+Worlds: ``toy`` (:mod:`vllm_vispec.tools.toy.world`, its target trained here) and ``grounded``
+(:mod:`vllm_vispec.tools.toy.grounded_world`, its target trained by benchmarks/grounded_target.py).
 Writes benchmarks/results/WORLD_world.{md,json,png}. The target and the final drafts live in
 models/WORLD/ (target/, vispec/, eagle/), which `vllm-vispec demo` uses. Mean acceptance length
 is vLLM's: 1 + accepted draft tokens per verification step (ViSpec's tau + 1). Where the drafts
@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from vllm_vispec.toy import WORLDS, world_module
+from vllm_vispec.tools.toy import WORLDS, world_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -78,7 +78,7 @@ def offline_engine(target: pathlib.Path, max_num_seqs: int, spec: dict | None) -
     """A vllm.LLM on the target (with ``spec`` as its speculative_config), shut down after."""
     from vllm import LLM
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(
@@ -100,8 +100,8 @@ def generate(
     """Greedy answers of one engine, and its spec-decode acceptance over the run."""
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.offline import offline_counters
-    from vllm_vispec.bench.report import acceptance
+    from vllm_vispec.tools.bench.offline import offline_counters
+    from vllm_vispec.tools.bench.report import acceptance
 
     with offline_engine(target, len(chats), spec) as llm:
         before = offline_counters(llm)
@@ -116,7 +116,7 @@ def train_drafts(
     world: Any, target: pathlib.Path, work: pathlib.Path, budget: Budget
 ) -> dict[tuple[str, int], pathlib.Path]:
     """ViSpec and EAGLE-1 drafts for every budget, same data, steps, batch and recipe."""
-    from vllm_vispec.train.trainer import TrainConfig, train
+    from vllm_vispec.tools.train.trainer import TrainConfig, train
 
     images = work / "draft_images"
     data = work / "draft_data.json"
@@ -157,7 +157,7 @@ def first_step_by_kind(
     import torch
     from transformers import AutoTokenizer
 
-    from vllm_vispec.train.trainer import first_step_agreement
+    from vllm_vispec.tools.train.trainer import first_step_agreement
 
     images = work / "eval_images"
     data = work / "eval_data.json"
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = models / "target"
     started = time.perf_counter()
     if args.world == "toy" and (args.retrain or not (target / "config.json").exists()):
-        from vllm_vispec.toy.target import TargetRecipe, train_toy_target
+        from vllm_vispec.tools.toy.target import TargetRecipe, train_toy_target
 
         shutil.rmtree(target, ignore_errors=True)
         train_toy_target(target, work, TargetRecipe())

@@ -7,7 +7,7 @@ per speculative step next to tokens/s and the acceptance length. It shows what a
 this machine: on a CPU the target's pass over a tree's tokens is compute-bound, on a GPU it
 costs about what one token costs.
 
-    python -m vllm_vispec.toy.costly_target models/grounded/target /tmp/grounded-costly
+    python -m vllm_vispec.tools.toy.costly_target models/grounded/target /tmp/grounded-costly
     python benchmarks/tree_step.py --target /tmp/grounded-costly
 """
 
@@ -84,8 +84,8 @@ def measure(args: argparse.Namespace, tree: Any, k: int) -> dict[str, Any]:
     from engines import counters, engine, runner
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.prompts import load_prompts
     from vllm_vispec.settings import SETTINGS_KEY
+    from vllm_vispec.tools.bench.prompts import load_prompts
 
     chats = [p.chat() for p in load_prompts(args.world, args.prompts)]
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)

@@ -25,8 +25,8 @@ def cell_means(target: pathlib.Path, world: str, strips: int) -> tuple:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vllm_vispec.toy import world_module
-    from vllm_vispec.toy.grounded_world import CELL_WIDTH, HEIGHT, SHAPES
+    from vllm_vispec.tools.toy import world_module
+    from vllm_vispec.tools.toy.grounded_world import CELL_WIDTH, HEIGHT, SHAPES
 
     w = world_module(world)
     processor = AutoProcessor.from_pretrained(target)

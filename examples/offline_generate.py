@@ -69,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--cpu",
         action="store_true",
-        help="small CPU engine settings (vllm_vispec.bench.cpu_engine.cpu_engine_kwargs: "
+        help="small CPU engine settings (vllm_vispec.tools.bench.cpu_engine.cpu_engine_kwargs: "
         "float32, eager, bounded KV cache); on by itself when vLLM runs on CPU",
     )
     return parser.parse_args()
@@ -126,7 +126,7 @@ def main() -> None:
         "limit_mm_per_prompt": {"image": 1, "video": 0},
     }
     if args.cpu or current_platform.is_cpu():
-        from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+        from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
         engine_args = cpu_engine_kwargs(**engine_args)
     llm = LLM(model=args.target, **engine_args)

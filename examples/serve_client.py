@@ -10,8 +10,8 @@ go in --additional-config):
                                "model": "JLKang/ViSpec-Qwen2.5-VL-7B-Instruct"}'
 
 (On a CPU, with the tiny test models, add the small-engine flags of
-vllm_vispec.bench.cpu_engine.cpu_engine_kwargs: --dtype float32 --block-size 32 --enforce-eager
---max-model-len 2048, and VLLM_CPU_KVCACHE_SPACE=1 in the environment.)
+vllm_vispec.tools.bench.cpu_engine.cpu_engine_kwargs: --dtype float32 --block-size 32
+--enforce-eager --max-model-len 2048, and VLLM_CPU_KVCACHE_SPACE=1 in the environment.)
 
 Then, from anywhere that reaches the server:
 

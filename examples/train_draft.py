@@ -22,7 +22,7 @@ the answers, the better the draft learns to use the image; --regenerate (an opti
 `vllm-vispec train`) replaces the answers by the target's own. --demo-data DIR writes a
 two-record example of this format (toy pictures) to look at or to try the script on.
 
-On GPUs (bf16; several GPUs: `accelerate launch -m vllm_vispec.cli train ...` with the same
+On GPUs (bf16; several GPUs: `accelerate launch -m vllm_vispec.tools.cli train ...` with the same
 options):
 
     hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir Qwen2.5-VL-7B-Instruct
@@ -104,7 +104,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 def write_demo_data(folder: pathlib.Path) -> pathlib.Path:
     """Two toy-world records (a picture of shapes + a long description) in LLaVA format."""
-    from vllm_vispec.toy.world import make_samples
+    from vllm_vispec.tools.toy.world import make_samples
 
     records = make_samples(2, seed=0, image_dir=folder / "images")
     for record in records:

@@ -45,7 +45,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from engines import settle_heap
     from vllm import LLM
 
-    from vllm_vispec.bench.server import VllmServer
+    from vllm_vispec.tools.bench.server import VllmServer
 
     for kind, cls in (("engines", LLM), ("servers", VllmServer)):
         init = cls.__init__
@@ -82,7 +82,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random Qwen2.5-VL (64 image tokens per 224x224 image)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), seed=0)
 
@@ -90,7 +90,7 @@ def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random LLaVA-1.6 (88 image tokens per 224x224 image)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_llava_next
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava_next"), seed=0)
 
@@ -98,7 +98,7 @@ def llava_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def qwen3_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random Qwen3-VL (49 image tokens per 224x224 image, one DeepStack level)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen3_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen3_vl
 
     return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3_vl"), seed=0)
 
@@ -107,7 +107,7 @@ def qwen3_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def qwen3_moe_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random Qwen3-VL-MoE (the Qwen3-VL above with 4 experts, top-2, in every
     text layer)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen3_vl_moe
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen3_vl_moe
 
     return build_tiny_qwen3_vl_moe(tmp_path_factory.mktemp("tiny-qwen3_vl_moe"), seed=0)
 
@@ -115,7 +115,7 @@ def qwen3_moe_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def llava15_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of a tiny random LLaVA-1.5 (16 image tokens per image, any size)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_llava
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
 
@@ -123,7 +123,7 @@ def llava15_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def qwen_draft(qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen2.5-VL target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     return build_tiny_draft(qwen_target, tmp_path_factory.mktemp("qwen-draft") / "d", echo=True)
 
@@ -133,7 +133,7 @@ def llava_draft(
     llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 3, echo) for the tiny LLaVA-1.6 target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("llava-draft") / "d"
     return build_tiny_draft(llava_target, folder, num_q=3, echo=True)
@@ -144,7 +144,7 @@ def qwen3_draft(
     qwen3_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 2, echo) for the tiny Qwen3-VL target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     return build_tiny_draft(qwen3_target, tmp_path_factory.mktemp("qwen3-draft") / "d", echo=True)
 
@@ -154,7 +154,7 @@ def qwen_eaglevlm_draft(
     qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """EagleVLM draft (echo, input norm) for the tiny Qwen2.5-VL target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("qwen-eaglevlm-draft") / "d"
     return build_tiny_draft(qwen_target, folder, echo=True, kind="eaglevlm", input_norm=True)
@@ -165,7 +165,7 @@ def llava_eaglevlm_draft(
     llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """EagleVLM draft (echo, input and final norms) for the tiny LLaVA-1.6 target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("llava-eaglevlm-draft") / "d"
     norms = {"input_norm": True, "final_norm": True}
@@ -178,7 +178,7 @@ def specvlm_drafts(
 ) -> Callable[[str], pathlib.Path]:
     """SpecVLM drafts (echo, input norm, compression 3) for the tiny Qwen2.5-VL target, by
     compressor (a primitive, or "gate"), each built once."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     built: dict[str, pathlib.Path] = {}
 
@@ -203,7 +203,7 @@ def llava_specvlm_draft(
     llava_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Gated SpecVLM draft (echo, both norms, compression 4) for the tiny LLaVA-1.6 target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("llava-specvlm-draft") / "d"
     settings = {"kind": "specvlm", "compression": 4, "input_norm": True, "final_norm": True}
@@ -217,7 +217,7 @@ def qwen3_nemo_draft(
     """A ViSpec draft for the tiny Qwen3-VL target as NeMo Automodel exports one (num_q 2,
     echo, trained input and final norms, attention head_dim 48 against hidden / heads = 32,
     two safetensors shards): vLLM is given this folder as it is."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("qwen3-nemo-draft") / "d"
     return build_tiny_draft(qwen3_target, folder, echo=True, nemo_export=True, head_dim=48)
@@ -228,7 +228,7 @@ def qwen3_moe_draft(
     qwen3_moe_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Plugin-format ViSpec draft (dense, num_q 2, echo) for the tiny Qwen3-VL-MoE target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("qwen3-moe-draft") / "d"
     return build_tiny_draft(qwen3_moe_target, folder, echo=True)
@@ -239,7 +239,7 @@ def llava15_draft(
     llava15_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """Plugin-format ViSpec draft (num_q 2, echo) for the tiny LLaVA-1.5 target."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     return build_tiny_draft(
         llava15_target, tmp_path_factory.mktemp("llava15-draft") / "d", echo=True
@@ -251,7 +251,7 @@ def qwen_eagle_draft(
     qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """A same-size plain EAGLE-1 draft (vLLM's built-in format) for the tiny Qwen2.5-VL."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_eagle_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_eagle_draft
 
     return build_tiny_eagle_draft(
         qwen_target, tmp_path_factory.mktemp("qwen-eagle") / "d", echo=True

@@ -12,9 +12,9 @@ from typing import Any
 
 from vllm import LLM, SamplingParams
 
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-from vllm_vispec.bench.offline import model_runner
-from vllm_vispec.testing.tiny_targets import make_test_image
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.bench.offline import model_runner
+from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
 # Where plain_greedy keeps its results for the rest of the test run (set by conftest; shared by
 # the run's xdist workers). None: nothing is kept.

@@ -15,8 +15,8 @@ import pathlib
 import pytest
 
 from vllm_vispec import cli
-from vllm_vispec.bench import command, report
-from vllm_vispec.bench.prompts import load_prompts, waves
+from vllm_vispec.tools.bench import command, report
+from vllm_vispec.tools.bench.prompts import load_prompts, waves
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

@@ -15,8 +15,8 @@ from types import SimpleNamespace as NS
 import pytest
 from engines import MIXED_BATCH, counters, engine, greedy, models, plain_greedy
 
-from vllm_vispec.bench.offline import drafter
 from vllm_vispec.draft.model import draft_compiles
+from vllm_vispec.tools.bench.offline import drafter
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from vllm_vispec.checkpoint import expected_shapes
 from vllm_vispec.compressor import ElasticCompressor
 from vllm_vispec.config import COMPRESSORS, ViSpecConfig
 from vllm_vispec.layout import draft_layout, hidden_intervals
-from vllm_vispec.reference import DraftInput, ViSpecDraft
+from vllm_vispec.tools.reference import DraftInput, ViSpecDraft
 
 CFG = ViSpecConfig(
     hidden_size=16,

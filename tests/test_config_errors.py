@@ -24,10 +24,10 @@ import torch
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.checkpoint import CheckpointError, draft_config_for_target
 from vllm_vispec.feature_cache import FeatureCache
-from vllm_vispec.testing.tiny_drafts import (
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.testing.tiny_drafts import (
     random_official_checkpoint,
     random_tensors,
 )

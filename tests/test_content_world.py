@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from vllm_vispec.toy import WORLDS, world_module
-from vllm_vispec.toy.content_world import (
+from vllm_vispec.tools.toy import WORLDS, world_module
+from vllm_vispec.tools.toy.content_world import (
     EVAL_CELLS,
     AskedScene,
     describe,
@@ -29,7 +29,7 @@ from vllm_vispec.toy.content_world import (
     score,
     tokenizer_corpus,
 )
-from vllm_vispec.toy.grounded_world import CELL_WIDTH, COLOUR_RGB, HEIGHT, Cell
+from vllm_vispec.tools.toy.grounded_world import CELL_WIDTH, COLOUR_RGB, HEIGHT, Cell
 
 
 def _scene() -> AskedScene:
@@ -143,7 +143,7 @@ def test_question_items_are_as_many_tokens_as_answer_phrases(tmp_path: pathlib.P
     the tokenizer its trainer builds, every question item and every answer phrase is 4 tokens."""
     from transformers import AutoTokenizer
 
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     target = build_tiny_qwen2_5_vl(tmp_path, extra_corpus=tokenizer_corpus(1))
     tokenizer = AutoTokenizer.from_pretrained(target)

@@ -28,9 +28,9 @@ from vllm_vispec.checkpoint import (
     load_draft,
     load_official,
 )
-from vllm_vispec.cli import main
 from vllm_vispec.config import ViSpecConfig, is_plugin_config
-from vllm_vispec.testing.tiny_drafts import (
+from vllm_vispec.tools.cli import main
+from vllm_vispec.tools.testing.tiny_drafts import (
     random_official_checkpoint,
     random_tensors,
     write_nemo_export,
@@ -293,7 +293,7 @@ def test_force_never_deletes_a_folder_that_is_not_a_draft(tmp_path, capsys):
 
 @pytest.mark.parametrize("cfg", [QWEN, LLAVA], ids=["qwen", "llava"])
 def test_converted_draft_loads_strictly_into_the_reference(tmp_path, capsys, cfg):
-    from vllm_vispec.reference import ViSpecDraft
+    from vllm_vispec.tools.reference import ViSpecDraft
 
     src = random_official_checkpoint(tmp_path / "official", cfg)
     dst = tmp_path / "draft"
@@ -321,7 +321,7 @@ def test_nemo_automodel_export_converts_and_loads_strictly_into_the_reference(tm
     """NeMo's layout (target text config with the draft's fields, ``img_adaptor``, two trained
     norms, explicit head_dim, safetensors shards and index) becomes a plugin draft with the
     same tensors under the released names."""
-    from vllm_vispec.reference import ViSpecDraft
+    from vllm_vispec.tools.reference import ViSpecDraft
 
     src, cfg = _nemo_export(tmp_path)
     assert (src / INDEX_FILE).is_file() and not (src / SAFETENSORS_FILE).exists()

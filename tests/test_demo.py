@@ -13,8 +13,8 @@ import pytest
 @pytest.mark.slow
 def test_demo_is_lossless_and_quiet(tmp_path: pathlib.Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "vllm_vispec.cli", "demo", "--images", "1", "--max-tokens", "24",
-         "--cache", str(tmp_path)],
+        [sys.executable, "-m", "vllm_vispec.tools.cli", "demo", "--images", "1",
+         "--max-tokens", "24", "--cache", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-from vllm_vispec.bench.server import VllmServer, spec_decode_counters
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.bench.server import VllmServer, spec_decode_counters
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ("offline_generate.py", "serve_client.py", "convert_checkpoint.sh", "train_draft.py")
@@ -91,7 +91,7 @@ def test_serve_client(
 
 def test_convert_checkpoint(qwen_target: pathlib.Path, tmp_path: pathlib.Path) -> None:
     from vllm_vispec.checkpoint import draft_config_for_target
-    from vllm_vispec.testing.tiny_drafts import random_official_checkpoint
+    from vllm_vispec.tools.testing.tiny_drafts import random_official_checkpoint
 
     src = random_official_checkpoint(tmp_path / "official", draft_config_for_target(qwen_target))
     dst = tmp_path / "converted"

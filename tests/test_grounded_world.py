@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from vllm_vispec.toy.grounded_world import (
+from vllm_vispec.tools.toy.grounded_world import (
     CELL_WIDTH,
     COLOUR_RGB,
     COLOURS,
@@ -48,7 +48,7 @@ def _digests(image_dir: pathlib.Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(
         tmp_path_factory.mktemp("grounded-target"), extra_corpus=tokenizer_corpus(1)
@@ -139,7 +139,7 @@ def test_scenes_vary() -> None:
 def test_256_token_prompt_set(tiny_target: pathlib.Path) -> None:
     from transformers import AutoProcessor
 
-    from vllm_vispec.toy.grounded_target import messages
+    from vllm_vispec.tools.toy.grounded_target import messages
 
     processor = AutoProcessor.from_pretrained(tiny_target)
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -174,7 +174,7 @@ def test_every_cell_phrase_is_as_many_tokens_as_the_cell_is_wide(
 def test_records_encode_for_draft_training(tmp_path: pathlib.Path, tiny_target) -> None:
     from transformers import AutoProcessor
 
-    from vllm_vispec.train.data import build_examples
+    from vllm_vispec.tools.train.data import build_examples
 
     processor = AutoProcessor.from_pretrained(tiny_target)
     records = make_samples(2, seed=1, image_dir=tmp_path, n_cells=2)
@@ -189,7 +189,7 @@ def test_training_resumes_exactly(tmp_path: pathlib.Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from vllm_vispec.toy.grounded_target import GroundedRecipe, train_grounded_target
+    from vllm_vispec.tools.toy.grounded_target import GroundedRecipe, train_grounded_target
 
     recipe = GroundedRecipe(n_cells=1, batch_size=2, max_steps=4, warmup_steps=1,
                             checkpoint_every=2, log_every=1)  # fmt: skip

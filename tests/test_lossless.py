@@ -23,7 +23,7 @@ from engines import MIXED_BATCH, chat, counters, engine, greedy, models, plain_g
 from scipy import stats
 from vllm import SamplingParams
 
-from vllm_vispec.bench.offline import drafter
+from vllm_vispec.tools.bench.offline import drafter
 
 # (target, vispec.draft_attention): every target with the portable hiding channel, and the
 # attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
@@ -148,7 +148,7 @@ def test_specvlm_keeps_its_choice_for_the_same_image_and_another_question(
 
 def _video(seed: int, frames: int = 4) -> tuple[np.ndarray, dict]:
     """Decoded frames (112x112 test pictures) and the metadata vLLM's Qwen video parser needs."""
-    from vllm_vispec.testing.tiny_targets import make_test_image
+    from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
     video = np.stack([np.asarray(make_test_image(seed + i, (112, 112))) for i in range(frames)])
     meta = {"fps": 2.0, "duration": frames / 2.0, "total_num_frames": frames,
@@ -167,7 +167,7 @@ def test_video_requests_in_a_mixed_batch(name: str, request: pytest.FixtureReque
     def prompt(media: str, text: str) -> str:
         return f"<|im_start|>user\n{media}{text}<|im_end|>\n<|im_start|>assistant\n"
 
-    from vllm_vispec.testing.tiny_targets import make_test_image
+    from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
     requests = [
         {"prompt": prompt(video, "Describe the video."), "multi_modal_data": {"video": _video(1)}},
@@ -255,7 +255,7 @@ def test_skipped_steps_leave_the_draft_kv_of_steps_that_drafted(
     (the kept rows were written into the draft's cache, in one pass)."""
     from engines import committed_kv
 
-    from vllm_vispec.testing.tiny_targets import make_test_image
+    from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
     target, draft = models("qwen", request)
     turn = "<|im_start|>user\n{}Describe it.<|im_end|>\n<|im_start|>assistant\n"
@@ -393,7 +393,7 @@ def test_sampling_with_a_trained_draft_follows_the_target() -> None:
     """The toy world's trained target is peaked and its trained draft is often accepted, so this
     covers the accept branch of rejection sampling, which the random tiny models above (flat
     distributions) mostly skip."""
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
     conversations = [

@@ -14,7 +14,7 @@ from test_config_errors import _create_config, _spec
 
 from vllm_vispec import checkpoint
 from vllm_vispec.checkpoint.resolve import CACHE_FOLDER, content_hash
-from vllm_vispec.testing.tiny_drafts import write_official_checkpoint
+from vllm_vispec.tools.testing.tiny_drafts import write_official_checkpoint
 
 REPO = "JLKang/ViSpec-tiny-Qwen2.5-VL"
 

@@ -2,7 +2,7 @@
 
 For the same weights and inputs, the draft's first-pass outputs inside a real engine (paged KV,
 hiding channel, adaptor kernel path, raw 1-D positions on an M-RoPE target, images split across
-prefill chunks) must equal :class:`vllm_vispec.reference.ViSpecDraft` on the whole prompt. The
+prefill chunks) must equal :class:`vllm_vispec.tools.reference.ViSpecDraft` on the whole prompt. The
 target's hidden states and image embeddings are captured from the engine itself, so the two
 drafts see identical inputs.
 """
@@ -20,11 +20,11 @@ import torch
 from engines import chat, engine, models
 from vllm import SamplingParams
 
-from vllm_vispec.bench.offline import model_runner
 from vllm_vispec.checkpoint import load_draft, load_official
 from vllm_vispec.config import is_plugin_config
 from vllm_vispec.layout import image_spans
-from vllm_vispec.reference import DraftInput, ViSpecDraft
+from vllm_vispec.tools.bench.offline import model_runner
+from vllm_vispec.tools.reference import DraftInput, ViSpecDraft
 
 # float32 everywhere; vLLM's CPU attention and fused ops only reorder sums (seen: <= 1.1e-6).
 ATOL = 5e-5
@@ -226,8 +226,8 @@ def test_qwen3_image_inputs_are_the_target_input_embeddings(qwen3_target, qwen3_
     """Qwen3-VL's encoder output also carries DeepStack features (added inside the target's
     first layers); the draft takes what the target puts into its input embeddings, which HF
     transformers' Qwen3-VL says independently."""
-    from vllm_vispec.testing.tiny_targets import make_test_image
-    from vllm_vispec.train.teacher import Teacher
+    from vllm_vispec.tools.testing.tiny_targets import make_test_image
+    from vllm_vispec.tools.train.teacher import Teacher
 
     conversation = chat([(5, (224, 224))])
     with engine(qwen3_target, qwen3_draft, enable_prefix_caching=False) as llm:

@@ -1,5 +1,5 @@
 """The reference ViSpec draft pins the draft semantics of ViSpec (Kang et al., NeurIPS 2025; the
-rules as written in ``vllm_vispec.layout`` and ``vllm_vispec.reference``), rule by rule.
+rules as written in ``vllm_vispec.layout`` and ``vllm_vispec.tools.reference``), rule by rule.
 
 Expected values come from independently written code: plain loops over positions, attention
 with an explicit mask, RoPE as a complex rotation and the adaptor through the per-head identity
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.layout import check_spans, draft_layout, hidden_intervals, image_spans
-from vllm_vispec.reference import DraftInput, ViSpecDraft
+from vllm_vispec.tools.reference import DraftInput, ViSpecDraft
 
 H, V = 64, 128
 IMG, VID = 120, 121  # image and video placeholder ids

@@ -28,13 +28,14 @@ from typing import Any
 import pytest
 
 import vllm_vispec
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.config import DRAFT_ARCHITECTURE
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
 EAGLE_MODULE = "vllm.v1.spec_decode.eagle"
 # The module whose first import applies the CPU top-k fix (patches/cpu_top_k.py).
 SAMPLER_TRIGGER = "vllm.v1.sample.ops.topk_topp_sampler"
 PATCHES = "vllm_vispec.patches"
+V1 = "vllm_vispec.runners.v1"
 RESULT_MARK = "RESULT-JSON: "
 VISPEC_FEATURE = "ViSpec drafts (vllm-vispec)"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ def test_register_is_idempotent_in_process(monkeypatch: pytest.MonkeyPatch) -> N
         VllmConfig._get_v2_model_runner_unsupported_features,
     )
     owners = [f.__module__ for f in patched]
-    assert owners == [f"{PATCHES}.startup_validation", f"{PATCHES}.runner_selection"]
+    assert owners == [f"{PATCHES}.startup_validation", f"{V1}.runner_selection"]
     eagle = sys.modules.get(EAGLE_MODULE)
     eagle_new = eagle.EagleProposer.__new__ if eagle is not None else None
     finders = [f for f in sys.meta_path if type(f).__name__ == "_PatchOnImport"]
@@ -270,7 +271,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
     assert out["eagle_imported_after_repeat"] is False
     assert out["patch_modules"] == [
         f"{PATCHES}.startup_validation",
-        f"{PATCHES}.runner_selection",
+        f"{V1}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
     lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER])
@@ -282,7 +283,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
 
 def test_eagle_proposer_is_patched_on_first_import(children: dict[str, _Child]) -> None:
     out = children["fresh"].result
-    assert out["eagle_new_module"] == f"{PATCHES}.proposer_selection"
+    assert out["eagle_new_module"] == f"{V1}.proposer_selection"
     assert out["eagle_new_unchanged"] is True
     assert out["pending_finders_at_end"] == []
     assert out["proposer_for"] == {

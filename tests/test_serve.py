@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from vllm_vispec import checkpoint
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-from vllm_vispec.bench.server import VllmServer, spec_decode_counters
-from vllm_vispec.testing.tiny_drafts import write_official_checkpoint
-from vllm_vispec.testing.tiny_targets import make_test_image
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.bench.server import VllmServer, spec_decode_counters
+from vllm_vispec.tools.testing.tiny_drafts import write_official_checkpoint
+from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
 NUM_SPECULATIVE_TOKENS = 3
 MAX_TOKENS = 32

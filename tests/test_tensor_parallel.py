@@ -29,9 +29,9 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
 from vllm_vispec.checkpoint import draft_config_for_target
-from vllm_vispec.testing.tiny_drafts import random_tensors
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.testing.tiny_drafts import random_tensors
 from vllm_vispec.validation import ViSpecConfigError, precheck, tensor_parallel_problem
 
 TOY = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
@@ -48,7 +48,7 @@ PASSES = 2  # the second pass over the same prompts hits the prefix cache
 
 def _conversations() -> list[list[dict]]:
     """Toy-world questions about 1, 0, 2 and 1 pictures (the first one is split by CHUNK)."""
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     items = [(image, question) for _, image, question in prompts(4, 31_000)]
 
@@ -172,7 +172,7 @@ def test_tp2_specvlm_is_lossless(
 ) -> None:
     """A SpecVLM draft (gated compressor, replicated on both ranks) at TP=2: the same tokens,
     chunked images and prefix-cache hits included, with drafts made."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("tp-specvlm") / "d"
     draft = build_tiny_draft(TARGET, folder, echo=True, kind="specvlm", input_norm=True)

@@ -15,8 +15,8 @@ import pathlib
 import pytest
 import torch
 
-from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-from vllm_vispec.testing.tiny_targets import (
+from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+from vllm_vispec.tools.testing.tiny_targets import (
     build_tiny_llava,
     build_tiny_llava_next,
     build_tiny_qwen2_5_vl,
@@ -24,7 +24,11 @@ from vllm_vispec.testing.tiny_targets import (
     build_tiny_qwen3_vl_moe,
     make_test_image,
 )
-from vllm_vispec.testing.tiny_tokenizers import LLAVA_IMAGE_TOKEN, QWEN_IMAGE_TOKEN, VOCAB_SIZE
+from vllm_vispec.tools.testing.tiny_tokenizers import (
+    LLAVA_IMAGE_TOKEN,
+    QWEN_IMAGE_TOKEN,
+    VOCAB_SIZE,
+)
 
 NEW_TOKENS = 24
 QUESTION = "Describe the image."

@@ -13,7 +13,7 @@ import pathlib
 import random
 import re
 
-from vllm_vispec.toy.world import (
+from vllm_vispec.tools.toy.world import (
     COLOUR_RGB,
     COLOURS,
     POSITIONS,

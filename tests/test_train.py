@@ -15,12 +15,12 @@ from engines import MIXED_BATCH, counters, engine, greedy, plain_greedy
 from PIL import Image
 from transformers import AutoProcessor
 
-from vllm_vispec.bench.offline import drafter
-from vllm_vispec.cli import main
-from vllm_vispec.toy.world import make_samples
-from vllm_vispec.train.data import build_examples, collate, load_records, to_messages
-from vllm_vispec.train.losses import RECIPES, row_losses, topk_ranking
-from vllm_vispec.train.trainer import LOG_FILE, TrainConfig, first_step_agreement, train
+from vllm_vispec.tools.bench.offline import drafter
+from vllm_vispec.tools.cli import main
+from vllm_vispec.tools.toy.world import make_samples
+from vllm_vispec.tools.train.data import build_examples, collate, load_records, to_messages
+from vllm_vispec.tools.train.losses import RECIPES, row_losses, topk_ranking
+from vllm_vispec.tools.train.trainer import LOG_FILE, TrainConfig, first_step_agreement, train
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,9 @@ def test_first_step_agreement_is_the_reference_drafts_first_token(
     position, whether the reference draft drafting from that prefix alone (greedy_chain, k=1)
     proposes the target's greedy token."""
     from vllm_vispec.layout import image_spans
-    from vllm_vispec.reference import DraftInput
-    from vllm_vispec.train.teacher import Teacher
-    from vllm_vispec.train.trainer import _build_draft
+    from vllm_vispec.tools.reference import DraftInput
+    from vllm_vispec.tools.train.teacher import Teacher
+    from vllm_vispec.tools.train.trainer import _build_draft
 
     data = toy_data / "one.json"
     data.write_text(json.dumps(json.loads((toy_data / "llava.json").read_text())[:1]))
@@ -170,8 +170,8 @@ def test_eaglevlm_and_specvlm_drafts_train_and_decode_losslessly(
     kind: str, qwen_target: pathlib.Path, toy_data: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     """SpecVLM's gate learns through the straight-through Gumbel weight and the compute term."""
-    from vllm_vispec.train.teacher import Teacher
-    from vllm_vispec.train.trainer import Distiller, _build_draft
+    from vllm_vispec.tools.train.teacher import Teacher
+    from vllm_vispec.tools.train.trainer import Distiller, _build_draft
 
     out = tmp_path / kind
     train(_config(qwen_target, toy_data, out, draft=kind, max_steps=3, mtp_steps=1))
@@ -322,8 +322,8 @@ def test_regenerated_answers_are_the_targets_and_cached(
 ) -> None:
     """vLLM regenerates the answers in one batched call, equal to HF transformers' greedy
     answers one at a time; a second run finds them all in the cache."""
-    from vllm_vispec.train.data import regenerate_answers
-    from vllm_vispec.train.teacher import Teacher, vllm_answers
+    from vllm_vispec.tools.train.data import regenerate_answers
+    from vllm_vispec.tools.train.teacher import Teacher, vllm_answers
 
     records = load_records([toy_data / "llava.json"])[:3]
     cache = tmp_path / "regenerated.jsonl"

@@ -31,8 +31,8 @@ from test_lossless import _sampled_pit
 from vllm import SamplingParams
 from vllm_vispec.kernels.tree import ancestor_masks
 
-from vllm_vispec.bench.offline import drafter, model_runner
 from vllm_vispec.settings import ViSpecSettings
+from vllm_vispec.tools.bench.offline import drafter, model_runner
 from vllm_vispec.tree.expand import Expansion
 from vllm_vispec.tree.settings import TreeSettings
 from vllm_vispec.tree.walk import node_depths, walk_tree
@@ -360,7 +360,7 @@ def _record_tree_steps(llm) -> list:
 def test_committed_kv_equals_a_run_without_speculation() -> None:
     """After tree steps that accepted side branches (the trained toy draft), every committed
     position's target K/V equals the no-speculation run's at that position."""
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     _, image, question = prompts(1, 30_000)[0]
     prompt = (
@@ -422,7 +422,7 @@ def test_trees_sized_by_confidence() -> None:
 
 
 def _toy_conversations(n: int) -> list[list[dict]]:
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     return [
         [

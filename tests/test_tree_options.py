@@ -22,7 +22,7 @@ from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import StructuredOutputsParams
 
-from vllm_vispec.bench.offline import drafter
+from vllm_vispec.tools.bench.offline import drafter
 from vllm_vispec.tree.settings import TREE_SETTING
 from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 

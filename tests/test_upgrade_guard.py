@@ -18,10 +18,12 @@ from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_vispec import patches
-from vllm_vispec.patches import tree_runner
-from vllm_vispec.proposer import ViSpecProposer
-from vllm_vispec.tree.proposer import ViSpecTreeProposer
+from vllm_vispec.runners.v1 import ledger as v1
+from vllm_vispec.runners.v1 import tree_runner
+from vllm_vispec.runners.v1.proposer import ViSpecProposer
+from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
 
+LEDGER = patches.LEDGER + v1.LEDGER
 PROPOSERS = (ViSpecProposer, ViSpecTreeProposer)
 PROPOSER_SOURCE = "".join(Path(inspect.getfile(cls)).read_text() for cls in PROPOSERS)
 TREE_RUNNER_SOURCE = Path(inspect.getfile(tree_runner)).read_text()
@@ -65,7 +67,7 @@ def _assigned_attributes(cls: type) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("patch", patches.LEDGER, ids=lambda p: f"{p.name}.{p.entry}")
+@pytest.mark.parametrize("patch", LEDGER, ids=lambda p: f"{p.name}.{p.entry}")
 def test_patched_symbols_exist(patch: patches.Patch) -> None:
     for symbol in patch.upstream:
         try:
@@ -74,29 +76,29 @@ def test_patched_symbols_exist(patch: patches.Patch) -> None:
             pytest.fail(f"ledger entry {patch.name!r}: upstream symbol {symbol} is gone ({e})")
     if patch.trigger is not None:
         importlib.import_module(patch.trigger)
-    module = importlib.import_module(f"vllm_vispec.patches.{patch.name}")
+    module = importlib.import_module(patch.module)
     assert callable(getattr(module, patch.entry, None)), (
         f"ledger entry {patch.name!r} has no {patch.entry}()"
     )
 
 
-@pytest.mark.parametrize("symbol", sorted(patches.WRAPPED_METHODS))
+@pytest.mark.parametrize("symbol", sorted(v1.WRAPPED_METHODS))
 def test_wrapped_signatures(symbol: str) -> None:
-    assert _parameters(_resolve(symbol)) == patches.WRAPPED_METHODS[symbol], (
+    assert _parameters(_resolve(symbol)) == v1.WRAPPED_METHODS[symbol], (
         f"ledger WRAPPED_METHODS: vLLM's {symbol} is now {_parameters(_resolve(symbol))}; "
         "update the tree patch that wraps it and the ledger"
     )
 
 
 def test_every_wrapped_method_is_in_a_ledger_entry() -> None:
-    upstream = {symbol for patch in patches.LEDGER for symbol in patch.upstream}
-    assert set(patches.WRAPPED_METHODS) <= upstream
+    upstream = {symbol for patch in LEDGER for symbol in patch.upstream}
+    assert set(v1.WRAPPED_METHODS) <= upstream
 
 
-@pytest.mark.parametrize("method", sorted(patches.PROPOSER_OVERRIDES))
+@pytest.mark.parametrize("method", sorted(v1.PROPOSER_OVERRIDES))
 def test_overridden_signatures(method: str) -> None:
     upstream = getattr(EagleProposer, method)
-    assert _parameters(upstream) == patches.PROPOSER_OVERRIDES[method], (
+    assert _parameters(upstream) == v1.PROPOSER_OVERRIDES[method], (
         f"ledger PROPOSER_OVERRIDES[{method!r}]: vLLM's EagleProposer.{method} is now "
         f"{_parameters(upstream)}; update the ViSpec proposers' {method} and the ledger"
     )
@@ -113,33 +115,33 @@ def test_every_override_is_in_the_ledger(cls: type) -> None:
         for name, value in vars(cls).items()
         if callable(value) and hasattr(EagleProposer, name)
     }
-    missing = overridden - set(patches.PROPOSER_OVERRIDES)
+    missing = overridden - set(v1.PROPOSER_OVERRIDES)
     assert not missing, f"{cls.__name__} overrides {sorted(missing)}: add them to the ledger"
 
 
 def test_proposer_attributes() -> None:
     known = _assigned_attributes(EagleProposer)
-    for name in patches.PROPOSER_ATTRIBUTES:
+    for name in v1.PROPOSER_ATTRIBUTES:
         assert name in known, f"ledger PROPOSER_ATTRIBUTES: EagleProposer no longer has {name!r}"
 
 
 def test_runner_attributes() -> None:
-    wrapped = {symbol.rpartition(".")[2] for symbol in patches.WRAPPED_METHODS}
+    wrapped = {symbol.rpartition(".")[2] for symbol in v1.WRAPPED_METHODS}
     read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_RUNNER_SOURCE)) - wrapped
-    assert read <= set(patches.RUNNER_ATTRIBUTES), (
-        f"the proposer reads runner attributes {sorted(read - set(patches.RUNNER_ATTRIBUTES))} "
+    assert read <= set(v1.RUNNER_ATTRIBUTES), (
+        f"the proposer reads runner attributes {sorted(read - set(v1.RUNNER_ATTRIBUTES))} "
         "that the ledger (RUNNER_ATTRIBUTES) does not list"
     )
     known = _assigned_attributes(GPUModelRunner)
-    for name in patches.RUNNER_ATTRIBUTES:
+    for name in v1.RUNNER_ATTRIBUTES:
         assert name in known, f"ledger RUNNER_ATTRIBUTES: GPUModelRunner no longer sets {name!r}"
 
 
 @pytest.mark.parametrize(
     ("cls", "names"),
     [
-        (InputBatch, patches.INPUT_BATCH_ATTRIBUTES),
-        (CachedRequestState, patches.REQUEST_STATE_ATTRIBUTES),
+        (InputBatch, v1.INPUT_BATCH_ATTRIBUTES),
+        (CachedRequestState, v1.REQUEST_STATE_ATTRIBUTES),
     ],
     ids=["InputBatch", "CachedRequestState"],
 )
@@ -153,7 +155,7 @@ def test_sampling_params_attributes() -> None:
     from vllm import SamplingParams
 
     known = _assigned_attributes(SamplingParams)
-    for name in patches.SAMPLING_PARAMS_ATTRIBUTES:
+    for name in v1.SAMPLING_PARAMS_ATTRIBUTES:
         assert name in known, f"ledger SAMPLING_PARAMS_ATTRIBUTES: SamplingParams has no {name!r}"
 
 
@@ -161,7 +163,7 @@ def test_sampling_metadata_attributes() -> None:
     from vllm.v1.sample.metadata import SamplingMetadata
 
     known = _assigned_attributes(SamplingMetadata)
-    for name in patches.SAMPLING_METADATA_ATTRIBUTES:
+    for name in v1.SAMPLING_METADATA_ATTRIBUTES:
         assert name in known, f"ledger SAMPLING_METADATA_ATTRIBUTES: no {name!r} in vLLM's"
 
 

@@ -1,8 +1,8 @@
 """The toy worlds still draw the samples that the shipped toy models were trained on.
 
 ``models/toy``, ``models/grounded`` and ``models/content`` hold targets and drafts trained on
-samples of :mod:`vllm_vispec.toy.world`, :mod:`vllm_vispec.toy.grounded_world` and
-:mod:`vllm_vispec.toy.content_world` that are never stored, only regenerated from seeds. A
+samples of :mod:`vllm_vispec.tools.toy.world`, :mod:`vllm_vispec.tools.toy.grounded_world` and
+:mod:`vllm_vispec.tools.toy.content_world` that are never stored, only regenerated from seeds. A
 change to a world (scenes, wording, drawing, seeding, image format) would leave those models,
 and the README's figures about them, trained on data the code no longer makes; the "same seed
 twice" tests cannot see that, these digests can.
@@ -38,7 +38,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from vllm_vispec.toy import world, world_module
+from vllm_vispec.tools.toy import world, world_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 32
@@ -100,7 +100,7 @@ def _records(make_samples: Any, seed: int, out: pathlib.Path, **options: Any) ->
 
 def _toy_target(tmp_path: pathlib.Path) -> list[tuple]:
     """The shipped toy target's samples: ``train_toy_target`` draws them at ``seed + 2``."""
-    from vllm_vispec.toy.target import TargetRecipe
+    from vllm_vispec.tools.toy.target import TargetRecipe
 
     shipped = json.loads((ROOT / "models/toy/target/toy_training.json").read_text())["recipe"]
     recipe = TargetRecipe(**shipped)
@@ -113,8 +113,8 @@ def _strip_target(name: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     scene: question and answer state every fact of it."""
     import torch
 
-    from vllm_vispec.toy.grounded_target import GroundedRecipe, training_batch
-    from vllm_vispec.train import data
+    from vllm_vispec.tools.toy.grounded_target import GroundedRecipe, training_batch
+    from vllm_vispec.tools.train import data
 
     shipped = json.loads((ROOT / f"models/{name}/target/grounded_recipe.json").read_text())
     recipe = GroundedRecipe(**shipped)

@@ -38,9 +38,9 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from vllm_vispec import patches
     from vllm_vispec.config import DRAFT_ARCHITECTURE
+    from vllm_vispec.runners import v1
 
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, f"{__name__}.draft.model:{DRAFT_ARCHITECTURE}")
-    patches.install()
+    v1.install()
     _registered = True

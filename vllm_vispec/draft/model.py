@@ -1,6 +1,6 @@
 """The ViSpec draft as a vLLM model: one Llama decoder layer, fc/img_fc and the vision adaptor.
 
-Same semantics as :mod:`vllm_vispec.reference` (the oracle), built from vLLM layers so that
+Same semantics as :mod:`vllm_vispec.tools.reference` (the oracle), built from vLLM layers so that
 the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
 applies, which positions carry a compressed image token, which are hidden) are not part of
 vLLM's draft ``forward`` signature; the proposer writes them once per ``propose()`` into

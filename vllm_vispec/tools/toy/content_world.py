@@ -1,7 +1,8 @@
 """A world whose answers take image facts in an order the question decides: drafts must find
 facts by content, not by position.
 
-In :mod:`~vllm_vispec.toy.grounded_world` the answer describes the cells left to right, so answer
+In :mod:`~vllm_vispec.tools.toy.grounded_world` the answer describes the cells left to right, so
+answer
 token ``k`` always belongs to the same image column: a draft that cannot see the image (EAGLE-1)
 still reads every fact from the target's hidden states at a fixed offset, which flatters it
 against vision-aware drafts. Here the strips have the same geometry (8 cells, 896x224 pixels,
@@ -43,7 +44,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vllm_vispec.toy.grounded_world import (
+from vllm_vispec.tools.toy.grounded_world import (
     CELL_WIDTH,
     COLOURS,
     COUNTS,
@@ -57,7 +58,7 @@ from vllm_vispec.toy.grounded_world import (
     strip_prompts,
     strip_records,
 )
-from vllm_vispec.toy.world import COLOUR_RGB, NUMBER_WORDS, draw_shape
+from vllm_vispec.tools.toy.world import COLOUR_RGB, NUMBER_WORDS, draw_shape
 
 __all__ = [
     "EVAL_CELLS",
@@ -82,7 +83,7 @@ __all__ = [
 ]
 
 NAME = "content"
-"""The world's name in :data:`vllm_vispec.toy.WORLDS` and in its samples' seeds."""
+"""The world's name in :data:`vllm_vispec.tools.toy.WORLDS` and in its samples' seeds."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def make_samples(
     n: int, seed: int, image_dir: Any, n_cells: int = EVAL_CELLS
 ) -> list[dict[str, Any]]:
     """``n`` PNG strips in ``image_dir`` and their conversation records, as
-    :func:`vllm_vispec.toy.grounded_world.make_samples` writes them."""
+    :func:`vllm_vispec.tools.toy.grounded_world.make_samples` writes them."""
     return strip_records(sys.modules[__name__], n, seed, image_dir, n_cells)
 
 

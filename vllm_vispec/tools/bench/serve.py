@@ -3,7 +3,7 @@
 What users run in production: a batch is that many concurrent streaming chat completions
 (images as base64 data URLs), timed by the client over waves that go through every prompt;
 acceptance is read from the server's Prometheus /metrics. The server process itself is
-:class:`~vllm_vispec.bench.server.VllmServer`, which the tests share.
+:class:`~vllm_vispec.tools.bench.server.VllmServer`, which the tests share.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vllm_vispec.bench.offline import WARMUP_TOKENS
-from vllm_vispec.bench.prompts import Prompt, waves
-from vllm_vispec.bench.report import Answer, acceptance, row
-from vllm_vispec.bench.server import VllmServer, spec_decode_counters
+from vllm_vispec.tools.bench.offline import WARMUP_TOKENS
+from vllm_vispec.tools.bench.prompts import Prompt, waves
+from vllm_vispec.tools.bench.report import Answer, acceptance, row
+from vllm_vispec.tools.bench.server import VllmServer, spec_decode_counters
 
 REQUEST_TIMEOUT_S = 1800.0
 

@@ -93,7 +93,7 @@ def _photos() -> list[Prompt]:
 
 def _world(name: str, n: int) -> list[Prompt]:
     """Held-out scenes of a toy world (``toy``, ``grounded`` or ``content``)."""
-    from vllm_vispec.toy import world_module
+    from vllm_vispec.tools.toy import world_module
 
     world = world_module(name)
     return [Prompt(r["image"], image, q) for r, image, q in world.prompts(n, TOY_SEED)]

@@ -11,8 +11,8 @@ as it is. Around it this class
   the raw token index (vLLM's default would use the M-RoPE temporal row),
 * pairs a partial prefill chunk's last position with the true next prompt token.
 
-With ``vispec.tree`` on, :class:`~vllm_vispec.tree.proposer.ViSpecTreeProposer` (a subclass)
-drafts EAGLE-2 trees instead.
+With ``vispec.tree`` on, :class:`~vllm_vispec.runners.v1.tree_proposer.ViSpecTreeProposer` (a
+subclass) drafts EAGLE-2 trees instead.
 
 Every base method overridden here and every runner attribute read here is listed in the
 ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the installed vLLM.

@@ -2,7 +2,7 @@
 
 Random tiny targets do not look at their images, so a vision-aware draft has nothing to gain
 on them. This target is trained (next-token loss on the answers only) on
-:mod:`vllm_vispec.toy.world` scenes until its greedy descriptions are mostly right, within a
+:mod:`vllm_vispec.tools.toy.world` scenes until its greedy descriptions are mostly right, within a
 CPU budget of minutes; its tokenizer is trained with the toy descriptions so they stay short.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vllm_vispec.toy.world import IMAGE_SIZE, QUESTIONS, describe, make_samples, random_scene
+from vllm_vispec.tools.toy.world import IMAGE_SIZE, QUESTIONS, describe, make_samples, random_scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +49,8 @@ def train_toy_target(out: Path, work: Path, recipe: TargetRecipe = TargetRecipe(
         get_cosine_schedule_with_warmup,
     )
 
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
-    from vllm_vispec.train.data import batch_indices, build_examples, collate
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.train.data import batch_indices, build_examples, collate
 
     torch.manual_seed(recipe.seed)
     build_tiny_qwen2_5_vl(

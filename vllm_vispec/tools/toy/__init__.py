@@ -12,8 +12,9 @@ WORLDS = tuple(_MODULES)
 
 def world_module(name: str) -> ModuleType:
     """A world's module (scenes, rendering, descriptions, ``prompts``, ``score``,
-    ``fact_token``): ``toy`` is :mod:`~vllm_vispec.toy.world`, ``grounded``
-    :mod:`~vllm_vispec.toy.grounded_world`, ``content`` :mod:`~vllm_vispec.toy.content_world`."""
+    ``fact_token``): ``toy`` is :mod:`~vllm_vispec.tools.toy.world`, ``grounded``
+    :mod:`~vllm_vispec.tools.toy.grounded_world`, ``content``
+    :mod:`~vllm_vispec.tools.toy.content_world`."""
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r}; choose one of {', '.join(WORLDS)}")
-    return importlib.import_module(f"vllm_vispec.toy.{_MODULES[name]}")
+    return importlib.import_module(f"vllm_vispec.tools.toy.{_MODULES[name]}")

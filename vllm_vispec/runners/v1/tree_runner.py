@@ -19,7 +19,7 @@ from vllm_vispec.tree.proposal import Proposal
 from vllm_vispec.tree.step import TreeStep
 
 if TYPE_CHECKING:
-    from vllm_vispec.tree.proposer import ViSpecTreeProposer
+    from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
 
 
 def _tree_step(runner: Any, proposal: Proposal | None, scheduler_output: Any) -> TreeStep | None:

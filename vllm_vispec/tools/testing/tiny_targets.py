@@ -3,8 +3,8 @@
 Tests, the demo and the benchmarks need real VLM checkpoints that both HF transformers and vLLM
 load, but these machines have no internet and two CPU cores. The builders here write complete HF
 folders (config, float32 safetensors weights, tokenizer and chat template from
-:mod:`vllm_vispec.testing.tiny_tokenizers`, image processor, processor) for the architectures ViSpec
-is tested on: Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, LLaVA-NeXT and LLaVA-1.5. Text models use
+:mod:`vllm_vispec.tools.testing.tiny_tokenizers`, image processor, processor) for the architectures
+ViSpec is tested on: Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, LLaVA-NeXT and LLaVA-1.5. Text models use
 head_dim 32 (the CPU attention backend needs multiples of 32), so vLLM and transformers agree
 token for token under greedy decoding. Builds are deterministic: the same seed gives
 byte-identical files. :func:`make_test_image` draws deterministic synthetic pictures for them.
@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vllm_vispec.testing.tiny_tokenizers import (
+from vllm_vispec.tools.testing.tiny_tokenizers import (
     LLAVA_CHAT_TEMPLATE,
     LLAVA_IMAGE_TOKEN,
     QWEN_CHAT_TEMPLATE,

@@ -1,7 +1,7 @@
 """The bench's offline mode: ``vllm.LLM`` in this process, a batch is one ``LLM.chat`` call.
 
 A batch size is timed over waves of that many requests until every prompt has run once
-(:func:`~vllm_vispec.bench.prompts.waves`); its figures sum the waves' tokens and seconds.
+(:func:`~vllm_vispec.tools.bench.prompts.waves`); its figures sum the waves' tokens and seconds.
 
 One engine per method, reused across batch sizes; times come from vLLM's own per-request stats
 and acceptance from the engine's metrics, so no client or server sits between the figures and
@@ -17,9 +17,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vllm_vispec.bench.prompts import Prompt, waves
-from vllm_vispec.bench.report import Answer, acceptance, row
-from vllm_vispec.bench.server import SPEC_COUNTERS, SPEC_PER_POS
+from vllm_vispec.tools.bench.prompts import Prompt, waves
+from vllm_vispec.tools.bench.report import Answer, acceptance, row
+from vllm_vispec.tools.bench.server import SPEC_COUNTERS, SPEC_PER_POS
 
 WARMUP_TOKENS = 8
 """Output tokens of the warm-up, in both modes: every distinct prompt once, which also fills
@@ -64,7 +64,8 @@ def measure(
 
 def offline_counters(llm: Any) -> dict[str, Any]:
     """An in-process engine's vllm:spec_decode_* counters, under the short names of
-    :data:`~vllm_vispec.bench.server.SPEC_COUNTERS` and ``per_pos`` ({} without speculation)."""
+    :data:`~vllm_vispec.tools.bench.server.SPEC_COUNTERS` and ``per_pos`` ({} without
+    speculation)."""
     from vllm.v1.metrics.reader import Counter, Vector
 
     out: dict[str, Any] = {}

@@ -32,10 +32,10 @@ mode (n/a when --temperature > 0).
 Prompt sets (--prompts):
   photos   real photos shipped with installed packages (no download): matplotlib's
            grace_hopper.jpg, asked for long, detailed, image-grounded answers.
-  toy      held-out toy-world scenes (vllm_vispec.toy.world, seed 10000), one per request.
-  grounded held-out strips of the image-grounded world (vllm_vispec.toy.grounded_world, seed
+  toy      held-out toy-world scenes (vllm_vispec.tools.toy.world, seed 10000), one per request.
+  grounded held-out strips of the image-grounded world (vllm_vispec.tools.toy.grounded_world, seed
            10000, 256 image tokens each), one per request.
-  content  held-out strips of the content world (vllm_vispec.toy.content_world, seed 10000,
+  content  held-out strips of the content world (vllm_vispec.tools.toy.content_world, seed 10000,
            256 image tokens each): facts asked in an order the question decides.
 Each batch size runs in waves of that many concurrent requests until every prompt has run once
 (batch 1: each prompt alone, one after the other), cycling the set when a batch is larger.
@@ -59,10 +59,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_vispec.bench import offline, serve
-from vllm_vispec.bench.prompts import PROMPT_SETS, load_prompts
-from vllm_vispec.bench.report import BASELINE, compare, machine, markdown, plot
 from vllm_vispec.settings import SETTINGS_KEY, ViSpecSettings
+from vllm_vispec.tools.bench import offline, serve
+from vllm_vispec.tools.bench.prompts import PROMPT_SETS, load_prompts
+from vllm_vispec.tools.bench.report import BASELINE, compare, machine, markdown, plot
 
 EPILOG = """\
 example:
@@ -220,7 +220,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="KEY=VALUE",
         help="extra vllm.LLM / vllm serve engine argument, repeatable; VALUE is parsed as JSON "
         "when it can be (e.g. --engine-arg gpu_memory_utilization=0.8 --engine-arg "
-        "enable_prefix_caching=false). On CPU the defaults are vllm_vispec.bench.cpu_engine."
+        "enable_prefix_caching=false). On CPU the defaults are vllm_vispec.tools.bench.cpu_engine."
         "cpu_engine_kwargs(); max_num_seqs defaults to the largest batch size; not "
         "additional_config (--vispec-config, --tree)",
     )
@@ -447,7 +447,7 @@ def _engine_kwargs(
     method's speculative_config and ViSpec settings."""
     from vllm.platforms import current_platform
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
     kwargs: dict[str, Any] = {"seed": 0, "max_num_seqs": max(args.batch_sizes)}
     if current_platform.is_cpu():

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m vllm_vispec.toy.costly_target",
+        prog="python -m vllm_vispec.tools.toy.costly_target",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,7 +8,7 @@ measured speed ratio.
 
 The target is made cost-realistic first: the trained toy target costs as much per token as its
 draft, where a real 7B VLM costs 10-20x its ViSpec draft. The demo therefore runs the trained
-target widened and deepened with work whose outputs are exactly zero (vllm_vispec.toy.
+target widened and deepened with work whose outputs are exactly zero (vllm_vispec.tools.toy.
 costly_target; same tokens, built once into --cache). Without models/toy/ (an install from a
 wheel), it builds a random tiny target and draft instead: the machinery and losslessness show,
 but not the speed-up a trained draft gives. vLLM's own log goes to --cache/demo.log.
@@ -29,7 +29,7 @@ from typing import Any, TextIO
 CACHE = (
     pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "vllm-vispec"
 )
-TOY_MODELS = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
+TOY_MODELS = pathlib.Path(__file__).resolve().parents[2] / "models" / "toy"
 TOY_SEED = 20_000  # held out from the toy target's and drafts' training seeds
 
 
@@ -70,7 +70,7 @@ def _photo() -> Any:
 
 
 def _conversations(n: int) -> list[tuple[str, list[dict]]]:
-    from vllm_vispec.toy.world import prompts
+    from vllm_vispec.tools.toy.world import prompts
 
     def chat(image: Any, text: str) -> list[dict]:
         parts = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": text}]
@@ -89,11 +89,11 @@ def _models(args: argparse.Namespace, say: Callable) -> tuple[pathlib.Path, path
     random tiny ones (cached)."""
     target, draft = args.models / "target", args.models / "vispec"
     if (target / "config.json").exists() and (draft / "config.json").exists():
-        from vllm_vispec.toy.costly_target import build_costly_target
+        from vllm_vispec.tools.toy.costly_target import build_costly_target
 
         return build_costly_target(target, args.cache / "toy-costly-target"), draft, True
-    from vllm_vispec.testing.tiny_drafts import build_tiny_draft
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     say(f"no trained toy models in {args.models}: using random tiny ones (low acceptance)")
     target, draft = args.cache / "tiny-qwen2_5_vl", args.cache / "tiny-qwen2_5_vl-vispec"
@@ -111,8 +111,8 @@ def _run_engine(
     from tqdm import tqdm
     from vllm import LLM
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-    from vllm_vispec.bench.offline import offline_counters
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.bench.offline import offline_counters
 
     extra = {"speculative_config": spec} if spec else {}
     llm = LLM(model=str(target), disable_log_stats=False, **cpu_engine_kwargs(**extra))
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, log: pathlib.Path, say: Callable, console: TextIO) -> int:
     from vllm import SamplingParams
 
-    from vllm_vispec.bench.report import acceptance
+    from vllm_vispec.tools.bench.report import acceptance
 
     target, draft, trained = _models(args, say)
     named = _conversations(args.images)

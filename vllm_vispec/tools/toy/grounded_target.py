@@ -1,10 +1,10 @@
 """The strip worlds' targets: a tiny Qwen2.5-VL trained from scratch, resumably, on a CPU.
 
-The strip worlds are :mod:`vllm_vispec.toy.grounded_world` and
-:mod:`vllm_vispec.toy.content_world` (``GroundedRecipe.world``).
+The strip worlds are :mod:`vllm_vispec.tools.toy.grounded_world` and
+:mod:`vllm_vispec.tools.toy.content_world` (``GroundedRecipe.world``).
 
-:mod:`vllm_vispec.toy.target` trains once, in one go, on a fixed sample set written to disk.
-Training a target that really reads :mod:`vllm_vispec.toy.grounded_world` strips takes longer
+:mod:`vllm_vispec.tools.toy.target` trains once, in one go, on a fixed sample set written to disk.
+Training a target that really reads :mod:`vllm_vispec.tools.toy.grounded_world` strips takes longer
 than one session may want to wait, so this trainer
 
 * draws its training strips on the fly, seeded by ``(seed, step, index)``: the data is
@@ -14,7 +14,7 @@ than one session may want to wait, so this trainer
   progress (mean loss, learning rate, training seconds, evaluations) to ``progress.jsonl``;
 * continues from the last checkpoint when asked to resume.
 
-Loss is next-token cross entropy on the answers only, as in :mod:`vllm_vispec.toy.target`.
+Loss is next-token cross entropy on the answers only, as in :mod:`vllm_vispec.tools.toy.target`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from vllm_vispec.toy import world_module
-from vllm_vispec.toy.grounded_world import EVAL_CELLS
+from vllm_vispec.tools.toy import world_module
+from vllm_vispec.tools.toy.grounded_world import EVAL_CELLS
 
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.jsonl"
@@ -93,7 +93,7 @@ def messages(question: str, answer: str | None = None) -> list[dict[str, Any]]:
 
 def training_batch(processor: Any, recipe: GroundedRecipe, step: int, expansions: dict) -> dict:
     """The model inputs (plus ``labels``) of training step ``step``: fresh seeded strips."""
-    from vllm_vispec.train.data import collate, encode
+    from vllm_vispec.tools.train.data import collate, encode
 
     world = world_module(recipe.world)
     examples = []
@@ -167,8 +167,8 @@ def _customise(out: Path, recipe: GroundedRecipe) -> None:
     (new weights, initialised like the builder's, only if the vision tower changes)."""
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from vllm_vispec.testing.tiny_targets import finish, save_model
-    from vllm_vispec.testing.tiny_tokenizers import QWEN_SPECIAL_TOKENS
+    from vllm_vispec.tools.testing.tiny_targets import finish, save_model
+    from vllm_vispec.tools.testing.tiny_tokenizers import QWEN_SPECIAL_TOKENS
 
     config = Qwen2_5_VLConfig.from_pretrained(out)
     config.text_config.rope_parameters["rope_theta"] = recipe.rope_theta
@@ -235,7 +235,7 @@ def train_grounded_target(
         get_cosine_schedule_with_warmup,
     )
 
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     out = Path(out)
     state_file = out / STATE_FILE

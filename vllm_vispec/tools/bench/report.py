@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_vispec.bench.server import SPEC_COUNTERS
+from vllm_vispec.tools.bench.server import SPEC_COUNTERS
 
 BASELINE = "no-spec"
 """The method without speculation: every row's speedup and losslessness are measured against

@@ -1,12 +1,13 @@
 """The ViSpec proposer that drafts EAGLE-2 trees (``vispec.tree``), and verifies them.
 
-Chosen instead of :class:`~vllm_vispec.proposer.ViSpecProposer` when trees are configured. A
+Chosen instead of :class:`~vllm_vispec.runners.v1.proposer.ViSpecProposer` when trees are
+configured. A
 step whose K (vLLM's, by its batch-size schedule when set) is a tree's size drafts trees of K
 nodes for the requests that can take one and chains for the rest; a smaller K drafts chains of
 K. Each propose() leaves one :class:`~vllm_vispec.tree.proposal.Proposal` for the runner, and
 the proposer owns the :class:`~vllm_vispec.tree.step.TreeStep` that verifies it: the runner
-and target-attention hooks (:mod:`vllm_vispec.patches.tree_runner`,
-:mod:`~vllm_vispec.patches.tree_attention`) are installed on this engine's runner and target
+and target-attention hooks (:mod:`vllm_vispec.runners.v1.tree_runner`,
+:mod:`~vllm_vispec.runners.v1.tree_attention`) are installed on this engine's runner and target
 only, so every other engine in the process runs vLLM's code.
 """
 
@@ -23,8 +24,8 @@ from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
 
 from vllm_vispec.draft.attention import TreePass
-from vllm_vispec.patches import tree_attention, tree_runner
-from vllm_vispec.proposer import ViSpecProposer
+from vllm_vispec.runners.v1 import tree_attention, tree_runner
+from vllm_vispec.runners.v1.proposer import ViSpecProposer
 from vllm_vispec.tree.expand import Expansion
 from vllm_vispec.tree.proposal import Proposal
 from vllm_vispec.tree.settings import TreeSettings

@@ -127,8 +127,8 @@ def vllm_answers(
     prompts), for regenerating training answers; the engine is gone after the block."""
     from vllm import LLM, SamplingParams
 
-    from vllm_vispec.bench.cpu_engine import cpu_engine_kwargs
-    from vllm_vispec.train.data import vllm_chat
+    from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
+    from vllm_vispec.tools.train.data import vllm_chat
 
     if torch.cuda.is_available():
         kwargs: dict[str, Any] = {"dtype": "bfloat16" if bf16 else "float32"}

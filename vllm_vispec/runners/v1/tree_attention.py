@@ -20,7 +20,7 @@ from vllm.model_executor.layers.attention import Attention
 from vllm_vispec.kernels.attention import split_kv_cache
 
 if TYPE_CHECKING:
-    from vllm_vispec.tree.proposer import ViSpecTreeProposer
+    from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
 
 # The backend implementations whose forward is wrapped (module, class); see the ledger.
 BACKENDS = (

@@ -1,7 +1,7 @@
 """Build a ViSpec proposer where vLLM builds an ``EagleProposer`` for a ViSpec draft.
 
-``EagleProposer.__new__`` returns :class:`~vllm_vispec.proposer.ViSpecProposer`, or
-:class:`~vllm_vispec.tree.proposer.ViSpecTreeProposer` when ``vispec.tree`` is on; being
+``EagleProposer.__new__`` returns :class:`~vllm_vispec.runners.v1.proposer.ViSpecProposer`, or
+:class:`~vllm_vispec.runners.v1.tree_proposer.ViSpecTreeProposer` when ``vispec.tree`` is on; being
 subclasses, they pass every ``isinstance(drafter, EagleProposer)`` check in the runners, and
 every other draft is untouched.
 """
@@ -29,9 +29,9 @@ def _vispec_proposer(vllm_config: Any) -> type:
     from vllm_vispec.settings import vispec_settings
 
     if vispec_settings(vllm_config).tree is not None:
-        from vllm_vispec.tree.proposer import ViSpecTreeProposer
+        from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
 
         return ViSpecTreeProposer
-    from vllm_vispec.proposer import ViSpecProposer
+    from vllm_vispec.runners.v1.proposer import ViSpecProposer
 
     return ViSpecProposer

@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from vllm_vispec import demo
-    from vllm_vispec.bench import command as bench
     from vllm_vispec.checkpoint import convert
-    from vllm_vispec.train import trainer
+    from vllm_vispec.tools.bench import command as bench
+    from vllm_vispec.tools.train import trainer
 
     convert.add_parser(sub)
     trainer.add_parser(sub)

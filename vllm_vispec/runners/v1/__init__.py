@@ -1,0 +1,17 @@
+"""The adapter to vLLM's V1 model runner (vLLM 0.32 and 0.33).
+
+Everything that touches V1's runner, its ``EagleProposer``, input batch or sampling metadata is
+here: the proposers (chains, trees), the hooks that verify trees in the runner and the target's
+attention, the patches that route ViSpec drafts to V1 and build its proposer, and the ledger
+section (:mod:`~vllm_vispec.runners.v1.ledger`) that the upgrade guard checks.
+"""
+
+from __future__ import annotations
+
+
+def install() -> None:
+    """Apply the V1 section of the ledger (idempotent; no V1 module is imported here)."""
+    from vllm_vispec.patches import LEDGER, apply_ledger
+    from vllm_vispec.runners.v1.ledger import LEDGER as V1_LEDGER
+
+    apply_ledger(LEDGER + V1_LEDGER)
