@@ -136,7 +136,7 @@ def main() -> int:
         *passed_on,
     ]  # fmt: skip
     print("running: vllm-vispec " + shlex.join(argv), flush=True)
-    from vllm_vispec import cli  # imports torch: after --help
+    from vllm_vispec.tools import cli  # imports torch: after --help
 
     code = cli.main(argv)
     if code:

@@ -14,7 +14,7 @@ import pathlib
 
 import pytest
 
-from vllm_vispec import cli
+from vllm_vispec.tools import cli
 from vllm_vispec.tools.bench import command, report
 from vllm_vispec.tools.bench.prompts import load_prompts, waves
 

@@ -341,36 +341,11 @@ def test_unknown_settings(
 
 
 @pytest.mark.parametrize(
-    ("env", "value", "equivalent"),
-    [
-        ("VLLM_VISPEC_TREE", "depth=2,top_k=4", '{"vispec": {"tree": {"depth": 2, "top_k": 4}}}'),
-        ("VLLM_VISPEC_TREE", "on", '{"vispec": {"tree": true}}'),
-        ("VLLM_VISPEC_DRAFT_ATTENTION", "torch", '{"vispec": {"draft_attention": "torch"}}'),
-        ("VLLM_VISPEC_FEATURE_CACHE_MIB", "128", '{"vispec": {"feature_cache_mib": 128}}'),
-    ],
-)
-def test_retired_environment_variables(
-    qwen_target: pathlib.Path,
-    qwen_draft: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
-    env: str,
-    value: str,
-    equivalent: str,
-) -> None:
-    """A setting of an earlier release left in the environment stops the start-up with the
-    --additional-config that says the same; engines without a ViSpec draft ignore it."""
-    monkeypatch.setenv(env, value)
-    message = _refusal(qwen_target, _spec(qwen_draft))
-    _assert_mentions(message, f"{env} is no longer read", f"--additional-config '{equivalent}'")
-    _create_config(qwen_target, None)
-
-
-@pytest.mark.parametrize(
     ("tree", "k", "words"),
     [
         ({"depth": "two"}, 29, ["vispec.tree.depth='two'", "non-negative integer"]),
         ("on", 29, ['vispec.tree="on"', "true, false or an object"]),
-        ({"tree_budget": 64}, 29, ["vispec.tree.tree_budget is gone", "per_batch_size"]),
+        ({"budget": 64}, 29, ['vispec.tree={"budget": 64}', "an object with fields depth"]),
         (True, 20, ["depth x top_k", "num_speculative_tokens (20)"]),
         (True, 64, ["at most 63"]),
         ({"depth": 1, "top_k": 2}, 7, ["fewer candidates"]),

@@ -38,6 +38,8 @@ PATCHES = "vllm_vispec.patches"
 V1 = "vllm_vispec.runners.v1"
 RESULT_MARK = "RESULT-JSON: "
 VISPEC_FEATURE = "ViSpec drafts (vllm-vispec)"
+# Runner modules whose load_model the tree hooks wrap on first import (ledger tree_hooks).
+RUNNER_MODULES = ("vllm.v1.worker.cpu_model_runner", "vllm.v1.worker.gpu_model_runner")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # A fresh interpreter: register() (three times), then import the EAGLE module and use it.
@@ -103,6 +105,7 @@ out["proposer_for"] = {{
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+out["load_model_wrapped"] = hasattr(GPUModelRunner.load_model, "__wrapped__")
 methods = [GPUModelRunner._prepare_inputs, GPUModelRunner._sample,
            GPUModelRunner.take_draft_token_ids, CPUAttentionBackendImpl.forward]
 out["vllm_methods_modules"] = sorted({{m.__module__ for m in methods}})
@@ -274,7 +277,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
         f"{V1}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
-    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER])
+    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER, *RUNNER_MODULES])
     assert out["pending_finders"] == lazy
     assert out["pending_finders_after_repeat"] == lazy
     assert out["register_model_calls"] == [DRAFT_ARCHITECTURE]
@@ -285,13 +288,14 @@ def test_eagle_proposer_is_patched_on_first_import(children: dict[str, _Child]) 
     out = children["fresh"].result
     assert out["eagle_new_module"] == f"{V1}.proposer_selection"
     assert out["eagle_new_unchanged"] is True
-    assert out["pending_finders_at_end"] == []
+    assert out["pending_finders_at_end"] == sorted(RUNNER_MODULES)
     assert out["proposer_for"] == {
         "vispec": "ViSpecProposer",
         "vispec-trees": "ViSpecTreeProposer",
         "plain": "EagleProposer",
         "none": "EagleProposer",
     }
+    assert out["load_model_wrapped"] is True  # to hook a tree engine once it has loaded
     assert out["vllm_methods_modules"] == [
         "vllm.v1.attention.backends.cpu_attn",
         "vllm.v1.worker.gpu_model_runner",

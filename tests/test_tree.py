@@ -322,16 +322,15 @@ def test_trees_follow_vllms_batch_size_schedule(request: pytest.FixtureRequest) 
 
 def _record_draft_lengths(llm) -> set[int]:
     """The per-request draft lengths the proposer chose, collected over the engine's steps."""
-    proposer = drafter(llm)
+    verifier = drafter(llm).verifier
     lengths: set[int] = set()
-    draft = proposer._draft
+    offer = verifier.offer
 
-    def spy(*args):
-        out = draft(*args)
-        lengths.update(proposer.proposal.lengths.values())
-        return out
+    def spy(proposal):
+        lengths.update(proposal.lengths.values())
+        return offer(proposal)
 
-    proposer._draft = spy
+    verifier.offer = spy
     return lengths
 
 
@@ -343,17 +342,18 @@ def _wrapped_attention(model: torch.nn.Module) -> set[bool]:
 
 
 def _record_tree_steps(llm) -> list:
-    """The verified TreeSteps of the engine's steps, as the draft's first pass receives them."""
-    proposer = drafter(llm)
+    """The verified steps of the engine, as the draft's first pass receives them."""
+    verifier = drafter(llm).verifier
     steps: list = []
-    draft_inputs = proposer._draft_inputs
+    take_verified = verifier.take_verified
 
-    def spy(*args):
-        if proposer.step is not None:
-            steps.append(proposer.step)
-        return draft_inputs(*args)
+    def spy():
+        step = take_verified()
+        if step is not None:
+            steps.append(step)
+        return step
 
-    proposer._draft_inputs = spy
+    verifier.take_verified = spy
     return steps
 
 

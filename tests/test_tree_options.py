@@ -22,9 +22,9 @@ from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import StructuredOutputsParams
 
+from vllm_vispec.draft.inputs import DraftInputs, TreePass, VisionInputs
 from vllm_vispec.tools.bench.offline import drafter
 from vllm_vispec.tree.settings import TREE_SETTING
-from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 ALWAYS = {"tree": True}  # vispec settings: trees of num_speculative_tokens nodes, every step
@@ -163,10 +163,12 @@ def test_tree_rows_are_cleared_by_the_next_write() -> None:
     """A tree pass writes top_k rows per request, past the rows the first pass wrote when few
     tokens were scheduled (a prefix-cache hit schedules one); a later text-only batch must not
     read an image's global feature there."""
-    buffers = VisionBuffers(64, 2, 8, torch.float32, "cpu")
+    buffers = DraftInputs(64, 2, 8, torch.float32, "cpu")
     feature = torch.ones(1, 8)
     buffers.write(VisionInputs(feature, None, None, None, feature, None))
-    buffers.tree_rows(torch.tensor([0]), top_k=8)
+    empty = torch.empty(0)
+    buffers.begin_tree_pass(torch.tensor([0]), 8, TreePass(*(empty,) * 6, (empty,) * 3))
+    buffers.end_tree_pass()
     assert buffers.global_rows[:8].eq(1).all()
     buffers.write(None)
     assert buffers.global_rows.eq(0).all(), "stale image features after a tree pass"

@@ -19,14 +19,14 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_vispec import patches
 from vllm_vispec.runners.v1 import ledger as v1
-from vllm_vispec.runners.v1 import tree_runner
+from vllm_vispec.runners.v1 import tree_verifier
 from vllm_vispec.runners.v1.proposer import ViSpecProposer
 from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
 
 LEDGER = patches.LEDGER + v1.LEDGER
 PROPOSERS = (ViSpecProposer, ViSpecTreeProposer)
 PROPOSER_SOURCE = "".join(Path(inspect.getfile(cls)).read_text() for cls in PROPOSERS)
-TREE_RUNNER_SOURCE = Path(inspect.getfile(tree_runner)).read_text()
+TREE_HOOKS_SOURCE = Path(inspect.getfile(tree_verifier)).read_text()
 
 
 def _resolve(symbol: str) -> object:
@@ -127,7 +127,7 @@ def test_proposer_attributes() -> None:
 
 def test_runner_attributes() -> None:
     wrapped = {symbol.rpartition(".")[2] for symbol in v1.WRAPPED_METHODS}
-    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_RUNNER_SOURCE)) - wrapped
+    read = set(re.findall(r"\brunner\.(\w+)", PROPOSER_SOURCE + TREE_HOOKS_SOURCE)) - wrapped
     assert read <= set(v1.RUNNER_ATTRIBUTES), (
         f"the proposer reads runner attributes {sorted(read - set(v1.RUNNER_ATTRIBUTES))} "
         "that the ledger (RUNNER_ATTRIBUTES) does not list"

@@ -16,8 +16,8 @@ process may differ and nothing is read from the environment. Keys:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import os
 from typing import Any
 
 from vllm_vispec.tree.settings import TreeSettings
@@ -25,12 +25,6 @@ from vllm_vispec.tree.settings import TreeSettings
 SETTINGS_KEY = "vispec"
 DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
 DEFAULT_FEATURE_CACHE_MIB = 64
-# Environment variables of earlier releases, by the key that replaces them.
-RETIRED_ENVIRONMENT = {
-    "tree": "VLLM_VISPEC_TREE",
-    "draft_attention": "VLLM_VISPEC_DRAFT_ATTENTION",
-    "feature_cache_mib": "VLLM_VISPEC_FEATURE_CACHE_MIB",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +42,12 @@ class ViSpecSettings:
         """Settings from the ``vispec`` object; ValueError (one line, with the fix) if bad."""
         if not isinstance(raw, dict):
             raise ValueError(f"{setting()} must be a JSON object, got {raw!r}")
-        unknown = sorted(set(raw) - set(RETIRED_ENVIRONMENT))
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(raw) - set(names))
         if unknown:
             raise ValueError(
                 f"{setting(unknown[0])} is not a ViSpec setting; the settings are "
-                f"{', '.join(RETIRED_ENVIRONMENT)}"
+                f"{', '.join(names)}"
             )
         attention = raw.get("draft_attention", "auto")
         if attention not in DRAFT_ATTENTION_CHOICES:
@@ -84,13 +79,6 @@ def _tree(value: Any) -> TreeSettings | None:
     if value is True:
         return TreeSettings()
     fields = [f.name for f in dataclasses.fields(TreeSettings)]
-    given = set(value) if isinstance(value, dict) else set()
-    if retired := sorted(given & {"tree_budget", "chain_budget"}):
-        raise ValueError(
-            f"{setting('tree')}.{retired[0]} is gone: vLLM's batch-size schedule decides each "
-            "step's K (trees, chains or nothing); set num_speculative_tokens_per_batch_size in "
-            "--speculative-config instead"
-        )
     if not isinstance(value, dict) or not set(value) <= set(fields):
         raise ValueError(
             f"{setting('tree')}={json.dumps(value)}: expected true, false or an object with "
@@ -114,43 +102,19 @@ def setting(key: str | None = None) -> str:
 
 
 def vispec_settings(vllm_config: Any) -> ViSpecSettings:
-    """The settings of an engine (its ``additional_config``); ValueError for bad ones."""
+    """The settings of an engine (its ``additional_config``); ValueError for bad ones.
+
+    Parsed once per distinct ``vispec`` object in a process: the proposer, the draft's
+    attention and start-up validation all ask, and get the same frozen object."""
     additional = getattr(vllm_config, "additional_config", None)
     raw = additional.get(SETTINGS_KEY, {}) if isinstance(additional, dict) else {}
-    return ViSpecSettings.from_dict(raw)
+    try:
+        key = json.dumps(raw, sort_keys=True)
+    except TypeError:  # not JSON: from_dict says what is wrong
+        return ViSpecSettings.from_dict(raw)
+    return _parsed(key)
 
 
-def refuse_environment() -> None:
-    """ValueError when a retired ``VLLM_VISPEC_*`` variable is still set, with the
-    ``--additional-config`` that says the same."""
-    found = {key: os.environ[env] for key, env in RETIRED_ENVIRONMENT.items() if env in os.environ}
-    if not found:
-        return
-    equivalent = {key: _translated(key, value) for key, value in found.items()}
-    names = " and ".join(RETIRED_ENVIRONMENT[key] for key in found)
-    raise ValueError(
-        f"{names} {'is' if len(found) == 1 else 'are'} no longer read; unset and pass "
-        f"--additional-config '{json.dumps({SETTINGS_KEY: equivalent})}' "
-        "(additional_config=... in LLM(...)) instead"
-    )
-
-
-def _translated(key: str, value: str) -> Any:
-    """An old environment value as the JSON value of its setting (as written if unclear)."""
-    value = value.strip()
-    if key == "draft_attention":
-        return value.lower()
-    if key == "feature_cache_mib":
-        try:
-            return float(value) if "." in value else int(value)
-        except ValueError:
-            return value
-    low = value.lower()
-    if low in ("", "0", "off", "false", "no"):
-        return False
-    if low in ("1", "on", "true", "yes"):
-        return True
-    pairs = [item.partition("=") for item in low.split(",")]
-    if all(sep and v.strip().isdigit() for _, sep, v in pairs):
-        return {k.strip(): int(v) for k, _, v in pairs}
-    return value
+@functools.lru_cache(maxsize=64)
+def _parsed(raw_json: str) -> ViSpecSettings:
+    return ViSpecSettings.from_dict(json.loads(raw_json))

@@ -28,7 +28,7 @@ class _Segment:
 
 
 @dataclasses.dataclass
-class Extension:
+class CatchUp:
     """The rows of one catch-up pass, requests in batch order."""
 
     batch_rows: np.ndarray  # [R] each request's row in this step's input batch
@@ -90,7 +90,7 @@ class SkippedRows:
             self.num_rows += n
         self.peak_rows = max(self.peak_rows, self.num_rows)
 
-    def take(self, req_ids: list[str], step_starts: np.ndarray) -> Extension | None:
+    def take(self, req_ids: list[str], step_starts: np.ndarray) -> CatchUp | None:
         """The rows of the batch's requests whose kept positions end where this step starts;
         forgets them, and the rows of every other request (gone, or recomputed)."""
         rows, starts, ends, ids, hidden = [], [], [], [], []
@@ -109,7 +109,7 @@ class SkippedRows:
         self.num_rows = 0
         if not rows:
             return None
-        extension = Extension(
+        extension = CatchUp(
             np.asarray(rows),
             np.asarray(starts),
             np.asarray(ends),

@@ -14,8 +14,8 @@ from vllm.logger import init_logger
 
 from vllm_vispec import checkpoint
 from vllm_vispec.checkpoint.resolve import resolve_draft
-from vllm_vispec.config import DRAFT_ARCHITECTURE, is_plugin_config
-from vllm_vispec.settings import SETTINGS_KEY, refuse_environment, setting, vispec_settings
+from vllm_vispec.config import DRAFT_ARCHITECTURE, ViSpecConfig, is_plugin_config
+from vllm_vispec.settings import SETTINGS_KEY, ViSpecSettings, setting, vispec_settings
 from vllm_vispec.tree.settings import TREE_SETTING, TreeSettings
 
 SUPPORTED_TARGETS = (
@@ -56,7 +56,6 @@ def validate(vllm_config: Any) -> None:
             )
         return
     try:
-        refuse_environment()
         settings = vispec_settings(vllm_config)
     except ValueError as e:
         raise ViSpecConfigError(str(e)) from None
@@ -74,7 +73,13 @@ def validate(vllm_config: Any) -> None:
             f"{', '.join(archs) or 'unknown'}"
         )
     draft_cfg = checkpoint.check_draft(spec.model)
-    text = target.get_text_config()
+    _check_draft_fits(draft_cfg, vllm_config)
+    _check_chains_and_cache(settings, draft_cfg, vllm_config)
+
+
+def _check_draft_fits(draft_cfg: ViSpecConfig, vllm_config: Any) -> None:
+    """The draft belongs to this target and splits over its parallel layout."""
+    text = vllm_config.model_config.hf_config.get_text_config()
     if draft_cfg.hidden_size != text.hidden_size:
         raise ViSpecConfigError(
             f"draft hidden size {draft_cfg.hidden_size} does not match the target's "
@@ -98,6 +103,13 @@ def validate(vllm_config: Any) -> None:
     )
     if problem:
         raise ViSpecConfigError(problem)
+
+
+def _check_chains_and_cache(
+    settings: ViSpecSettings, draft_cfg: ViSpecConfig, vllm_config: Any
+) -> None:
+    """Draft lengths, the runner and the KV cache the draft's attention reads."""
+    spec = vllm_config.speculative_config
     k = spec.num_speculative_tokens
     if settings.tree is not None:
         _check_trees(settings.tree, vllm_config)
@@ -160,6 +172,7 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
         )
     spec = vllm_config.speculative_config
     _check_schedule(tree, vllm_config)
+    _check_tree_target(vllm_config)
     for option, value, default in (
         ("draft_sample_method", spec.draft_sample_method, "greedy"),
         ("rejection_sample_method", spec.rejection_sample_method, "standard"),
@@ -170,6 +183,10 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
                 f"{option}={value!r} would change; remove {option} from the speculative "
                 f"config or set {TREE_SETTING} to false"
             )
+
+
+def _check_tree_target(vllm_config: Any) -> None:
+    """What the target's attention must allow for tree rows to be masked."""
     if str(vllm_config.cache_config.cache_dtype).startswith("fp8"):
         raise ViSpecConfigError(
             f"{TREE_SETTING} reads the target's KV cache without fp8 scales; drop --kv-cache-dtype "

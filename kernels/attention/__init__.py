@@ -15,6 +15,7 @@ from .naive import naive_draft_paged_attention
 __all__ = [
     "CPU_KV_LAYOUT_ISAS",
     "draft_paged_attention",
+    "layer_kv_cache",
     "naive_draft_paged_attention",
     "split_kv_cache",
 ]
@@ -88,3 +89,10 @@ def split_kv_cache(
     k = slab[:, :, 0].unflatten(-1, (head_dim, block_size)).permute(0, 3, 1, 2)
     v = slab[:, :, 1].unflatten(-1, (block_size, head_dim)).transpose(1, 2)
     return k, v
+
+
+def layer_kv_cache(
+    layer: torch.nn.Module, kv_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V views of a vLLM attention ``layer``'s ``kv_cache`` (its CPU ISA, if any)."""
+    return split_kv_cache(kv_cache, getattr(layer, "isa", None))

@@ -10,13 +10,12 @@ and later prefill chunks see it. ``triton`` / ``torch``: vLLM's backend writes t
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import torch
 import torch.nn as nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
-from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.attention.attention import (
     get_attention_context,
@@ -33,35 +32,47 @@ from vllm_vispec.draft.attention_mode import (
     draft_attention,
     padded_head_size,
 )
-from vllm_vispec.kernels.attention import draft_paged_attention, split_kv_cache
+from vllm_vispec.draft.inputs import DraftInputs, TreePass
+from vllm_vispec.kernels.attention import draft_paged_attention, layer_kv_cache
 from vllm_vispec.kernels.tree import tree_paged_attention
 from vllm_vispec.settings import vispec_settings
-from vllm_vispec.vision_inputs import Intervals
 
 HIDDEN_SCORE = 30000.0
 
 
-@dataclasses.dataclass
-class TreePass:
-    """The attention metadata of one tree-expansion pass of the draft (the tree proposer sets
-    it in vLLM's forward context, as vLLM sets its own per layer): each query row is a tree
-    node that sees its request's context and its ancestors among the nodes already run (see
-    :func:`vllm_vispec.kernels.tree_paged_attention` for the fields)."""
+def _attention_mode(cfg: ViSpecConfig, vllm_config: VllmConfig) -> str:
+    """The engine's draft attention, with the Triton kernel checked for this rank's heads
+    (the mark where it cannot run)."""
+    requested = vispec_settings(vllm_config).draft_attention
+    mode = draft_attention(cfg.head_dim, requested)
+    if mode != "triton":
+        return mode
+    tp = get_tensor_model_parallel_world_size()
+    num_kv_heads = max(1, cfg.num_key_value_heads // tp)
+    block_size = vllm_config.cache_config.block_size or 16
+    return checked_triton(
+        cfg.num_attention_heads // tp, num_kv_heads, cfg.head_dim, block_size, requested
+    )
 
-    slots: torch.Tensor  # [n] where each row's K/V is written
-    query_start_loc: torch.Tensor
-    block_table: torch.Tensor
-    context_lens: torch.Tensor
-    node_pos: torch.Tensor
-    row_masks: torch.Tensor
-    hidden: Intervals  # the context's hidden image positions (empty with the mark)
+
+def _pinned_backend(mode: str) -> Any:
+    """The skipping kernels read the cache themselves: on GPUs, pin the backend whose layout
+    they know (None: vLLM's choice)."""
+    if mode == "mark" or not current_platform.is_cuda_alike():
+        return None
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
+
+    return TritonAttentionBackend
 
 
 class ViSpecAttention(nn.Module):
     """Multi-head attention with 1-D RoPE at raw positions that leaves hidden positions out."""
 
-    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+    def __init__(
+        self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str, inputs: DraftInputs
+    ) -> None:
         super().__init__()
+        self.inputs = inputs  # the draft's per-step inputs: hidden intervals, a tree pass
         # Heads are sharded over tensor-parallel ranks exactly as vLLM's Llama shards them:
         # qkv_proj's output and the Attention layer hold this rank's heads only, KV heads are
         # replicated when there are fewer than ranks, and o_proj sums the ranks' partial
@@ -69,15 +80,7 @@ class ViSpecAttention(nn.Module):
         self.total_num_heads = cfg.num_attention_heads
         self.head_dim = cfg.head_dim
         self.scale = self.head_dim**-0.5
-        requested = vispec_settings(vllm_config).draft_attention
-        self.mode = draft_attention(cfg.head_dim, requested)
-        if self.mode == "triton":  # or the mark where the kernel cannot run
-            tp = get_tensor_model_parallel_world_size()
-            num_kv_heads = max(1, cfg.num_key_value_heads // tp)
-            block_size = vllm_config.cache_config.block_size or 16
-            self.mode = checked_triton(
-                cfg.num_attention_heads // tp, num_kv_heads, cfg.head_dim, block_size, requested
-            )
+        self.mode = _attention_mode(cfg, vllm_config)
         self.qkv_bias = cfg.qkv_bias
         # The mark's extra channels live in the weights (:meth:`padded`, :meth:`set_mark_bias`):
         # q, k and v come out of qkv_proj at the padded head size, q's mark channel is its bias
@@ -94,8 +97,6 @@ class ViSpecAttention(nn.Module):
         )
         self.num_heads = self.qkv_proj.num_heads  # this rank's
         self.num_kv_heads = self.qkv_proj.num_kv_heads
-        # Set by the proposer for each propose() (skipping attentions only, which run eagerly).
-        self.hidden_intervals: Intervals | None = None
         self.o_proj = RowParallelLinear(
             self.total_num_heads * self.padded_dim,
             cfg.hidden_size,
@@ -112,12 +113,6 @@ class ViSpecAttention(nn.Module):
                 "rope_dim": self.head_dim,
             },
         )
-        backend = None
-        if self.mode != "mark" and current_platform.is_cuda_alike():
-            # The kernel reads the cache itself: pin a backend whose layout it knows.
-            from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
-
-            backend = TritonAttentionBackend
         self.attn = Attention(
             self.num_heads,
             self.padded_dim,
@@ -125,7 +120,7 @@ class ViSpecAttention(nn.Module):
             num_kv_heads=self.num_kv_heads,
             cache_config=vllm_config.cache_config,
             prefix=f"{prefix}.attn",
-            attn_backend=backend,
+            attn_backend=_pinned_backend(self.mode),
         )
         if self.mode != "mark" and self.attn.attn_backend.forward_includes_kv_cache_update:
             raise ValueError(
@@ -137,7 +132,7 @@ class ViSpecAttention(nn.Module):
         self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
     ) -> torch.Tensor:
         """``hidden`` [n] bool: positions the ``mark`` hides (the skipping attentions read
-        :attr:`hidden_intervals` instead)."""
+        the draft inputs' ``hidden_intervals`` instead)."""
         n, pd = x.shape[0], self.padded_dim
         qkv, _ = self.qkv_proj(x)
         q_size, kv_size = self.num_heads * pd, self.num_kv_heads * pd
@@ -182,13 +177,9 @@ class ViSpecAttention(nn.Module):
         return not self.qkv_bias
 
     def _tree_pass(self) -> TreePass | None:
-        """This layer's metadata when the forward is a tree pass (always eager: compiled
+        """The pass's tree layout when the forward is a tree pass (always eager: compiled
         graphs trace the chain passes only)."""
-        if torch.compiler.is_compiling() or not is_forward_context_available():
-            return None
-        metadata = get_forward_context().attn_metadata
-        tree = metadata.get(self.attn.layer_name) if isinstance(metadata, dict) else None
-        return tree if isinstance(tree, TreePass) else None
+        return None if torch.compiler.is_compiling() else self.inputs.tree_pass
 
     def _attend_tree(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree: TreePass
@@ -197,7 +188,7 @@ class ViSpecAttention(nn.Module):
         channel: 1 in queries, 0 in the nodes' keys, so hidden context slots stay hidden)."""
         layer = self.attn
         layer.impl.do_kv_cache_update(layer, k, v, layer.kv_cache, tree.slots)
-        k_cache, v_cache = split_kv_cache(layer.kv_cache, getattr(layer, "isa", None))
+        k_cache, v_cache = layer_kv_cache(layer, layer.kv_cache)
         return tree_paged_attention(
             q,
             k_cache,
@@ -224,13 +215,13 @@ class ViSpecAttention(nn.Module):
         meta, layer, kv_cache, _ = get_attention_context(name)
         if meta is None:  # profiling run: no cache yet
             return torch.zeros_like(q)
-        k_cache, v_cache = split_kv_cache(kv_cache, getattr(layer, "isa", None))
+        k_cache, v_cache = layer_kv_cache(layer, kv_cache)
         batch = meta.seq_lens.shape[0]
-        if self.hidden_intervals is None:
+        if self.inputs.hidden_intervals is None:
             start = end = meta.seq_lens.new_zeros(0)
             cu = meta.seq_lens.new_zeros(batch + 1)
         else:
-            start, end, cu = self.hidden_intervals
+            start, end, cu = self.inputs.hidden_intervals
             if cu.shape[0] < batch + 1:  # padded requests past the real ones hide nothing
                 cu = torch.cat([cu, cu[-1:].expand(batch + 1 - cu.shape[0])])
         return draft_paged_attention(

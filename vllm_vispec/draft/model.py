@@ -4,12 +4,12 @@ Same semantics as :mod:`vllm_vispec.tools.reference` (the oracle), built from vL
 the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
 applies, which positions carry a compressed image token, which are hidden) are not part of
 vLLM's draft ``forward`` signature; the proposer writes them once per ``propose()`` into
-:class:`~vllm_vispec.vision_inputs.VisionBuffers` (:meth:`EagleViSpecForCausalLM.
-set_vision_inputs`), tensors at fixed addresses that the draft reads like any other input, so
-vLLM can compile it and capture it in CUDA graphs. Images reach the draft only that way, through
-the adaptor: vLLM's merge of image embeddings into the draft's input embeddings is switched off
-(every draft position whose input token is an image token is hidden or replaced by a compressed
-token, so the merged embeddings would never be used).
+:class:`~vllm_vispec.draft.inputs.DraftInputs` (``EagleViSpecForCausalLM.inputs``), tensors
+at fixed addresses that the draft reads like any other input, so vLLM can compile it and capture
+it in CUDA graphs. Images reach the draft only that way: vLLM's merge of image embeddings into
+the draft's input embeddings is switched off (every draft position whose input token is an
+image token is hidden or replaced by a compressed token, so the merged embeddings would never
+be used).
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ from vllm_vispec.config import ViSpecConfig
 from vllm_vispec.draft.adaptor import ImageFeatureFc, VisionAdaptor
 from vllm_vispec.draft.attention import ViSpecAttention
 from vllm_vispec.draft.attention_mode import draft_attention
+from vllm_vispec.draft.inputs import DraftInputs
 from vllm_vispec.settings import vispec_settings
-from vllm_vispec.vision_inputs import VisionBuffers, VisionInputs
 
 
 class ViSpecDecoderLayer(nn.Module):
     """Llama layer 0 of an EAGLE draft: post-attention norm, gated MLP, and an input norm only
     where the checkpoint trained one (NeMo exports)."""
 
-    def __init__(self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str) -> None:
+    def __init__(
+        self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str, inputs: DraftInputs
+    ) -> None:
         super().__init__()
-        self.self_attn = ViSpecAttention(cfg, vllm_config, f"{prefix}.self_attn")
+        self.self_attn = ViSpecAttention(cfg, vllm_config, f"{prefix}.self_attn", inputs)
         self.input_layernorm = (
             RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if cfg.input_norm else None
         )
@@ -63,7 +65,7 @@ class ViSpecDecoderLayer(nn.Module):
 def draft_compiles(vllm_config: VllmConfig) -> bool:
     """vLLM may compile the draft (as its own EAGLE drafts) only with the ``mark`` attention:
     the skipping attentions call their kernel from Python around vLLM's cache update."""
-    cfg = ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
+    cfg = draft_config(vllm_config)
     return draft_attention(cfg.head_dim, vispec_settings(vllm_config).draft_attention) == "mark"
 
 
@@ -71,6 +73,11 @@ def _draft_hf_config(vllm_config: VllmConfig) -> Any:
     spec = vllm_config.speculative_config
     assert spec is not None and spec.draft_model_config is not None
     return spec.draft_model_config.hf_config
+
+
+def draft_config(vllm_config: VllmConfig) -> ViSpecConfig:
+    """The engine's draft as a :class:`ViSpecConfig`."""
+    return ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
 
 
 @support_torch_compile(
@@ -92,15 +99,19 @@ class ViSpecModel(nn.Module):
     """Everything a draft forward computes; its inputs are tensors only (vision inputs come
     from :class:`~vllm_vispec.vision_inputs.VisionBuffers`), so vLLM can compile it."""
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", inputs: DraftInputs) -> None:
         super().__init__()
-        cfg = ViSpecConfig.from_hf_dict(_draft_hf_config(vllm_config).to_dict())
+        cfg = draft_config(vllm_config)
         h = cfg.hidden_size
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, h)
         target_layers = vllm_config.model_config.get_num_layers(vllm_config.parallel_config)
         # The draft's attention layer must not share a name with any target layer.
         self.layers = nn.ModuleList(
-            [ViSpecDecoderLayer(cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"))]
+            [
+                ViSpecDecoderLayer(
+                    cfg, vllm_config, maybe_prefix(prefix, f"layers.{target_layers}"), inputs
+                )
+            ]
         )
         self.fc = ReplicatedLinear(2 * h, h, bias=cfg.fc_bias, return_bias=False)
         # EagleVLM drafts have neither: their image positions read the image embeddings.
@@ -150,17 +161,21 @@ class EagleViSpecForCausalLM(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         self.config = _draft_hf_config(vllm_config)
-        self.vispec_config = ViSpecConfig.from_hf_dict(self.config.to_dict())
-        self.model = ViSpecModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
-        self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
+        self.vispec_config = draft_config(vllm_config)
         scheduler = vllm_config.scheduler_config
-        self.vision_buffers = VisionBuffers(
+        # What the proposer hands each forward beyond vLLM's arguments (one object, shared
+        # with the attention layer by reference).
+        self.inputs = DraftInputs(
             scheduler.max_num_batched_tokens,
             scheduler.max_num_seqs,
             self.vispec_config.hidden_size,
             torch.get_default_dtype(),
             current_platform.device_type,
         )
+        self.model = ViSpecModel(
+            vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"), inputs=self.inputs
+        )
+        self.logits_processor = LogitsProcessor(self.vispec_config.vocab_size)
 
     @property
     def num_q(self) -> int | None:
@@ -171,11 +186,6 @@ class EagleViSpecForCausalLM(nn.Module):
     def attends_by_intervals(self) -> bool:
         """True when the attention needs the hidden positions as intervals (not the mark)."""
         return self.model.layers[0].self_attn.mode != "mark"
-
-    def set_vision_inputs(self, inputs: VisionInputs | None) -> None:
-        """Vision inputs of the next ``propose()`` (None: text only, no image feature)."""
-        self.vision_buffers.write(inputs)
-        self.model.layers[0].self_attn.hidden_intervals = self.vision_buffers.hidden_intervals
 
     def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Per image [num_q, H]: num_q - 1 compressed tokens, then the projected global feature.
@@ -211,7 +221,7 @@ class EagleViSpecForCausalLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # vLLM passes token ids (the proposer turns its image-embedding merge off).
         assert inputs_embeds is None, "ViSpec drafts embed their own input ids"
-        n, v = hidden_states.shape[0], self.vision_buffers
+        n, v = hidden_states.shape[0], self.inputs
         out = self.model(
             input_ids,
             positions,

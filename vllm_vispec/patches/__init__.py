@@ -10,8 +10,7 @@ an engine, and names the entry that broke.
 
 Patches run when their trigger module is first imported (or at once if it already is), so a
 process that never drafts never imports vLLM's EAGLE code; those without a trigger run in
-:func:`apply_ledger` on vLLM's CPU platform without Triton only; ``per_engine`` ones are
-installed by a runner adapter on one engine's runner and target, never on a class.
+:func:`apply_ledger` on vLLM's CPU platform without Triton only.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ class Patch:
     reference: str  # upstream issue, PR or discussion
     remove_when: str
     entry: str = "apply"  # the function of that module the trigger calls
-    per_engine: bool = False  # installed by a runner adapter on its own engine, never at import
 
     @property
     def name(self) -> str:
@@ -80,8 +78,6 @@ def apply_ledger(ledger: tuple[Patch, ...]) -> None:
     """Apply every process-wide patch of ``ledger`` (idempotent)."""
     applied = []
     for patch in ledger:
-        if patch.per_engine:
-            continue
         module = importlib.import_module(patch.module)
         if patch.trigger is not None:
             patch_module(patch.trigger, getattr(module, patch.entry))

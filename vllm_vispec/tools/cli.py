@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from vllm_vispec import demo
     from vllm_vispec.checkpoint import convert
+    from vllm_vispec.tools import demo
     from vllm_vispec.tools.bench import command as bench
     from vllm_vispec.tools.train import trainer
 

@@ -1,7 +1,8 @@
-"""EAGLE-2 tree drafting and lossless tree verification inside vLLM's V1 runner.
+"""EAGLE-2 tree drafting and lossless tree verification, knowing no runner.
 
 ``settings`` (what the user turns on), ``expand`` (the draft's top-k expansion and the choice
-of nodes), ``walk`` (verification: which nodes the target accepts) and ``step`` (one target
-step's tree rows: positions, masks, the accepted paths and the KV they leave behind) are kept
-apart; the vLLM hooks that use them are patches in :mod:`vllm_vispec.patches`.
+of nodes), ``proposal`` (what a step drafted, per request), ``walk`` (which nodes the target
+accepts) and ``verify`` (one target step's tree rows: positions, masks, the accepted paths and
+the KV they leave behind) are kept apart; a runner adapter (:mod:`vllm_vispec.runners.v1`)
+drives them through vLLM's steps.
 """

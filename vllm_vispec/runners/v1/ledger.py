@@ -32,45 +32,40 @@ LEDGER: tuple[Patch, ...] = (
         remove_when="vLLM lets a plugin register a model-based proposer class",
     ),
     Patch(
-        module="vllm_vispec.runners.v1.tree_runner",
+        module="vllm_vispec.runners.v1.tree_hooks",
         upstream=(
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model",
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids",
-        ),
-        trigger=None,
-        why="vLLM 0.32 verifies chains only: tree nodes need positions root + depth, a tree "
-        "walk instead of the chain's first mismatch, the accepted nodes' KV next to the root, "
-        "and per-request draft lengths (tree, chain or none)",
-        how="the tree proposer wraps its own runner's _prepare_inputs (node positions after "
-        "slots are computed), _sample (rejection sampler as always, then each tree's rows from "
-        "the walk and the KV compaction) and take_draft_token_ids (cuts each request's drafts "
-        "to its length), as instance attributes: engines without trees run vLLM's methods",
-        reference="vLLM PR 20401 (tree drafting, chain-only verification), PR 22752 (tree "
-        "sampler, unmerged), PR 42121 (removed both)",
-        remove_when="vLLM verifies draft trees itself (per-request trees, lossless sampling)",
-        entry="install",
-        per_engine=True,
-    ),
-    Patch(
-        module="vllm_vispec.runners.v1.tree_attention",
-        upstream=(
             "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward",
             "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",
         ),
-        trigger=None,
-        why="the CPU attention kernel takes no custom mask, Triton attention one qq_bias for "
-        "the whole batch (unused in 0.32); tree rows of each request must see only their "
-        "ancestors",
-        how="the tree proposer wraps the forward of its own target's decoder attention "
-        "implementations (instance attributes); after the backend's own forward, the rows of "
-        "requests verifying trees are recomputed by vllm_vispec.kernels.tree.VerifyAttention "
-        "(Triton on the GPU, one masked SDPA per layer elsewhere)",
-        reference="vLLM's cpu_attn has no mask argument (0.32); PR 20401 (qq_bias), PR 42121 "
-        "(tree attention backend removed)",
-        remove_when="vLLM's attention backends take per-request tree masks",
-        entry="install",
-        per_engine=True,
+        trigger="vllm.v1.worker.gpu_model_runner",
+        why="vLLM 0.32 verifies chains only: tree nodes need positions root + depth, attention "
+        "that sees only each node's ancestors (the CPU kernel takes no mask, Triton's qq_bias "
+        "is one per batch), a tree walk instead of the chain's first mismatch, the accepted "
+        "nodes' KV next to the root, and per-request draft lengths (tree, chain or none)",
+        how="after GPUModelRunner.load_model, a runner whose drafter drafts trees gets one "
+        "TreeVerifier; instance attributes of that runner wrap _prepare_inputs (node positions "
+        "after slots are computed), _sample (rejection sampler as always, then each tree's "
+        "rows from the walk and the KV compaction) and take_draft_token_ids (each request's "
+        "drafts cut to its length), and of its target's decoder attention implementations the "
+        "forward (tree rows recomputed with the tree mask): other engines run vLLM's methods",
+        reference="vLLM PR 20401 (tree drafting, chain-only verification), PR 22752 (tree "
+        "sampler, unmerged), PR 42121 (removed both)",
+        remove_when="vLLM verifies draft trees itself (per-request trees, lossless sampling)",
+        entry="apply_gpu",
+    ),
+    Patch(
+        module="vllm_vispec.runners.v1.tree_hooks",
+        upstream=("vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model",),
+        trigger="vllm.v1.worker.cpu_model_runner",
+        why="vLLM's CPU runner loads its model without the GPU runner's load_model",
+        how="the same hooks after CPUModelRunner.load_model",
+        reference="as tree_hooks.apply_gpu",
+        remove_when="as tree_hooks.apply_gpu",
+        entry="apply_cpu",
     ),
     Patch(
         module="vllm_vispec.runners.v1.cpu_sampler",
@@ -106,9 +101,12 @@ PROPOSER_OVERRIDES: dict[str, str] = {
     "_sample_draft_tokens": "(self, hidden_states, sampling_metadata)",
 }
 
-# vLLM methods the tree patches wrap -> vLLM 0.32's parameters (the runner's bound methods:
+# vLLM methods the tree hooks wrap -> vLLM 0.32's parameters (the runner's bound methods:
 # without self).
 WRAPPED_METHODS: dict[str, str] = {
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model": "(self, "
+    "load_dummy_weights=False, *, model=None)",
+    "vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model": "(self, load_dummy_weights=False)",
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs": "(self, "
     "scheduler_output, num_scheduled_tokens)",
     "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample": "(self, logits, "
@@ -135,11 +133,12 @@ PROPOSER_ATTRIBUTES = (
     "vllm_config",
     "_draft_attn_layer_names",
 )
-# GPUModelRunner attributes the proposers and the tree patches read (``runner.X``).
+# GPUModelRunner attributes the proposers and the tree hooks read (``runner.X``).
 RUNNER_ATTRIBUTES = (
     "discard_request_mask",
     "encoder_cache",
     "input_batch",
+    "model",
     "mrope_positions",
     "optimistic_seq_lens_cpu",
     "positions",

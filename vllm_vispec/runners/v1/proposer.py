@@ -4,7 +4,7 @@ vLLM's EAGLE loop (first pass over the scheduled tokens, then K-1 single-token s
 as it is. Around it this class
 
 * builds, once per ``propose()``, the draft's vision inputs for both kinds of pass
-  (:class:`~vllm_vispec.vision_inputs.VisionInputsBuilder`: each request's images from its
+  (:mod:`vllm_vispec.vision`, one strategy per draft kind: each request's images from its
   multimodal features, the adaptor run once per image on the whole encoder output, kept in a
   byte-bounded cache keyed by the image hash so that prefix-cache hits still find it),
 * feeds the draft raw 1-D positions, also on M-RoPE targets, so that RoPE and KV slots follow
@@ -20,7 +20,7 @@ ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the insta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from vllm_vispec.draft.model import EagleViSpecForCausalLM
 from vllm_vispec.feature_cache import FeatureCache
 from vllm_vispec.settings import vispec_settings
 from vllm_vispec.skipped_rows import SkippedRows, ranges
-from vllm_vispec.vision_inputs import VisionInputsBuilder
+from vllm_vispec.vision import image_strategy
 
 if TYPE_CHECKING:
     from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
@@ -74,40 +74,8 @@ class ViSpecProposer(EagleProposer):
         assert isinstance(draft, EagleViSpecForCausalLM)
         self.draft = draft
         features = FeatureCache(self.settings.feature_cache_bytes)
-        cfg = draft.vispec_config
-        if cfg.kind == "eaglevlm":
-            logger.info("EagleVLM draft: its image positions read their image embeddings")
-        elif cfg.kind == "specvlm":
-            logger.info(
-                "SpecVLM draft: each image passes the elastic compressor (%s; %dx for "
-                "prune/pool/conv, %d resampler queries), its tokens kept for prefix-cache hits "
-                "in up to %d MiB (vispec.feature_cache_mib)",
-                "the gate picks one of " + "/".join(cfg.compressor_choices)
-                if len(cfg.compressor_choices) > 1
-                else cfg.compressor,
-                cfg.compression,
-                cfg.resampler_queries,
-                features.capacity_bytes >> 20,
-            )
-        else:
-            per_image = draft.num_q * self.hidden_size * self.dtype.itemsize
-            logger.info(
-                "ViSpec: adaptor outputs of up to %d MiB of images are kept for prefix-cache "
-                "hits (%d bytes an image, about %d images; vispec.feature_cache_mib)",
-                features.capacity_bytes >> 20,
-                per_image,
-                features.capacity_bytes // per_image,
-            )
-        self.vision = VisionInputsBuilder(
-            draft.num_q,
-            self.hidden_size,
-            self.dtype,
-            self.device,
-            None if draft.num_q is None else draft.adapt_images,
-            features,
-            draft.attends_by_intervals,
-            draft.compress_images if cfg.kind == "specvlm" else None,
-        )
+        self.vision = image_strategy(draft, features, self.dtype, self.device)
+        logger.info(self.vision.describe())
 
     # -- hooks into vLLM's EAGLE loop -------------------------------------------------------
 
@@ -127,7 +95,7 @@ class ViSpecProposer(EagleProposer):
         slot_mappings: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self._run_eagerly()
-        self.draft.set_vision_inputs(None)
+        self.draft.inputs.write(None)
         super().dummy_run(num_tokens, use_cudagraphs, is_graph_capturing, slot_mappings)
 
     def propose(
@@ -164,31 +132,30 @@ class ViSpecProposer(EagleProposer):
                 return torch.empty(cad.num_reqs, 0, dtype=torch.int64, device=self.device)
             if self.skipped:
                 self._extend(cad)
-            self.draft.set_vision_inputs(
+            self.draft.inputs.write(
                 self.vision.build(
                     batch.req_ids,
                     batch.num_computed_tokens_cpu,
-                    query_start_loc,
-                    target_token_ids.shape[0],
+                    query_start_loc[: cad.num_reqs + 1],
                     self._request_state,
                     runner.encoder_cache,
                 )
             )
-            args = (
-                target_token_ids,
-                target_positions,
-                target_hidden_states,
-                next_token_ids,
-                token_indices_to_sample,
-                cad,
-                sampling_metadata,
-                mm_embed_inputs,
-                num_rejected_tokens_gpu,
-                slot_mappings,
+            return self._draft(
+                num_speculative_tokens,
+                target_token_ids=target_token_ids,
+                target_positions=target_positions,
+                target_hidden_states=target_hidden_states,
+                next_token_ids=next_token_ids,
+                token_indices_to_sample=token_indices_to_sample,
+                common_attn_metadata=cad,
+                sampling_metadata=sampling_metadata,
+                mm_embed_inputs=mm_embed_inputs,
+                num_rejected_tokens_gpu=num_rejected_tokens_gpu,
+                slot_mappings=slot_mappings,
             )
-            return self._draft(num_speculative_tokens, args)
         finally:
-            self.draft.set_vision_inputs(None)
+            self.draft.inputs.write(None)
 
     def _request_state(self, req_id: str) -> CachedRequestState:
         return self.runner.requests[req_id]
@@ -255,12 +222,11 @@ class ViSpecProposer(EagleProposer):
             block_table_tensor=table,
             slot_mapping=slots,
         )
-        self.draft.set_vision_inputs(
+        self.draft.inputs.write(
             self.vision.build(
                 [batch.req_ids[r] for r in rows.batch_rows],
                 rows.starts,
                 query_start_loc,
-                n,
                 self._request_state,
                 runner.encoder_cache,
             )
@@ -284,9 +250,9 @@ class ViSpecProposer(EagleProposer):
         """The target rows the draft's first pass reads (the tree proposer reorders them)."""
         return token_ids, hidden_states
 
-    def _draft(self, num_speculative_tokens: int, args: tuple) -> torch.Tensor:
-        """vLLM's EAGLE loop over this step's inputs: chains of K."""
-        return super().propose(num_speculative_tokens, *args)
+    def _draft(self, num_speculative_tokens: int, **inputs: Any) -> torch.Tensor:
+        """vLLM's EAGLE loop over this step's inputs (``propose``'s arguments): chains of K."""
+        return super().propose(num_speculative_tokens, **inputs)
 
     def prepare_next_token_ids_padded(
         self,

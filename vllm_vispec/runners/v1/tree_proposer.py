@@ -13,7 +13,7 @@ only, so every other engine in the process runs vLLM's code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,17 +23,16 @@ from vllm.logger import init_logger
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.sample.metadata import SamplingMetadata
 
-from vllm_vispec.draft.attention import TreePass
-from vllm_vispec.runners.v1 import tree_attention, tree_runner
+from vllm_vispec.draft.inputs import Intervals, TreePass
 from vllm_vispec.runners.v1.proposer import ViSpecProposer
 from vllm_vispec.tree.expand import Expansion
 from vllm_vispec.tree.proposal import Proposal
 from vllm_vispec.tree.settings import TreeSettings
-from vllm_vispec.tree.step import TreeStep
-from vllm_vispec.vision_inputs import Intervals
 
 if TYPE_CHECKING:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_vispec.runners.v1.tree_verifier import TreeVerifier
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -47,14 +46,11 @@ class ViSpecTreeProposer(ViSpecProposer):
         super().__init__(vllm_config, device, runner)
         assert self.settings.tree is not None
         self.tree: TreeSettings = self.settings.tree
-        self.proposal: Proposal | None = None  # for the runner, until the next step's inputs
-        self.step: TreeStep | None = None  # the step verifying the last proposal's trees
+        self.verifier: TreeVerifier | None = None  # the engine's, from attach()
         # Tree rows get log-probabilities of the raw logits; processed modes take chains.
         self._raw_logprobs = vllm_config.model_config.logprobs_mode.startswith("raw")
-        self._capture_root = False  # keep the first pass's sampled hidden states
+        # The first pass's sampled hidden states of the current propose(): the trees' roots.
         self._root_hidden: torch.Tensor | None = None
-        if runner is not None:
-            tree_runner.install(runner, self)
         logger.info(
             "ViSpec: tree drafting on (%s): steps whose K is %d or more draft trees of K "
             "nodes, smaller K chains (K: num_speculative_tokens %d, or vLLM's batch-size "
@@ -65,11 +61,15 @@ class ViSpecTreeProposer(ViSpecProposer):
             vllm_config.speculative_config.num_speculative_tokens_per_batch_size,
         )
 
+    def attach(self, verifier: TreeVerifier) -> None:
+        """The engine's tree verification, which takes each proposal and gives back the
+        verified step."""
+        self.verifier = verifier
+
     def load_model(self, target_model: torch.nn.Module) -> None:
         super().load_model(target_model)
         if self.device.type == "cuda":
             self._check_tree_kernel()
-        tree_attention.install(target_model, self)
 
     def _check_tree_kernel(self) -> None:
         """Run the Triton tree attention once for the target's and the draft's head layouts
@@ -99,20 +99,27 @@ class ViSpecTreeProposer(ViSpecProposer):
     def _draft_inputs(
         self, token_ids: torch.Tensor, hidden_states: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Linear positions back, and each verified tree's accepted path read as a chain."""
-        step, self.step = self.step, None
+        """Each verified tree's accepted path read as a chain."""
+        assert self.verifier is not None, "the tree hooks were not installed on this runner"
+        step = self.verifier.take_verified()
         if step is None:
             return token_ids, hidden_states
-        step.restore_positions()
         order = step.draft_order(token_ids.shape[0])
         return token_ids[order], hidden_states[order]
 
-    def _draft(self, num_nodes: int, args: tuple) -> torch.Tensor:
+    def _draft(
+        self,
+        num_nodes: int,
+        *,
+        common_attn_metadata: CommonAttentionMetadata,
+        num_rejected_tokens_gpu: torch.Tensor | None,
+        **inputs: Any,
+    ) -> torch.Tensor:
         """A step of vLLM's K = ``num_nodes``: trees of up to K nodes (by confidence) for the
         requests that can take one when K is a tree's size, chains for the rest (of K tokens
         when K is too small for a tree, else of ``chain``); [B, K], cut per request by the
         proposal."""
-        cad: CommonAttentionMetadata = args[5]
+        cad = common_attn_metadata
         batch = self.runner.input_batch
         req_ids = batch.req_ids[: batch.num_reqs]
         mode = self.tree.mode(num_nodes)
@@ -128,11 +135,16 @@ class ViSpecTreeProposer(ViSpecProposer):
         if tree_rows and len(tree_rows) == int((~partial).sum()):
             chain = 1  # every request drafts a tree: only the first pass's hidden states
         # The draft's last row per request (where its first pass samples): the tree's root.
-        rejected = args[8] if args[8] is not None else 0
+        rejected = num_rejected_tokens_gpu if num_rejected_tokens_gpu is not None else 0
         last_pos = (cad.seq_lens[: len(req_ids)] - 1 - rejected).long()
         block_table = cad.block_table_tensor[: len(req_ids)]
-        self._capture_root = bool(tree_rows)
-        chains = super()._draft(chain, args)
+        self._root_hidden = None
+        chains = super()._draft(
+            chain,
+            common_attn_metadata=cad,
+            num_rejected_tokens_gpu=num_rejected_tokens_gpu,
+            **inputs,
+        )
         out = chains.new_zeros(len(req_ids), num_nodes)
         out[:, :chain] = chains
         lengths = dict.fromkeys(req_ids, chain)
@@ -145,7 +157,7 @@ class ViSpecTreeProposer(ViSpecProposer):
             for i, r in enumerate(tree_rows):
                 parents[req_ids[r]] = tree_parents[i]
                 lengths[req_ids[r]] = int(sizes[i])
-        self.proposal = Proposal(lengths, parents)
+        self.verifier.offer(Proposal(lengths, parents))
         return out
 
     def _tree_ok(self, req_id: str) -> bool:
@@ -178,9 +190,10 @@ class ViSpecTreeProposer(ViSpecProposer):
     def _sample_draft_tokens(
         self, hidden_states: torch.Tensor, sampling_metadata: SamplingMetadata
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """vLLM's, keeping the first pass's sampled hidden states for a tree expansion."""
-        if self._capture_root:
-            self._root_hidden, self._capture_root = hidden_states, False
+        """vLLM's; the first call of a propose() (its first pass) keeps its hidden states: the
+        roots of the step's tree expansions."""
+        if self._root_hidden is None:
+            self._root_hidden = hidden_states
         return super()._sample_draft_tokens(hidden_states, sampling_metadata)
 
     # -- the expansion ----------------------------------------------------------------------
@@ -212,7 +225,6 @@ class ViSpecTreeProposer(ViSpecProposer):
             if not expansion.can_reach(self.tree.min_logprob):
                 break  # no deeper node would be kept: the draft stops here
             tokens, masks = expansion.next_pass()
-            draft.vision_buffers.tree_rows(rows, k)
             tree_pass = TreePass(
                 slots=slots[:, p * k : (p + 1) * k].reshape(-1),
                 query_start_loc=cu,
@@ -222,14 +234,16 @@ class ViSpecTreeProposer(ViSpecProposer):
                 row_masks=masks.reshape(-1),
                 hidden=hidden_context,
             )
-            # The pass's attention metadata, for every draft attention layer.
-            metadata = dict.fromkeys(self._draft_attn_layer_names, tree_pass)
-            with set_forward_context(metadata, self.vllm_config, skip_compiled=True):
-                out, _ = draft(
-                    input_ids=tokens.reshape(-1).int(),
-                    positions=(last_pos + 1 + p).repeat_interleave(k),
-                    hidden_states=hidden.repeat_interleave(k, 0) if p == 0 else hidden,
-                )
+            draft.inputs.begin_tree_pass(rows, k, tree_pass)
+            try:
+                with set_forward_context({}, self.vllm_config, skip_compiled=True):
+                    out, _ = draft(
+                        input_ids=tokens.reshape(-1).int(),
+                        positions=(last_pos + 1 + p).repeat_interleave(k),
+                        hidden_states=hidden.repeat_interleave(k, 0) if p == 0 else hidden,
+                    )
+            finally:
+                draft.inputs.end_tree_pass()
             expansion.grow(self._logprobs(out))
             # The next frontier's inputs: each node's parent's output.
             hidden = out.view(r, k, -1)[
@@ -242,7 +256,7 @@ class ViSpecTreeProposer(ViSpecProposer):
 
     def _tree_hidden(self, rows: torch.Tensor) -> Intervals:
         """The hidden context positions of the rows' requests (none with the mark)."""
-        intervals = self.draft.vision_buffers.hidden_intervals
+        intervals = self.draft.inputs.hidden_intervals
         if intervals is None:
             empty = rows.new_zeros(0, dtype=torch.int32)
             return empty, empty, rows.new_zeros(rows.shape[0] + 1, dtype=torch.int32)

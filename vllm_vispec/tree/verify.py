@@ -1,4 +1,4 @@
-"""One target step's tree rows: where they sit, what they attend to, what the target accepts.
+"""One target step's tree verification: where the nodes sit, what they see, what is accepted.
 
 A request verifying a tree has its root (the last accepted token) and its nodes scheduled as
 ordinary consecutive tokens, so vLLM's slot mapping and computed-token accounting stay linear.
@@ -8,31 +8,29 @@ This object then
   the slots, and puts the linear positions back before the draft runs;
 * recomputes the target attention of the tree rows over the cached prefix plus each node's
   ancestors (:class:`vllm_vispec.kernels.tree.VerifyAttention`);
-* walks each tree (:func:`~vllm_vispec.tree.walk.walk_tree`) on the target's picks and writes
-  vLLM's usual ``[B, <= nodes + 1]`` output rows;
+* walks each tree (:func:`~vllm_vispec.tree.walk.walk_tree`) on the target's pick at every node
+  (the runner adapter picks them with its sampling state) and writes vLLM's usual
+  ``[B, <= nodes + 1]`` output rows;
 * copies the accepted nodes' target KV into the slots right after the root, so that the next
   step finds the accepted sequence contiguous, exactly where vLLM's accounting puts it.
+
+It knows no runner: a runner adapter builds one per target step from what the scheduler kept of
+a :class:`~vllm_vispec.tree.proposal.Proposal` and calls these operations in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
-from vllm.v1.sample.metadata import SamplingMetadata
-from vllm.v1.sample.ops.bad_words import apply_bad_words
-from vllm.v1.sample.ops.penalties import apply_all_penalties
-from vllm.v1.sample.ops.topk_topp_sampler import random_sample
-from vllm.v1.sample.rejection_sampler import apply_sampling_constraints
 
 from vllm_vispec.kernels.tree import VerifyAttention, ancestor_masks, compact_kv
 from vllm_vispec.tree.walk import node_depths, walk_tree
 
 
-class TreeStep:
-    """The tree requests of one step (rows of vLLM's input batch that verify a tree)."""
+class TreeVerify:
+    """The tree requests of one target step (rows of the runner's batch that verify a tree)."""
 
     def __init__(
         self,
@@ -70,7 +68,9 @@ class TreeStep:
         self.tree_of, self.node_of = self.attention.tree_of, self.attention.node_of
         self.rows, self.query_start_loc = self.attention.rows, self.attention.query_start_loc
         self.root_rows = self.starts[self.tree_of]
-        self.path: torch.Tensor | None = None  # [R, width] accepted nodes, set by verify()
+        self.path: torch.Tensor | None = None  # [R, width] accepted nodes, set by accept()
+        self.outputs: torch.Tensor | None = None  # [R, width] the rows accept() wrote
+        self.sampling_rows = 0  # rows of the runner's sampled_token_ids
         # Recorded by attend(): the step's slots and every target layer's K/V cache views.
         self.slot_mapping: torch.Tensor | None = None
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -118,21 +118,24 @@ class TreeStep:
         first = ends[self.batch_rows] - self.num_nodes
         return logits[first[self.tree_of] + self.node_of].float()
 
-    def verify(
-        self,
-        node_logits: torch.Tensor,
-        sampling_metadata: SamplingMetadata,
-        sampled_token_ids: torch.Tensor,
-    ) -> None:
-        """Walk every tree on the target's picks; write its rows of ``sampled_token_ids``."""
-        constrained = self._constrain(node_logits.clone(), sampling_metadata)
-        picks = torch.zeros_like(self.parents)
-        picks[self.tree_of, self.node_of] = self._pick(constrained, sampling_metadata)
-        out, self.path = walk_tree(self.parents, self.tokens, self.num_nodes, picks)
+    def accept(self, picks: torch.Tensor, sampled_token_ids: torch.Tensor) -> None:
+        """Walk every tree on the target's pick at each node (``picks``, flat node order) and
+        write the tree requests' rows of vLLM's ``sampled_token_ids`` [B, K + 1]."""
+        grid = torch.zeros_like(self.parents)
+        grid[self.tree_of, self.node_of] = picks.to(grid.dtype)
+        out, self.path = walk_tree(self.parents, self.tokens, self.num_nodes, grid)
         self.outputs, self.sampling_rows = out, sampled_token_ids.shape[0]
         width = min(out.shape[1], sampled_token_ids.shape[1])
         sampled_token_ids[self.batch_rows] = -1
         sampled_token_ids[self.batch_rows, :width] = out[:, :width].to(sampled_token_ids.dtype)
+
+    def accepted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per accepted output token: its tree, its index on the path, its node (flat order)
+        and the token, for a runner that writes per-token results such as logprobs."""
+        assert self.path is not None and self.outputs is not None
+        tree, j = (self.path >= 0).nonzero(as_tuple=True)
+        node = self.query_start_loc[tree].long() + self.path[tree, j]
+        return tree, j, node, self.outputs[tree, j].clamp(min=0)
 
     def histories(self, output_token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
         """Per node (flat order): the request's output so far, then the node's path from the
@@ -146,72 +149,6 @@ class TreeStep:
                 paths.append([*paths[parents[node]], tokens[node - 1]])
             out += [prefix + path for path in paths]
         return out
-
-    def _constrain(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        """What vLLM's rejection sampler applies at a chain's rows before it picks (penalties,
-        allowed tokens, bad words), with each node's own history: its ancestors, not the nodes
-        before it in the flat list. min_tokens and thinking budgets take chains (proposer)."""
-        rows = self.batch_rows[self.tree_of]
-        history = None
-        if not meta.no_penalties or meta.bad_words_token_ids:
-            history = self.histories(meta.output_token_ids)
-        if not meta.no_penalties:
-            assert meta.prompt_token_ids is not None and history is not None
-            logits = apply_all_penalties(
-                logits,
-                meta.prompt_token_ids[rows],
-                meta.presence_penalties[rows],
-                meta.frequency_penalties[rows],
-                meta.repetition_penalties[rows],
-                history,
-            )
-        if meta.allowed_token_ids_mask is not None:
-            logits.masked_fill_(meta.allowed_token_ids_mask[rows], float("-inf"))
-        if meta.bad_words_token_ids:
-            assert history is not None
-            words = meta.bad_words_token_ids
-            per_node = {i: words[b] for i, b in enumerate(rows.tolist()) if b in words}
-            apply_bad_words(logits, per_node, history)
-        return logits
-
-    def _pick(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        """One token per node: the argmax for greedy requests, else a draw from the target's
-        distribution after temperature, top-k and top-p (as vLLM's chain verification)."""
-        greedy = logits.argmax(dim=-1)
-        if meta.all_greedy:
-            return greedy
-        counts = torch.zeros(meta.temperature.shape[0], dtype=torch.long, device=self.device)
-        counts[self.batch_rows] = self.num_nodes
-        processed = apply_sampling_constraints(logits, counts.cumsum(0), meta)
-        probs = processed.softmax(dim=-1, dtype=torch.float32)
-        row_batch = self.batch_rows[self.tree_of]
-        # vLLM's sampler, with each seeded request's generator on every one of its nodes.
-        generators = {
-            i: meta.generators[b] for i, b in enumerate(row_batch.tolist()) if b in meta.generators
-        }
-        drawn = random_sample(probs, generators)
-        is_greedy = meta.temperature[row_batch] < 1e-5
-        return torch.where(is_greedy, greedy, drawn)
-
-    def write_logprobs(self, node_logits: torch.Tensor, logprobs: Any, sampler: Any) -> None:
-        """Replace the tree requests' rows of vLLM's ``LogprobsTensors`` (request b's token j at
-        row b * width + j) by the target's log-probabilities at the accepted path's nodes."""
-        assert self.path is not None
-        width = logprobs.selected_token_ranks.shape[0] // self.sampling_rows
-        tree, j = (self.path >= 0).nonzero(as_tuple=True)
-        flat = self.query_start_loc[tree].long() + self.path[tree, j]
-        tokens = self.outputs[tree, j].clamp(min=0)
-        rows = self.batch_rows[tree] * width + j
-        lp = node_logits[flat]
-        if not sampler.is_logits_logprobs_mode:
-            lp = sampler.sampler.compute_logprobs(lp)
-        k = logprobs.logprobs.shape[1] - 1
-        mine = sampler.sampler.gather_logprobs(lp, k, tokens)
-        logprobs.logprob_token_ids[rows] = mine.logprob_token_ids.to(logprobs.logprob_token_ids)
-        logprobs.logprobs[rows] = mine.logprobs.to(logprobs.logprobs)
-        logprobs.selected_token_ranks[rows] = mine.selected_token_ranks.to(
-            logprobs.selected_token_ranks
-        )
 
     # -- after verification ---------------------------------------------------------------------
 
