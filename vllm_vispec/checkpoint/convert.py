@@ -68,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Convert; a user mistake prints ``error: ...`` on stderr and returns 2."""
     # Imported here so that `--help` does not wait for torch.
-    from vllm_vispec.checkpoint import CheckpointError
+    from vllm_vispec.checkpoint.errors import CheckpointError
 
     try:
         summary = convert(Path(args.src), Path(args.dst), args.target, args.dtype, args.force)
@@ -83,15 +83,10 @@ def convert(src: Path, dst: Path, target: str | None, dtype: str, force: bool) -
     """Validate everything, then write DST atomically; returns a short summary for the user."""
     import torch
 
-    from vllm_vispec.checkpoint import (
-        REPO_ID,
-        CheckpointError,
-        check_against_target,
-        check_destination,
-        load_official,
-        provenance,
-        save_draft,
-    )
+    from vllm_vispec.checkpoint.drafts import check_destination, save_draft
+    from vllm_vispec.checkpoint.errors import CheckpointError
+    from vllm_vispec.checkpoint.official import REPO_ID, load_official, provenance
+    from vllm_vispec.checkpoint.target import check_against_target
 
     if not src.exists() and REPO_ID.match(str(src)):
         raise CheckpointError(
@@ -124,7 +119,7 @@ def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, tor
     """Cast, refusing a dtype whose range turns finite weights into inf (float16 from bf16)."""
     import torch
 
-    from vllm_vispec.checkpoint import CheckpointError
+    from vllm_vispec.checkpoint.errors import CheckpointError
 
     cast = {k: v.to(dtype) for k, v in tensors.items()}
     for name, t in cast.items():

@@ -15,19 +15,16 @@ from pathlib import Path
 
 from vllm.logger import init_logger
 
-from vllm_vispec.checkpoint import (
+from vllm_vispec.checkpoint.drafts import save_draft
+from vllm_vispec.checkpoint.folder import (
     BIN_FILE,
     CONFIG_FILE,
     INDEX_FILE,
-    REPO_ID,
     SAFETENSORS_FILE,
     find_weights,
-    has_adaptor,
-    load_official,
-    provenance,
-    save_draft,
-    tensor_names,
 )
+from vllm_vispec.checkpoint.official import REPO_ID, load_official, provenance
+from vllm_vispec.checkpoint.tensors import has_adaptor, tensor_names
 from vllm_vispec.config import is_plugin_config
 
 logger = init_logger(f"vllm.{__name__}")
