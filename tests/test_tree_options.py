@@ -1,9 +1,10 @@
 """Every vLLM option that touches sampling, KV or parallelism meets trees: kept, or refused.
 
-:data:`OPTIONS` is the table README's "Options with trees" section shows: per option, what a
-request or an engine gets with ``vispec.tree`` on, and the test that proves it (a greedy
-or distributional identity with vLLM, or a one-line refusal at start-up). A test below checks
-that README shows this very table and that every test it names exists, so neither can drift.
+:data:`OPTIONS` is the table docs/user-guide.md shows under "vLLM options with trees" (written
+there by ``python tools/docs_tables.py``): per option, what a request or an engine gets with
+``vispec.tree`` on, and the test that proves it (a greedy or distributional identity with vLLM,
+or a one-line refusal at start-up). A test below checks that the guide shows this very table and
+that every test it names exists, so neither can drift.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vllm_vispec.draft.inputs import DraftInputs, TreePass, VisionInputs
 from vllm_vispec.tools.bench.offline import drafter
 from vllm_vispec.tree.settings import TREE_SETTING
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+USER_GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "user-guide.md"
 ALWAYS = {"tree": True}  # vispec settings: trees of num_speculative_tokens nodes, every step
 
 # (option, with trees, the test that proves it: "module::test", "::test" for this module)
@@ -80,14 +81,14 @@ OPTIONS: list[tuple[str, str, str]] = [
 ]  # fmt: skip
 
 
-def test_readme_shows_the_options_table() -> None:
-    """README's table is OPTIONS, and every test OPTIONS names exists."""
-    text = README.read_text()
+def test_user_guide_shows_the_options_table() -> None:
+    """The user guide's table is OPTIONS, and every test OPTIONS names exists."""
+    text = USER_GUIDE.read_text()
     for option, trees, test in OPTIONS:
         module, name = test.split("::")
         module = module or __name__
         row = f"| {option} | {trees} | `tests/{module}.py::{name}` |"
-        assert row in text, f"README's options table lacks: {row}"
+        assert row in text, f"docs/user-guide.md's options table lacks: {row}"
         assert hasattr(importlib.import_module(module), name), f"{test} does not exist"
 
 
