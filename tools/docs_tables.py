@@ -138,8 +138,6 @@ def tree_options_table() -> str:
 
 
 def _applied(patch: patches.Patch) -> str:
-    if patch.per_engine:
-        return "per engine: installed on one engine's runner or target layers, never on a class"
     if patch.trigger is None:
         return "at `register()`, on vLLM's CPU platform without Triton only"
     return f"when `{patch.trigger}` is first imported"
