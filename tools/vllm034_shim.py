@@ -54,18 +54,38 @@ class _PatchBeforeVllmChecksTriton(importlib.abc.MetaPathFinder):
 def patch_triton() -> None:
     """Apply the patches (idempotent); a real "cpu" backend, if one is installed, is kept."""
     import triton.backends
-    from vllm.logger import init_logger
 
-    logger = init_logger("vllm.vllm034_shim")
     if "cpu" not in triton.backends.backends:
         triton.backends.backends["cpu"] = _interpreter_only_backend()
     _add_libdevice_stand_ins()
     _cast_interpreter_masks_to_bool()
-    logger.info(
-        "vllm034 shim: Triton kernels run in Triton's interpreter (TRITON_INTERPRET=%s) "
-        "behind a stand-in 'cpu' backend; test environment only",
-        os.environ.get("TRITON_INTERPRET"),
-    )
+    _log_first_launch()
+
+
+def _log_first_launch() -> None:
+    """One line through vLLM's logger at the first interpreted kernel launch: vLLM configures
+    its logging when an engine starts, after this module has done its work."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+    if getattr(run, "_vllm034_shim", False):
+        return
+
+    def first_run(self, *args, **kwargs):
+        from vllm.logger import init_logger
+
+        InterpretedFunction.run = run
+        init_logger("vllm.vllm034_shim").info(
+            "Triton kernels (first: %s) run in Triton's interpreter (TRITON_INTERPRET=%s) "
+            "behind the vllm034 shim's stand-in 'cpu' backend: a test environment, not for "
+            "timing",
+            getattr(self.fn, "__qualname__", self.fn),
+            os.environ.get("TRITON_INTERPRET"),
+        )
+        return run(self, *args, **kwargs)
+
+    first_run._vllm034_shim = True
+    InterpretedFunction.run = first_run
 
 
 # --- a backend that lists "cpu" and compiles nothing ------------------------------------------
