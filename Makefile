@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean install-vllm034
+.PHONY: install test test-fast lint demo clean install-vllm034 test-vllm034
 
 $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,13 @@ $(STAMP034): tools/vllm034_env.py tools/vllm034_shim.py tools/vllm034-lock.txt \
 	touch $@
 
 install-vllm034: $(STAMP034)
+
+# The V2 suite compares 0.34 with vLLM 0.32 run by VLLM032_PYTHON (default: .venv's, built
+# here unless given).
+VLLM032_PYTHON ?=
+test-vllm034: $(STAMP034) $(if $(VLLM032_PYTHON),,$(STAMP))
+	VLLM032_PYTHON=$(or $(VLLM032_PYTHON),$(abspath $(PY))) \
+		$(VENV034)/bin/python -m pytest -q --durations=10 tests_v2
 
 clean:
 	rm -rf $(VENV) $(VENV034) build *.egg-info .pytest_cache
