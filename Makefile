@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo clean install-vllm034 test-vllm034
 
 $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,5 +39,24 @@ test-fast: $(STAMP) lint
 demo: $(STAMP)
 	$(VENV)/bin/vllm-vispec demo
 
+# A second environment: vLLM 0.34 (V2 model runner only) on CPU, for the V2 adapter's tests.
+# docs/vllm034-environment.md says how it is assembled; it does not touch .venv.
+VENV034 ?= .venv034
+STAMP034 := $(VENV034)/.installed
+
+$(STAMP034): tools/vllm034_env.py tools/vllm034_shim.py tools/vllm034-lock.txt \
+		tools/cpu_torchvision.py
+	python3 tools/vllm034_env.py --venv $(VENV034)
+	touch $@
+
+install-vllm034: $(STAMP034)
+
+# The V2 suite compares 0.34 with vLLM 0.32 run by VLLM032_PYTHON (default: .venv's, built
+# here unless given).
+VLLM032_PYTHON ?=
+test-vllm034: $(STAMP034) $(if $(VLLM032_PYTHON),,$(STAMP))
+	VLLM032_PYTHON=$(or $(VLLM032_PYTHON),$(abspath $(PY))) \
+		$(VENV034)/bin/python -m pytest -q --durations=10 tests_v2
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV034) build *.egg-info .pytest_cache
