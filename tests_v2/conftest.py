@@ -57,7 +57,7 @@ def vllm032_python() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def qwen_target(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder of the project's tiny random Qwen2.5-VL (64 image tokens per 224x224 image)."""
-    from vllm_vispec.testing.tiny_targets import build_tiny_qwen2_5_vl
+    from vllm_vispec.tools.testing.tiny_targets import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), seed=0)
 
@@ -67,7 +67,7 @@ def qwen_eagle_draft(
     qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
     """A same-size EAGLE-1 draft in vLLM's own format (echo) for the tiny Qwen2.5-VL."""
-    from vllm_vispec.testing.tiny_drafts import build_tiny_eagle_draft
+    from vllm_vispec.tools.testing.tiny_drafts import build_tiny_eagle_draft
 
     return build_tiny_eagle_draft(
         qwen_target, tmp_path_factory.mktemp("qwen-eagle") / "d", echo=True
@@ -77,7 +77,7 @@ def qwen_eagle_draft(
 @pytest.fixture(scope="session")
 def test_image(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A 224x224 test picture as a PNG file, so that both venvs read the same pixels."""
-    from vllm_vispec.testing.tiny_targets import make_test_image
+    from vllm_vispec.tools.testing.tiny_targets import make_test_image
 
     path = tmp_path_factory.mktemp("images") / "picture.png"
     make_test_image(1).save(path)

@@ -4,7 +4,7 @@ The same file serves both sides of the V1/V2 comparison: the V2 tests import it 
 and run it as a script under the 0.32 venv's Python for V1's tokens (a JSON file). It
 imports nothing but vLLM, Pillow and the standard library, so that both engines get the same
 settings and prompts whatever state the plugin's package is in. Engine settings follow
-``vllm_vispec.bench.cpu_engine.cpu_engine_kwargs`` (small, in-process, float32, eager).
+``vllm_vispec.tools.bench.cpu_engine.cpu_engine_kwargs`` (small, in-process, float32, eager).
 """
 
 from __future__ import annotations
