@@ -6,7 +6,7 @@ against it with equal budgets, and their acceptance in vLLM on held-out images.
     python benchmarks/toy_world.py --world grounded --prompts 48   # the image-grounded world
 
 Worlds: ``toy`` (:mod:`vllm_vispec.tools.toy.world`, its target trained here) and ``grounded``
-(:mod:`vllm_vispec.tools.toy.grounded_world`, its target trained by benchmarks/grounded_target.py).
+(:mod:`vllm_vispec.tools.toy.grounded_world`, its target trained by benchmarks/train_strip_target.py).
 Writes benchmarks/results/WORLD_world.{md,json,png}. The target and the final drafts live in
 models/WORLD/ (target/, vispec/, eagle/), which `vllm-vispec demo` uses. Mean acceptance length
 is vLLM's: 1 + accepted draft tokens per verification step (ViSpec's tau + 1). Where the drafts
@@ -178,10 +178,10 @@ def first_step_by_kind(
 
 
 def check_target(world: str, target: pathlib.Path) -> None:
-    """A strip world's target is trained by benchmarks/grounded_target.py, not here."""
+    """A strip world's target is trained by benchmarks/train_strip_target.py, not here."""
     if not (target / "config.json").exists():
         raise SystemExit(
-            f"no target in {target}: train it with python benchmarks/grounded_target.py "
+            f"no target in {target}: train it with python benchmarks/train_strip_target.py "
             f"--world {world} --work DIR"
         )
 

@@ -10,7 +10,7 @@ import torch
 from vllm_vispec.checkpoint import expected_shapes
 from vllm_vispec.compressor import ElasticCompressor
 from vllm_vispec.config import COMPRESSORS, ViSpecConfig
-from vllm_vispec.layout import draft_layout, hidden_intervals
+from vllm_vispec.layout import draft_layout, unseen_intervals
 from vllm_vispec.tools.reference import DraftInput, ViSpecDraft
 
 CFG = ViSpecConfig(
@@ -63,10 +63,10 @@ def test_per_image_kept_counts_hide_the_rest_of_each_image() -> None:
     spans = [(2, 8), (10, 13)]  # tokens; shifted spans [1, 7) and [9, 12)
     layout = draft_layout(spans, [2, 0], 0, 14)
     assert layout.is_compressed.nonzero().flatten().tolist() == [5, 6]
-    assert layout.is_hidden.nonzero().flatten().tolist() == [1, 2, 3, 4, 9, 10, 11]
-    assert hidden_intervals(spans, [2, 0]) == [(1, 5), (9, 12)]
+    assert layout.is_unseen.nonzero().flatten().tolist() == [1, 2, 3, 4, 9, 10, 11]
+    assert unseen_intervals(spans, [2, 0]) == [(1, 5), (9, 12)]
     every = draft_layout(spans, None, 0, 14)  # EagleVLM: every image position, in order
-    assert not every.is_hidden.any()
+    assert not every.is_unseen.any()
     assert every.slot[1:7].tolist() == list(range(6))
 
 

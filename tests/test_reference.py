@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm_vispec.config import ViSpecConfig
-from vllm_vispec.layout import check_spans, draft_layout, hidden_intervals, image_spans
+from vllm_vispec.layout import check_spans, draft_layout, image_spans, unseen_intervals
 from vllm_vispec.tools.reference import DraftInput, ViSpecDraft
 
 H, V = 64, 128
@@ -221,14 +221,14 @@ def test_spans_and_layout_exact_indices():
     # shifted spans [1, 5) and [7, 10); compressed = last num_q - 1 = 2 positions of each
     assert layout.image.tolist() == [-1, 0, 0, 0, 0, -1, -1, 1, 1, 1, -1, -1, -1, -1]
     assert layout.slot.tolist() == [-1, -1, -1, 0, 1, -1, -1, -1, 0, 1, -1, -1, -1, -1]
-    assert layout.is_hidden.nonzero().flatten().tolist() == [1, 2, 7]
+    assert layout.is_unseen.nonzero().flatten().tolist() == [1, 2, 7]
     assert layout.is_compressed.nonzero().flatten().tolist() == [3, 4, 8, 9]
     # image 0's global feature from position e_0 - 1 = 5, image 1's from e_1 - 1 = 10 on
     assert layout.global_image.tolist() == [-1] * 5 + [0] * 5 + [1] * 4
 
     two = draft_layout(spans, num_q=2, lo=0, hi=12)
     assert two.is_compressed.nonzero().flatten().tolist() == [4, 9]
-    assert two.is_hidden.nonzero().flatten().tolist() == [1, 2, 3, 7, 8]
+    assert two.is_unseen.nonzero().flatten().tolist() == [1, 2, 3, 7, 8]
 
     for lo in range(14):  # any window agrees with the whole request
         for hi in range(lo, 16):
@@ -245,11 +245,11 @@ def test_hidden_intervals_are_the_layouts_hidden_positions(num_q: int) -> None:
     spans = [(2, 6), (8, 11), (12, 14), (14, 20)]
     hi = 24
     mask = torch.zeros(hi, dtype=torch.bool)
-    for lo_, hi_ in hidden_intervals(spans, num_q):
+    for lo_, hi_ in unseen_intervals(spans, num_q):
         assert lo_ < hi_
         mask[lo_:hi_] = True
-    assert torch.equal(mask, draft_layout(spans, num_q, 0, hi).is_hidden)
-    assert hidden_intervals([], num_q) == []
+    assert torch.equal(mask, draft_layout(spans, num_q, 0, hi).is_unseen)
+    assert unseen_intervals([], num_q) == []
 
 
 def test_span_errors():

@@ -12,10 +12,10 @@ retrain them, then paste the new digests below:
 
 * toy world: ``python benchmarks/toy_world.py --retrain`` (target and drafts, about 40 minutes
   on 2 cores);
-* grounded world: ``python benchmarks/grounded_target.py --work DIR`` with an empty ``DIR`` (the
+* grounded world: ``python benchmarks/train_strip_target.py --work DIR`` with an empty ``DIR`` (the
   target; rerun the same command until it reaches its last step), then ``python
   benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64`` (the drafts);
-* content world: ``python benchmarks/grounded_target.py --world content --work DIR`` with the
+* content world: ``python benchmarks/train_strip_target.py --world content --work DIR`` with the
   options in ``models/content/target/grounded_recipe.json``, then, with the drafts in
   ``models/content`` removed and an empty ``/tmp/vispec-toy/content``, ``python
   benchmarks/draft_kinds.py --world content`` (trains and ships the drafts).
@@ -47,9 +47,9 @@ are among the samples training used)."""
 
 RETRAIN = {
     "toy": "python benchmarks/toy_world.py --retrain",
-    "grounded": "python benchmarks/grounded_target.py --work EMPTY_DIR until done, then python "
+    "grounded": "python benchmarks/train_strip_target.py --work EMPTY_DIR until done, then python "
     "benchmarks/toy_world.py --world grounded --retrain --prompts 48 --max-tokens 64",
-    "content": "python benchmarks/grounded_target.py --world content --work EMPTY_DIR with the "
+    "content": "python benchmarks/train_strip_target.py --world content --work EMPTY_DIR with the "
     "recipe in models/content/target/grounded_recipe.json, then remove models/content's drafts "
     "and run python benchmarks/draft_kinds.py --world content",
 }

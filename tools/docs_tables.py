@@ -49,7 +49,7 @@ SETTINGS_WHAT: dict[str, str] = {
     "tree": "`false`: chains of `num_speculative_tokens`, verified by vLLM. `true`: EAGLE-2 "
     "draft trees of ViSpec's shape, verified by the plugin. An object of the tree settings "
     "below: trees of that shape",
-    "draft_attention": "how the draft's attention leaves hidden image positions out: one of "
+    "draft_attention": "how the draft's attention leaves unseen image positions out: one of "
     "{choices}. `auto` takes the Triton kernel on CUDA/ROCm (if it passes its start-up "
     "self-check) and `mark` elsewhere",
     "feature_cache_mib": "MiB of adaptor outputs kept per image hash on the draft's device, so "

@@ -6,7 +6,8 @@ token ``t + 1``. An image occupying tokens ``[s, e)`` therefore occupies the *sh
 
 - the first ``num_q - 1`` vision-adaptor outputs sit, in order, at the last ``num_q - 1``
   positions ``e - num_q .. e - 2`` (*compressed* positions);
-- every other position is *hidden*: it has no KV entry and nothing attends to it.
+- every other position is *unseen*: it has no KV entry and nothing attends to it (the draft
+  does not see it; "hidden" in this project means hidden states only).
 
 An EagleVLM draft (``num_q`` None) keeps the whole span: position ``t`` is the image's token
 ``t + 1 - s``, paired with that token's image embedding. A SpecVLM draft gives each image its
@@ -108,7 +109,7 @@ class DraftLayout:
         return self.slot >= 0
 
     @property
-    def is_hidden(self) -> torch.Tensor:
+    def is_unseen(self) -> torch.Tensor:
         return (self.image >= 0) & (self.slot < 0)
 
     @property
@@ -147,11 +148,11 @@ def draft_layout(
     return DraftLayout(positions, image, slot, global_image)
 
 
-def hidden_intervals(spans: Sequence[Span], num_q: Keep) -> list[Span]:
-    """The hidden draft positions of a whole request as intervals ``[lo, hi)``, sorted.
+def unseen_intervals(spans: Sequence[Span], num_q: Keep) -> list[Span]:
+    """The unseen draft positions of a whole request as intervals ``[lo, hi)``, sorted.
 
     Image ``[s, e)`` hides ``[s - 1, e - num_q)``: its shifted span minus the ``num_q - 1``
-    compressed positions at the end (the same positions :attr:`DraftLayout.is_hidden` marks).
+    compressed positions at the end (the same positions :attr:`DraftLayout.is_unseen` marks).
     Images exactly ``num_q - 1`` tokens long hide nothing and give no interval.
     """
     check_spans(spans, num_q)

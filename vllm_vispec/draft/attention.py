@@ -1,8 +1,8 @@
-"""The draft's self-attention: 1-D RoPE at raw token positions, hidden image positions left out.
+"""The draft's self-attention: 1-D RoPE at raw token positions, unseen image positions left out.
 
 ``mark`` (any backend): queries carry a constant 1 in one extra head channel, keys carry 0 for
-visible positions and ``-HIDDEN_SCORE`` for hidden ones, values carry 0. A hidden slot gets a
-score of about ``-HIDDEN_SCORE / sqrt(hd)``, whose softmax weight is exactly 0 in every float
+visible positions and ``-UNSEEN_SCORE`` for unseen ones, values carry 0. An unseen slot gets a
+score of about ``-UNSEEN_SCORE / sqrt(hd)``, whose softmax weight is exactly 0 in every float
 format vLLM caches in, and the mark travels inside the KV cache itself, so prefix-cached blocks
 and later prefill chunks see it. ``triton`` / ``torch``: vLLM's backend writes the KV cache and
 :func:`vllm_vispec.kernels.draft_paged_attention` attends over the visible slots only.
@@ -37,7 +37,7 @@ from vllm_vispec.kernels.attention import draft_paged_attention, layer_kv_cache
 from vllm_vispec.kernels.tree import tree_paged_attention
 from vllm_vispec.settings import vispec_settings
 
-HIDDEN_SCORE = 30000.0
+UNSEEN_SCORE = 30000.0
 
 
 def _attention_mode(cfg: ViSpecConfig, vllm_config: VllmConfig) -> str:
@@ -66,13 +66,13 @@ def _pinned_backend(mode: str) -> Any:
 
 
 class ViSpecAttention(nn.Module):
-    """Multi-head attention with 1-D RoPE at raw positions that leaves hidden positions out."""
+    """Multi-head attention with 1-D RoPE at raw positions that leaves unseen positions out."""
 
     def __init__(
         self, cfg: ViSpecConfig, vllm_config: VllmConfig, prefix: str, inputs: DraftInputs
     ) -> None:
         super().__init__()
-        self.inputs = inputs  # the draft's per-step inputs: hidden intervals, a tree pass
+        self.inputs = inputs  # the draft's per-step inputs: unseen intervals, a tree pass
         # Heads are sharded over tensor-parallel ranks exactly as vLLM's Llama shards them:
         # qkv_proj's output and the Attention layer hold this rank's heads only, KV heads are
         # replicated when there are fewer than ranks, and o_proj sums the ranks' partial
@@ -129,10 +129,10 @@ class ViSpecAttention(nn.Module):
             )
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
+        self, positions: torch.Tensor, x: torch.Tensor, unseen: torch.Tensor
     ) -> torch.Tensor:
-        """``hidden`` [n] bool: positions the ``mark`` hides (the skipping attentions read
-        the draft inputs' ``hidden_intervals`` instead)."""
+        """``unseen`` [n] bool: positions the ``mark`` hides (the skipping attentions read
+        the draft inputs' ``unseen_intervals`` instead)."""
         n, pd = x.shape[0], self.padded_dim
         qkv, _ = self.qkv_proj(x)
         q_size, kv_size = self.num_heads * pd, self.num_kv_heads * pd
@@ -147,7 +147,7 @@ class ViSpecAttention(nn.Module):
         if tree is not None:  # the nodes' keys keep their mark 0: visible to their children
             out = self._attend_tree(q, k, v, tree)
         elif self.mode == "mark":
-            k[:, :, self.head_dim] = hidden.to(k.dtype)[:, None] * -HIDDEN_SCORE
+            k[:, :, self.head_dim] = unseen.to(k.dtype)[:, None] * -UNSEEN_SCORE
             out = self.attn(q.flatten(1), k.flatten(1), v.flatten(1))
         else:
             out = self._attend_skipping(q, k, v)
@@ -185,7 +185,7 @@ class ViSpecAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree: TreePass
     ) -> torch.Tensor:
         """Write the nodes' K/V at their slots, then attend with the tree mask (the mark's
-        channel: 1 in queries, 0 in the nodes' keys, so hidden context slots stay hidden)."""
+        channel: 1 in queries, 0 in the nodes' keys, so unseen context slots stay unseen)."""
         layer = self.attn
         layer.impl.do_kv_cache_update(layer, k, v, layer.kv_cache, tree.slots)
         k_cache, v_cache = layer_kv_cache(layer, layer.kv_cache)
@@ -198,7 +198,7 @@ class ViSpecAttention(nn.Module):
             tree.context_lens,
             tree.node_pos,
             tree.row_masks,
-            *tree.hidden,
+            *tree.unseen,
             self.scale,
         )
 
@@ -217,11 +217,11 @@ class ViSpecAttention(nn.Module):
             return torch.zeros_like(q)
         k_cache, v_cache = layer_kv_cache(layer, kv_cache)
         batch = meta.seq_lens.shape[0]
-        if self.inputs.hidden_intervals is None:
+        if self.inputs.unseen_intervals is None:
             start = end = meta.seq_lens.new_zeros(0)
             cu = meta.seq_lens.new_zeros(batch + 1)
         else:
-            start, end, cu = self.inputs.hidden_intervals
+            start, end, cu = self.inputs.unseen_intervals
             if cu.shape[0] < batch + 1:  # padded requests past the real ones hide nothing
                 cu = torch.cat([cu, cu[-1:].expand(batch + 1 - cu.shape[0])])
         return draft_paged_attention(

@@ -1,11 +1,11 @@
-"""How the draft's attention leaves hidden image positions out (``vispec.draft_attention``).
+"""How the draft's attention leaves unseen image positions out (``vispec.draft_attention``).
 
 * ``mark``: any vLLM attention backend, with one extra head channel (see
   :mod:`vllm_vispec.draft.attention`). Costs: the head is padded to the next size the backends
-  accept, hidden slots are still read, fp8 KV caches are refused.
+  accept, unseen slots are still read, fp8 KV caches are refused.
 * ``triton`` / ``torch``: vLLM's backend only writes the KV cache; the attention itself is
-  :func:`vllm_vispec.kernels.draft_paged_attention`, given each request's hidden intervals. No
-  padding, and the Triton kernel never loads pages that are wholly hidden. ``triton`` is the GPU
+  :func:`vllm_vispec.kernels.draft_paged_attention`, given each request's unseen intervals. No
+  padding, and the Triton kernel never loads pages that are wholly unseen. ``triton`` is the GPU
   fast path (the default on CUDA); ``torch`` is its PyTorch reference, for checking on CPU.
 
 Read by start-up validation in the front-end process: this module imports no model layers.

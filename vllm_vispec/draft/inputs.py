@@ -30,7 +30,7 @@ class TreePass:
     context_lens: torch.Tensor
     node_pos: torch.Tensor
     row_masks: torch.Tensor
-    hidden: Intervals  # the context's hidden image positions (empty with the mark)
+    unseen: Intervals  # the context's unseen image positions (empty with the mark)
 
 
 @dataclasses.dataclass
@@ -45,11 +45,11 @@ class VisionInputs:
     # (replaces fc's output), or EagleVLM's image embedding (replaces the token embedding)
     compressed_rows: torch.Tensor | None
     compressed: torch.Tensor | None
-    hidden: torch.Tensor | None  # [n] bool: invisible to the draft's attention (``mark`` only)
+    unseen: torch.Tensor | None  # [n] bool: invisible to the draft's attention (``mark`` only)
     step_global_rows: torch.Tensor | None  # [B, H] the later steps' global rows
-    # Per request, the hidden raw positions as intervals (start [S], end [S], cu [B + 1], int32),
-    # for the attentions that skip them; None: nothing hidden or the ``mark`` attention.
-    hidden_intervals: Intervals | None
+    # Per request, the unseen raw positions as intervals (start [S], end [S], cu [B + 1], int32),
+    # for the attentions that skip them; None: nothing unseen or the ``mark`` attention.
+    unseen_intervals: Intervals | None
 
 
 class DraftInputs:
@@ -70,9 +70,9 @@ class DraftInputs:
         self.global_rows = torch.zeros(max_tokens, hidden_size, dtype=dtype, device=device)
         self.compressed_rows = torch.zeros_like(self.global_rows)
         self.compressed = torch.zeros(max_tokens, dtype=torch.bool, device=device)
-        self.hidden = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self.unseen = torch.zeros(max_tokens, dtype=torch.bool, device=device)
         self.step_global_rows = torch.zeros(max_reqs, hidden_size, dtype=dtype, device=device)
-        self.hidden_intervals: Intervals | None = None  # read by the (eager) skipping attention
+        self.unseen_intervals: Intervals | None = None  # read by the (eager) skipping attention
         self.tree_pass: TreePass | None = None  # set only while a tree pass runs (eager)
         self._written = 0  # first-pass rows the last write may have set
 
@@ -82,27 +82,27 @@ class DraftInputs:
             n = self._written
             self.global_rows[:n].zero_()
             self.compressed[:n].zero_()
-            self.hidden[:n].zero_()
+            self.unseen[:n].zero_()
             self._written = 0
-        self.hidden_intervals = None
+        self.unseen_intervals = None
         if inputs is None or inputs.step_global_rows is None:
             self.step_global_rows.zero_()
         if inputs is None:
             return
-        rows = (inputs.global_rows, inputs.compressed, inputs.hidden)
+        rows = (inputs.global_rows, inputs.compressed, inputs.unseen)
         n = next((len(t) for t in rows if t is not None), 0)
         if inputs.global_rows is not None:
             self.global_rows[:n].copy_(inputs.global_rows)
         if inputs.compressed is not None:
             self.compressed_rows[:n].copy_(inputs.compressed_rows)
             self.compressed[:n].copy_(inputs.compressed)
-        if inputs.hidden is not None:
-            self.hidden[:n].copy_(inputs.hidden)
+        if inputs.unseen is not None:
+            self.unseen[:n].copy_(inputs.unseen)
         if inputs.step_global_rows is not None:
             b = inputs.step_global_rows.shape[0]
             self.step_global_rows[:b].copy_(inputs.step_global_rows)
             self.step_global_rows[b:].zero_()
-        self.hidden_intervals = inputs.hidden_intervals
+        self.unseen_intervals = inputs.unseen_intervals
         self._written = max(n, self.max_reqs)
 
     def begin_tree_pass(self, requests: torch.Tensor, top_k: int, tree_pass: TreePass) -> None:
@@ -112,7 +112,7 @@ class DraftInputs:
         n = requests.shape[0] * top_k
         self.global_rows[:n].copy_(self.step_global_rows[requests].repeat_interleave(top_k, 0))
         self.compressed[:n].zero_()
-        self.hidden[:n].zero_()
+        self.unseen[:n].zero_()
         self._written = max(self._written, n)  # the next write clears these rows too
 
     def end_tree_pass(self) -> None:
@@ -122,4 +122,4 @@ class DraftInputs:
         """After a forward: the later steps' rows (one per request) take the first rows."""
         self.global_rows[: self.max_reqs].copy_(self.step_global_rows)
         self.compressed[: self.max_reqs].zero_()
-        self.hidden[: self.max_reqs].zero_()
+        self.unseen[: self.max_reqs].zero_()

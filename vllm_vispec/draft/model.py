@@ -2,13 +2,13 @@
 
 Same semantics as :mod:`vllm_vispec.tools.reference` (the oracle), built from vLLM layers so that
 the draft's KV lives in vLLM's paged cache. Per-token vision inputs (which global image feature
-applies, which positions carry a compressed image token, which are hidden) are not part of
+applies, which positions carry a compressed image token, which are unseen) are not part of
 vLLM's draft ``forward`` signature; the proposer writes them once per ``propose()`` into
 :class:`~vllm_vispec.draft.inputs.DraftInputs` (``EagleViSpecForCausalLM.inputs``), tensors
 at fixed addresses that the draft reads like any other input, so vLLM can compile it and capture
 it in CUDA graphs. Images reach the draft only that way: vLLM's merge of image embeddings into
 the draft's input embeddings is switched off (every draft position whose input token is an
-image token is hidden or replaced by a compressed token, so the merged embeddings would never
+image token is unseen or replaced by a compressed token, so the merged embeddings would never
 be used).
 """
 
@@ -55,10 +55,10 @@ class ViSpecDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, "silu", prefix=f"{prefix}.mlp")
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, hidden: torch.Tensor
+        self, positions: torch.Tensor, x: torch.Tensor, unseen: torch.Tensor
     ) -> torch.Tensor:
         a = x if self.input_layernorm is None else self.input_layernorm(x)
-        x = x + self.self_attn(positions, a, hidden)
+        x = x + self.self_attn(positions, a, unseen)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -90,7 +90,7 @@ def draft_config(vllm_config: VllmConfig) -> ViSpecConfig:
             "global_rows",
             "compressed_rows",
             "compressed",
-            "hidden",
+            "unseen",
         )
     },
     enable_if=draft_compiles,
@@ -129,13 +129,13 @@ class ViSpecModel(nn.Module):
         global_rows: torch.Tensor,
         compressed_rows: torch.Tensor,
         compressed: torch.Tensor,
-        hidden: torch.Tensor,
+        unseen: torch.Tensor,
     ) -> torch.Tensor:
         """Rows: ``global_rows`` img_fc's image half of each row's global feature,
         ``compressed_rows`` where ``compressed``: the compressed image token replacing fc's
         output (ViSpec) or the image's token replacing the token embedding (EagleVLM: the image
         embedding; SpecVLM: a token of the compressor),
-        ``hidden`` the positions the ``mark`` attention hides."""
+        ``unseen`` the positions the ``mark`` attention hides."""
         embeds = self.embed_tokens(input_ids)
         if self.img_fc is None:
             embeds = torch.where(compressed[:, None], compressed_rows.to(embeds.dtype), embeds)
@@ -144,7 +144,7 @@ class ViSpecModel(nn.Module):
             image_aware = self.img_fc(hidden_states, global_rows)
             x = self.fc(torch.cat([embeds, image_aware], dim=-1))
             x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
-        out = self.layers[0](positions, x, hidden)
+        out = self.layers[0](positions, x, unseen)
         return out if self.norm is None else self.norm(out)
 
 
@@ -184,7 +184,7 @@ class EagleViSpecForCausalLM(nn.Module):
 
     @property
     def attends_by_intervals(self) -> bool:
-        """True when the attention needs the hidden positions as intervals (not the mark)."""
+        """True when the attention needs the unseen positions as intervals (not the mark)."""
         return self.model.layers[0].self_attn.mode != "mark"
 
     def adapt_images(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -229,7 +229,7 @@ class EagleViSpecForCausalLM(nn.Module):
             v.global_rows[:n],
             v.compressed_rows[:n],
             v.compressed[:n],
-            v.hidden[:n],
+            v.unseen[:n],
         )
         v.advance()
         return out, out

@@ -43,7 +43,7 @@ class DraftOutput:
     """The draft's outputs at the L draft positions of a request.
 
     ``logits`` [L, V] and ``hidden_states`` [L, H] (the pre-lm_head output EAGLE feeds back as
-    the next step's hidden state) hold exact zeros at hidden positions, which have no output;
+    the next step's hidden state) hold exact zeros at unseen positions, which have no output;
     ``visible`` [L] marks the other (text and compressed) positions.
     """
 
@@ -269,7 +269,7 @@ class ViSpecDraft(nn.Module):
         """EagleVLM: where the next token is an image token, the image's token (its image
         embedding, or with SpecVLM's compressor one of the image's compressed tokens, at the
         image's last positions) replaces the token embedding; other image positions are
-        hidden."""
+        unseen."""
         tokens = self.image_tokens(inp)
         layout = self.layout(inp, [t.shape[0] for t in tokens])
         embeds = self.embed_tokens(inp.token_ids[1:])
@@ -354,7 +354,7 @@ class ViSpecDraft(nn.Module):
         return F.linear(hidden, self.lm_head_weight)
 
     def outputs(self, inputs: list[DraftInput]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Output hidden states [L, H] (zeros at hidden positions) and the visible mask [L] of
+        """Output hidden states [L, H] (zeros at unseen positions) and the visible mask [L] of
         several requests; training takes logits only where it needs them."""
         rows, positions = zip(*(self.layer_inputs(inp)[:2] for inp in inputs), strict=True)
         x = nn.utils.rnn.pad_sequence(rows, batch_first=True)
@@ -387,7 +387,7 @@ class ViSpecDraft(nn.Module):
         x, pos, g = self.layer_inputs(inp)
         last = inp.hidden_states.shape[0] - 1
         if pos.numel() == 0 or int(pos[-1]) != last:
-            raise ValueError(f"draft position {last} (before the next token) is hidden")
+            raise ValueError(f"draft position {last} (before the next token) is unseen")
         drafted = []
         for _ in range(k):
             out = self.decode(x[None], pos[None])[0, -1]

@@ -3,7 +3,7 @@
 EagleVLM keeps every image position, each reading its image embedding from vLLM's encoder
 cache. SpecVLM's elastic compressor turns each image into its chosen count of tokens (kept in
 the feature cache for prefix-cache hits), read at the image's last positions; the image's other
-positions are hidden.
+positions are unseen.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from vllm.logger import init_logger
 
 from vllm_vispec.draft.inputs import VisionInputs
-from vllm_vispec.layout import Span, draft_layout, hidden_intervals
+from vllm_vispec.layout import Span, draft_layout, unseen_intervals
 from vllm_vispec.vision.images import ImageSpan, RequestImages, Window
 from vllm_vispec.vision.strategy import ImageStrategy
 
@@ -52,7 +52,7 @@ class ImageTokens(ImageStrategy):
     ) -> VisionInputs | None:
         num_tokens = int(query_start_loc[-1])
         index = torch.full((num_tokens,), -1, dtype=torch.long)
-        hidden = torch.zeros(num_tokens, dtype=torch.bool)
+        unseen = torch.zeros(num_tokens, dtype=torch.bool)
         rows: list[torch.Tensor] = []
         num_rows = 0
         for lo, hi, first, spans in windows:
@@ -61,7 +61,7 @@ class ImageTokens(ImageStrategy):
             layout = draft_layout(
                 [(s.start, s.end) for s in spans], self.kept(spans), first, first + hi - lo
             )
-            hidden[lo:hi] = layout.is_hidden
+            unseen[lo:hi] = layout.is_unseen
             # Only the images this window's rows reach: earlier ones' encoder output is gone.
             for i in layout.image[layout.is_compressed].unique().tolist():
                 tokens = self.tokens(spans[i], encoder_cache)
@@ -76,9 +76,9 @@ class ImageTokens(ImageStrategy):
                 index[lo:hi][at] = num_rows + layout.slot[at]
                 rows.append(tokens)
                 num_rows += tokens.shape[0]
-        # The skipping attentions need the hidden intervals also once every row is past them.
-        intervals = self.hidden_intervals(images) if self.by_intervals else None
-        if not rows and not hidden.any() and (intervals is None or not len(intervals[0])):
+        # The skipping attentions need the unseen intervals also once every row is past them.
+        intervals = self.unseen_intervals(images) if self.by_intervals else None
+        if not rows and not unseen.any() and (intervals is None or not len(intervals[0])):
             return None
         index = index.to(self.device)
         table = torch.cat(rows).to(self.dtype) if rows else None
@@ -86,14 +86,14 @@ class ImageTokens(ImageStrategy):
             global_rows=None,
             compressed_rows=None if table is None else table[index.clamp(min=0)],
             compressed=None if table is None else index >= 0,
-            hidden=hidden.to(self.device) if hidden.any() and not self.by_intervals else None,
+            unseen=unseen.to(self.device) if unseen.any() and not self.by_intervals else None,
             step_global_rows=None,
-            hidden_intervals=intervals,
+            unseen_intervals=intervals,
         )
 
 
 class EagleVLMImages(ImageTokens):
-    """Every image position reads its image embedding (nothing hidden, nothing cached)."""
+    """Every image position reads its image embedding (nothing unseen, nothing cached)."""
 
     def describe(self) -> str:
         return "EagleVLM draft: its image positions read their image embeddings"
@@ -101,8 +101,8 @@ class EagleVLMImages(ImageTokens):
     def request_images(self, state: Any) -> RequestImages:
         return RequestImages.from_state(state, None, compresses=False)
 
-    def hidden(self, images: RequestImages) -> list[Span]:
-        return images.hidden
+    def unseen(self, images: RequestImages) -> list[Span]:
+        return images.unseen
 
     def kept(self, spans: Sequence[ImageSpan]) -> list[int]:
         return [s.end - s.start for s in spans]
@@ -148,9 +148,9 @@ class SpecVLMImages(ImageTokens):
     def request_images(self, state: Any) -> RequestImages:
         return RequestImages.from_state(state, None, compresses=True)
 
-    def hidden(self, images: RequestImages) -> list[Span]:
+    def unseen(self, images: RequestImages) -> list[Span]:
         """By the compressor's choices (an image whose choice is gone counts as dropped)."""
-        return hidden_intervals([(s.start, s.end) for s in images.spans], self.kept(images.spans))
+        return unseen_intervals([(s.start, s.end) for s in images.spans], self.kept(images.spans))
 
     def kept(self, spans: Sequence[ImageSpan]) -> list[int]:
         out = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vllm_vispec.layout import hidden_intervals, image_spans
+from vllm_vispec.layout import image_spans, unseen_intervals
 
 # One request's rows of a step: rows lo..hi of the step, its first draft position, its images.
 Window = tuple[int, int, int, list["ImageSpan"]]
@@ -47,7 +47,7 @@ class RequestImages:
     """What a request's images mean to the draft; fixed for the request's lifetime."""
 
     spans: list[ImageSpan]
-    hidden: list[tuple[int, int]]  # hidden raw positions [lo, hi), sorted (ViSpec, EagleVLM)
+    unseen: list[tuple[int, int]]  # unseen raw positions [lo, hi), sorted (ViSpec, EagleVLM)
     prompt: np.ndarray | None = None  # the prompt's token ids (SpecVLM's gate reads its text)
 
     @classmethod
@@ -67,7 +67,7 @@ class RequestImages:
                 row += hi - lo
         spans.sort()
         if not compresses:
-            return cls(spans, hidden_intervals([(s.start, s.end) for s in spans], num_q))
+            return cls(spans, unseen_intervals([(s.start, s.end) for s in spans], num_q))
         prompt = np.asarray(state.prompt_token_ids, dtype=np.int64)
         spans = [
             dataclasses.replace(s, prefix=hashlib.blake2b(prompt[: s.end].tobytes()).hexdigest())

@@ -6,7 +6,7 @@ VisionInputs`. The steps every kind shares live here: reading a request's images
 the images a step's rows reach, handing the attention the positions it must skip. What differs
 is in three methods: :meth:`ImageStrategy.prepare` (run the adaptor or compressor while an
 image's encoder output is at hand), :meth:`ImageStrategy.rows` (the step's per-row inputs) and
-:meth:`ImageStrategy.hidden` (a request's positions the draft does not see).
+:meth:`ImageStrategy.unseen` (a request's positions the draft does not see).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class ImageStrategy:
         requests; later steps: a row per request)."""
         raise NotImplementedError
 
-    def hidden(self, images: RequestImages) -> list[Span]:
+    def unseen(self, images: RequestImages) -> list[Span]:
         """The request's raw positions the draft does not see, as sorted intervals."""
         raise NotImplementedError
 
@@ -136,14 +136,14 @@ class ImageStrategy:
             return None
         return self.rows(images, windows, query_start_loc, encoder_cache)
 
-    def hidden_intervals(self, images: list[RequestImages]) -> Intervals:
-        """Hidden raw positions of every request of the batch, for the attention that skips
+    def unseen_intervals(self, images: list[RequestImages]) -> Intervals:
+        """Unseen raw positions of every request of the batch, for the attention that skips
         them. All of a request's images count, also those of earlier chunks or prefix-cache
         hits: the attention reads the whole cached context."""
-        hidden = [self.hidden(r) for r in images]
-        starts = [lo for h in hidden for lo, _ in h]
-        ends = [hi for h in hidden for _, hi in h]
-        cu = np.cumsum([0] + [len(h) for h in hidden]).tolist()
+        unseen = [self.unseen(r) for r in images]
+        starts = [lo for h in unseen for lo, _ in h]
+        ends = [hi for h in unseen for _, hi in h]
+        cu = np.cumsum([0] + [len(h) for h in unseen]).tolist()
         table = torch.tensor([starts, ends], dtype=torch.int32).to(self.device)
         return table[0], table[1], torch.tensor(cu, dtype=torch.int32).to(self.device)
 

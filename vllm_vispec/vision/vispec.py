@@ -1,6 +1,6 @@
 """ViSpec: each image becomes num_q adaptor outputs, num_q - 1 compressed tokens at the image's
 last positions and one global feature that every later text row adds (its other positions are
-hidden)."""
+unseen)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ class ViSpecImages(ImageStrategy):
     def request_images(self, state: Any) -> RequestImages:
         return RequestImages.from_state(state, self.num_q, compresses=False)
 
-    def hidden(self, images: RequestImages) -> list[Span]:
-        return images.hidden
+    def unseen(self, images: RequestImages) -> list[Span]:
+        return images.unseen
 
     def prepare(
         self,
@@ -70,12 +70,12 @@ class ViSpecImages(ImageStrategy):
         encoder_cache: Mapping[str, torch.Tensor],
     ) -> VisionInputs:
         """Per row: the global feature it adds, the compressed token it carries, if any, and
-        whether it is hidden; the later steps' global rows (one per request)."""
-        intervals = self.hidden_intervals(images) if self.by_intervals else None
+        whether it is unseen; the later steps' global rows (one per request)."""
+        intervals = self.unseen_intervals(images) if self.by_intervals else None
         num_tokens = int(query_start_loc[-1])
         global_index = torch.zeros(num_tokens, dtype=torch.long)
         compressed_index = torch.full((num_tokens,), -1, dtype=torch.long)
-        hidden = torch.zeros(num_tokens, dtype=torch.bool)
+        unseen = torch.zeros(num_tokens, dtype=torch.bool)
         rows: list[torch.Tensor] = [torch.zeros(1, self.hidden_size, device=self.device)]
         num_rows = 1
         in_images = False
@@ -98,7 +98,7 @@ class ViSpecImages(ImageStrategy):
             compressed_index[lo:hi] = torch.where(
                 layout.is_compressed, base[image] + layout.slot, -1
             )
-            hidden[lo:hi] = layout.is_hidden
+            unseen[lo:hi] = layout.is_unseen
             in_images |= bool((layout.image >= 0).any())
 
         features = torch.cat(rows).to(self.dtype)
@@ -108,9 +108,9 @@ class ViSpecImages(ImageStrategy):
             global_rows=features[global_index.to(self.device)],
             compressed_rows=None if compressed is None else features[compressed.clamp(min=0)],
             compressed=None if compressed is None else compressed >= 0,
-            hidden=hidden.to(self.device) if in_images and intervals is None else None,
+            unseen=unseen.to(self.device) if in_images and intervals is None else None,
             step_global_rows=features[step_index.to(self.device)],
-            hidden_intervals=intervals,
+            unseen_intervals=intervals,
         )
 
     def _feature(self, span: ImageSpan) -> torch.Tensor:

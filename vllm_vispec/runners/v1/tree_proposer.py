@@ -220,7 +220,7 @@ class ViSpecTreeProposer(ViSpecProposer):
         blocks = torch.gather(block_table, 1, (slot_index // bs).to(block_table.dtype))
         slots = torch.where(in_range, blocks * bs + slot_index % bs, -1).long()
         cu = torch.arange(r + 1, device=rows.device, dtype=torch.int32) * k
-        hidden_context = self._tree_hidden(rows)
+        unseen_context = self._tree_unseen(rows)
         for p in range(depth):
             if not expansion.can_reach(self.tree.min_logprob):
                 break  # no deeper node would be kept: the draft stops here
@@ -232,7 +232,7 @@ class ViSpecTreeProposer(ViSpecProposer):
                 context_lens=last_pos + 1,
                 node_pos=slot_index,
                 row_masks=masks.reshape(-1),
-                hidden=hidden_context,
+                unseen=unseen_context,
             )
             draft.inputs.begin_tree_pass(rows, k, tree_pass)
             try:
@@ -254,9 +254,9 @@ class ViSpecTreeProposer(ViSpecProposer):
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.draft.compute_logits(hidden).float().log_softmax(dim=-1)
 
-    def _tree_hidden(self, rows: torch.Tensor) -> Intervals:
-        """The hidden context positions of the rows' requests (none with the mark)."""
-        intervals = self.draft.inputs.hidden_intervals
+    def _tree_unseen(self, rows: torch.Tensor) -> Intervals:
+        """The unseen context positions of the rows' requests (none with the mark)."""
+        intervals = self.draft.inputs.unseen_intervals
         if intervals is None:
             empty = rows.new_zeros(0, dtype=torch.int32)
             return empty, empty, rows.new_zeros(rows.shape[0] + 1, dtype=torch.int32)

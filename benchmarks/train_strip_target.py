@@ -1,7 +1,7 @@
 """Train (or resume) a strip world's target, measure its held-out accuracy, ship it.
 
-    OMP_NUM_THREADS=1 python benchmarks/grounded_target.py --work /tmp/grounded/run
-    OMP_NUM_THREADS=1 python benchmarks/grounded_target.py --world content --work /tmp/content
+    OMP_NUM_THREADS=1 python benchmarks/train_strip_target.py --work /tmp/grounded/run
+    OMP_NUM_THREADS=1 python benchmarks/train_strip_target.py --world content --work /tmp/content
     # interrupted or out of --minutes? the same command continues from the last checkpoint
 
 The target (a tiny Qwen2.5-VL, :mod:`vllm_vispec.tools.toy.grounded_target`) trains on fresh seeded
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {recipe.world.capitalize()} world: held-out accuracy of the target",
         "",
         f"Command: `{result['command']}` ({result['machine']}, {datetime.date.today()}); "
-        f"training is `python benchmarks/grounded_target.py --work DIR{_options(recipe)}` "
+        f"training is `python benchmarks/train_strip_target.py --work DIR{_options(recipe)}` "
         "(resumable: the same command continues).",
         f"Target: hidden {recipe.hidden_size}, {recipe.num_layers} layers, batch "
         f"{recipe.batch_size}, lr {recipe.lr}; {state['step']} steps, "
