@@ -71,6 +71,18 @@ class VerifyAttention:
                 scale,
                 max_query_len=self.masks.shape[1],
             )
+        return self.dense(query, k_cache, v_cache, block_table, scale)
+
+    def dense(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """The CPU path on any device (benchmarks/gpu_check.py times it against the kernel):
+        one SDPA over each tree's gathered range under its dense [W, L] mask."""
         if self._plan is None:
             self._plan = self._gather_plan(block_table, k_cache.shape[1])
         blocks, offsets, mask, q_rows = self._plan
