@@ -100,11 +100,11 @@ from vllm_vispec.kernels.tree.selfcheck import random_parents, tree_case  # noqa
 # The tooling this check runs, by module: the one place to re-point when it moves. The parts
 # import it when they run, so a missing module fails those parts alone.
 TOOLING = {
-    "reference": "vllm_vispec.reference",
-    "trainer": "vllm_vispec.train.trainer",
-    "losses": "vllm_vispec.train.losses",
-    "tiny_targets": "vllm_vispec.testing.tiny_targets",
-    "toy_world": "vllm_vispec.toy.world",
+    "reference": "vllm_vispec.tools.reference",
+    "trainer": "vllm_vispec.tools.train.trainer",
+    "losses": "vllm_vispec.tools.train.losses",
+    "tiny_targets": "vllm_vispec.tools.testing.tiny_targets",
+    "toy_world": "vllm_vispec.tools.toy.world",
 }
 
 # Peak HBM bandwidth by device name (vendors' figures), the first match wins.
