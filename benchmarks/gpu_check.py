@@ -19,7 +19,15 @@ package: the script imports ``vllm_vispec`` from its own checkout and maps ``ker
 ``import vllm`` wherever it runs, so whatever needs vLLM fails here as it would there. Each part
 runs on its own: a failure is recorded with its traceback and the other parts still run. Writes
 gpu_check.json, gpu_check.md and gpu_check.png (when matplotlib is there) into --out; exits 1
-when a part failed or a check did not pass.
+when a part failed or a check did not pass. Goals are reported, not asserted.
+
+Parts: imports (the tooling imports with vLLM blocked); correctness (adaptor, draft attention,
+tree attention, tree verification and KV compaction against float64 references: a case passes
+when max |error| / max(1, |reference|) is within its dtype's tolerance, 0 for compaction);
+adaptor_speed, attention_speed, verify_speed (Triton against the PyTorch reference and SDPA,
+bytes moved, share of peak HBM); draft_step (ViSpec's decode step against a plain EAGLE layer,
+CUDA graphs); compressor (SpecVLM's primitives per image); training (bf16 steps of the trainer,
+loss finite and falling).
 """
 
 from __future__ import annotations
@@ -73,11 +81,6 @@ _import_checkout()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-
-import vllm_vispec  # noqa: E402
-from kernels import MODELS, adaptor_fns, cpu_medians_ms, machine, make_inputs  # noqa: E402
-from vllm_vispec.compressor import ElasticCompressor  # noqa: E402
-from vllm_vispec.config import ViSpecConfig  # noqa: E402
 from vllm_vispec.kernels import (  # noqa: E402
     absorb_queries,
     compact_kv,
@@ -96,6 +99,13 @@ from vllm_vispec.kernels.tree import (  # noqa: E402
     naive_tree_paged_attention,
 )
 from vllm_vispec.kernels.tree.selfcheck import random_parents, tree_case  # noqa: E402
+
+import vllm_vispec  # noqa: E402
+
+# benchmarks/kernels.py (this folder comes before the checkout's kernels/ on sys.path)
+from kernels import MODELS, adaptor_fns, cpu_medians_ms, machine, make_inputs  # noqa: E402
+from vllm_vispec.compressor import ElasticCompressor  # noqa: E402
+from vllm_vispec.config import ViSpecConfig  # noqa: E402
 
 # The tooling this check runs, by module: the one place to re-point when it moves. The parts
 # import it when they run, so a missing module fails those parts alone.
@@ -243,15 +253,8 @@ PARTS = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Parts: imports (the tooling imports with vLLM blocked); correctness (adaptor, "
-        "draft attention, tree attention, tree verification and KV compaction against float64 "
-        "references: pass when max |error| / max(1, |reference|) is within the dtype's "
-        "tolerance, 0 for compaction); adaptor_speed, attention_speed, verify_speed (Triton "
-        "against the PyTorch reference and SDPA, bytes moved, share of peak HBM); draft_step "
-        "(ViSpec's decode step against a plain EAGLE layer, CUDA graphs); compressor (SpecVLM's "
-        "primitives per image); training (bf16 steps, loss finite and falling). Goals are "
-        "reported, not asserted.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out", type=pathlib.Path, required=True, help="folder for gpu_check.{json,md,png}"
@@ -263,7 +266,12 @@ def parse_args() -> argparse.Namespace:
         "speed figures are then CPU wall times, not GPU ones",
     )
     parser.add_argument(
-        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (all)"
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        metavar="PART",
+        help=f"parts to run (default all: {' '.join(PARTS)})",
     )
     return parser.parse_args()
 
@@ -1004,7 +1012,11 @@ def write_markdown(path: pathlib.Path, result: dict) -> None:
             "## Correctness",
             "",
             "Error: max |kernel - float64 reference|; passed when it is within the tolerance "
-            "times max(1, |reference|) (the start-up checks' bounds; 0 for compaction).",
+            "times max(1, |reference|). Tolerances (the kernels' start-up checks' bounds): "
+            + ", ".join(
+                f"{str(d).removeprefix('torch.')} {t:g}" for d, t in CHECK_TOLERANCE.items()
+            )
+            + "; 0 for compaction (bit-exact).",
             "",
             "| kernel | layout | dtype | block | max abs err | rel err | tolerance | passed |",
             "|---|---|---|---|---|---|---|---|",
@@ -1188,13 +1200,14 @@ def main() -> int:
             print(part["error"], flush=True)
     result["goals"] = goals(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(args.out / "gpu_check.md", result)
     try:
         plot(args.out / "gpu_check.png", result)
-    except ImportError:
-        print("no matplotlib: gpu_check.png skipped")
-    print(f"wrote {args.out}/gpu_check.json, .md, .png")
+        result["png"] = "gpu_check.png"
+    except Exception:  # no matplotlib, or a figure it cannot draw: the numbers still count
+        result["png"] = "skipped: " + traceback.format_exc().strip().splitlines()[-1]
+    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(args.out / "gpu_check.md", result)
+    print(f"wrote gpu_check.json, gpu_check.md into {args.out}; png: {result['png']}")
     print("\n".join(result["goals"]))
     good = all(p["ok"] and p.get("passed", True) for p in result["parts"].values())
     return 0 if good else 1
