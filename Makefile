@@ -60,7 +60,7 @@ test-vllm034: $(STAMP034) $(if $(VLLM032_PYTHON),,$(STAMP))
 
 # On the GPU machine, which has torch, Triton and transformers but no venv and no vLLM: plain
 # python3 on this checkout (the script maps kernels/ to vllm_vispec.kernels itself). See the
-# command at the top of benchmarks/gpu_check.py; GPU_OUT=$$OUT there brings the files back.
+# command at the top of benchmarks/gpu_check.py; GPU_OUT=$OUT there brings the files back.
 GPU_PY ?= python3
 GPU_OUT ?= benchmarks/results/gpu/latest
 gpu-check:

@@ -239,17 +239,6 @@ TINY = Plan(
     train_batch=2,
 )
 
-PARTS = (
-    "imports",
-    "correctness",
-    "adaptor_speed",
-    "attention_speed",
-    "verify_speed",
-    "draft_step",
-    "compressor",
-    "training",
-)
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -1162,6 +1151,17 @@ def plot(path: pathlib.Path, result: dict) -> None:
 
 # -------------------------------------------------------------------------------------- main
 
+PARTS: dict[str, Callable[[Plan, torch.device, float | None], dict]] = {
+    "imports": imports,
+    "correctness": correctness,
+    "adaptor_speed": adaptor_speed,
+    "attention_speed": attention_speed,
+    "verify_speed": verify_speed,
+    "draft_step": draft_step,
+    "compressor": compressor,
+    "training": training,
+}
+
 
 def main() -> int:
     args = parse_args()
@@ -1174,16 +1174,6 @@ def main() -> int:
     if args.tiny:  # tiny work gains nothing from threads, which the test suite's workers share
         torch.set_num_threads(1)
     peak = peak_hbm(torch.cuda.get_device_name() if cuda else None)
-    functions = {
-        "imports": imports,
-        "correctness": correctness,
-        "adaptor_speed": adaptor_speed,
-        "attention_speed": attention_speed,
-        "verify_speed": verify_speed,
-        "draft_step": draft_step,
-        "compressor": compressor,
-        "training": training,
-    }
     result = {
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1194,7 +1184,7 @@ def main() -> int:
     }
     for name in args.parts:
         print(f"== {name}", flush=True)
-        part = result["parts"][name] = run_part(functions[name], plan, device, peak)
+        part = result["parts"][name] = run_part(PARTS[name], plan, device, peak)
         print(f"   {'ok' if part['ok'] else 'FAILED'} in {part['seconds']:.1f} s", flush=True)
         if not part["ok"]:
             print(part["error"], flush=True)
