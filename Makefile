@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean install-vllm034 test-vllm034
+.PHONY: install test test-fast lint demo gpu-check clean install-vllm034 test-vllm034
 
 $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -57,6 +57,14 @@ VLLM032_PYTHON ?=
 test-vllm034: $(STAMP034) $(if $(VLLM032_PYTHON),,$(STAMP))
 	VLLM032_PYTHON=$(or $(VLLM032_PYTHON),$(abspath $(PY))) \
 		$(VENV034)/bin/python -m pytest -q --durations=10 tests_v2
+
+# On the GPU machine, which has torch, Triton and transformers but no venv and no vLLM: plain
+# python3 on this checkout (the script maps kernels/ to vllm_vispec.kernels itself). See the
+# command at the top of benchmarks/gpu_check.py; GPU_OUT=$OUT there brings the files back.
+GPU_PY ?= python3
+GPU_OUT ?= benchmarks/results/gpu/latest
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) $(VENV034) build *.egg-info .pytest_cache

@@ -41,6 +41,7 @@ def naive_draft_paged_attention(
     block_size, num_kv_heads = k_cache.shape[1:3]
     group = num_heads // num_kv_heads
     compute = torch.promote_types(q.dtype, torch.float32)
+    device = k_cache.device
     out = torch.zeros_like(q)
     starts, lens, cu = query_start_loc.tolist(), seq_lens.tolist(), cu_hidden.tolist()
     hs, he = hidden_start.tolist(), hidden_end.tolist()
@@ -48,14 +49,14 @@ def naive_draft_paged_attention(
         q_lo, q_hi = starts[b], starts[b + 1]
         if q_hi == q_lo:
             continue
-        visible = torch.ones(seq_len, dtype=torch.bool)
+        visible = torch.ones(seq_len, dtype=torch.bool, device=device)
         for i in range(cu[b], cu[b + 1]):
             visible[hs[i] : he[i]] = False
-        kv_pos = torch.arange(seq_len)[visible]
-        blocks = block_table[b].long()[kv_pos // block_size]
+        kv_pos = torch.arange(seq_len, device=device)[visible]
+        blocks = block_table[b].to(device).long()[kv_pos // block_size]
         k = k_cache[blocks, kv_pos % block_size].to(compute)  # [n_kv, nkv, hd]
         v = v_cache[blocks, kv_pos % block_size].to(compute)
-        q_pos = torch.arange(seq_len - (q_hi - q_lo), seq_len)
+        q_pos = torch.arange(seq_len - (q_hi - q_lo), seq_len, device=device)
         qb = q[q_lo:q_hi].to(compute).view(-1, num_kv_heads, group, head_dim)
         scores = torch.einsum("qkgd,nkd->kgqn", qb, k) * scale
         causal = kv_pos[None, :] <= q_pos[:, None]  # [n_q, n_kv]

@@ -55,22 +55,47 @@ class VerifyAttention:
         if query.is_cuda:
             from . import tree_paged_attention
 
-            empty = self.bases.new_zeros(0)
-            return tree_paged_attention(
-                query[self.rows],
-                k_cache,
-                v_cache,
-                self.query_start_loc,
-                block_table[self.batch_rows],
-                self.bases,
-                self.bases[:, None] + self.node_index,
-                self.masks[self.tree_of, self.node_of],
-                empty,
-                empty,
-                torch.zeros_like(self.query_start_loc),
-                scale,
-                max_query_len=self.masks.shape[1],
-            )
+            args = self.kernel_args(query, k_cache, v_cache, block_table, scale)
+            return tree_paged_attention(*args, max_query_len=self.masks.shape[1])
+        return self.dense(query, k_cache, v_cache, block_table, scale)
+
+    def kernel_args(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        scale: float,
+    ) -> tuple:
+        """The positional arguments of :func:`~vllm_vispec.kernels.tree_paged_attention` (and of
+        its reference) for the tree rows: no hidden spans, node j at ``base + j``."""
+        empty = self.bases.new_zeros(0)
+        return (
+            query[self.rows],
+            k_cache,
+            v_cache,
+            self.query_start_loc,
+            block_table[self.batch_rows],
+            self.bases,
+            self.bases[:, None] + self.node_index,
+            self.masks[self.tree_of, self.node_of],
+            empty,
+            empty,
+            torch.zeros_like(self.query_start_loc),
+            scale,
+        )
+
+    def dense(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """The CPU path on any device (benchmarks/gpu_check.py times it against the kernel):
+        one SDPA over each tree's gathered range under its dense [W, L] mask. The range's
+        unwritten slots are read under a zero mask, so they must hold finite values."""
         if self._plan is None:
             self._plan = self._gather_plan(block_table, k_cache.shape[1])
         blocks, offsets, mask, q_rows = self._plan

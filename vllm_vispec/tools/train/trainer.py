@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -391,8 +392,6 @@ def _fingerprint(target: Path, max_tokens: int) -> str:
 
 def _build_draft(cfg: TrainConfig, teacher: Any) -> tuple[Any, ViSpecDraft]:
     """A draft sized for the target: the target's embeddings (frozen), its lm_head, ``--init``."""
-    from vllm.logger import init_logger
-
     from vllm_vispec.checkpoint import draft_config_for_target, find_weights, read_tensors
 
     eagle = cfg.draft == "eagle"
@@ -411,7 +410,7 @@ def _build_draft(cfg: TrainConfig, teacher: Any) -> tuple[Any, ViSpecDraft]:
             raise ValueError(f"--init {cfg.init} has no decoder layer of this draft's shape")
         draft.load_state_dict(usable, strict=False)
         fresh = sorted(set(own) - set(usable))
-        init_logger(f"vllm.{__name__}").info(
+        _logger().info(
             "initialised %d tensors from %s; fresh: %s", len(usable), cfg.init, fresh or "none"
         )
     if eagle:
@@ -479,10 +478,18 @@ def _resume(accelerator: Any, cfg: TrainConfig) -> int:
 
 
 def _log(accelerator: Any, cfg: TrainConfig, message: str) -> None:
-    from vllm.logger import init_logger
-
     if accelerator.is_main_process and not cfg.quiet:
-        init_logger(f"vllm.{__name__}").info(message)
+        _logger().info(message)
+
+
+def _logger() -> logging.Logger:
+    """vLLM's logger where vLLM is installed; training itself needs no vLLM (it also runs on
+    GPU machines that have torch and transformers alone, benchmarks/gpu_check.py)."""
+    try:
+        from vllm.logger import init_logger
+    except ImportError:
+        return logging.getLogger(f"vllm.{__name__}")
+    return init_logger(f"vllm.{__name__}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
