@@ -6,7 +6,8 @@ against it with equal budgets, and their acceptance in vLLM on held-out images.
     python benchmarks/toy_world.py --world grounded --prompts 48   # the image-grounded world
 
 Worlds: ``toy`` (:mod:`vllm_vispec.tools.toy.world`, its target trained here) and ``grounded``
-(:mod:`vllm_vispec.tools.toy.grounded_world`, its target trained by benchmarks/train_strip_target.py).
+(:mod:`vllm_vispec.tools.toy.grounded_world`, its target trained by
+benchmarks/train_strip_target.py).
 Writes benchmarks/results/WORLD_world.{md,json,png}. The target and the final drafts live in
 models/WORLD/ (target/, vispec/, eagle/), which `vllm-vispec demo` uses. Mean acceptance length
 is vLLM's: 1 + accepted draft tokens per verification step (ViSpec's tau + 1). Where the drafts
