@@ -25,6 +25,10 @@ import triton.language as tl
 
 from .._triton import dot_precision, upcast_dot_operands
 
+# Block sizes (untuned): tokens per tile (both kernels), hidden columns per step of the scores
+# GEMM, output columns per pooling program.
+BLOCK_N, BLOCK_K, BLOCK_H = 64, 64, 64
+
 
 @triton.jit
 def _scores_kernel(
@@ -104,30 +108,12 @@ def _pool_kernel(
     m_run = tl.full([R_PAD], float("-inf"), dtype=tl.float32)
     l_run = tl.zeros([R_PAD], dtype=tl.float32)
     acc = tl.zeros([R_PAD, BLOCK_H], dtype=tl.float32)
-    for tile in range(tile_lo, tile_hi):
+    for tile in range(tile_lo, tile_hi):  # each holds at least one token, as _pool_tile needs
         offs_n = start + tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        # Every tile in range holds at least one token, so m_new is finite.
-        s = tl.load(
-            s_ptr + offs_n[:, None] * R_PAD + offs_r[None, :],
-            mask=n_mask[:, None],
-            other=float("-inf"),
-        )
-        m_new = tl.maximum(m_run, tl.max(s, axis=0))
-        alpha = tl.exp(m_run - m_new)
-        p = tl.exp(s - m_new[None, :])
-        l_run = l_run * alpha + tl.sum(p, axis=0)
-        x = tl.load(
-            x_ptr + offs_n[:, None] * stride_xn + offs_h[None, :] * stride_xh,
-            mask=n_mask[:, None] & h_mask[None, :],
-            other=0.0,
-        )
-        p = tl.trans(p).to(x.dtype)  # rounded like the PV product of flash attention
-        if UPCAST:
-            p = p.to(tl.float32)
-            x = x.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p, x, input_precision=PRECISION)
-        m_run = m_new
+        m_run, l_run, acc = _pool_tile(
+            x_ptr, s_ptr, offs_n, offs_n < end, offs_r, offs_h, h_mask, stride_xn, stride_xh,
+            m_run, l_run, acc, R_PAD, PRECISION, UPCAST,
+        )  # fmt: skip
 
     part = image * num_splits + split
     tl.store(
@@ -138,6 +124,48 @@ def _pool_kernel(
     if col_block == 0:
         tl.store(m_ptr + part * n_rows + offs_r, m_run, mask=r_mask)
         tl.store(l_ptr + part * n_rows + offs_r, l_run, mask=r_mask)
+
+
+@triton.jit
+def _pool_tile(
+    x_ptr,
+    s_ptr,
+    offs_n,
+    n_mask,
+    offs_r,
+    offs_h,
+    h_mask,
+    stride_xn,
+    stride_xh,
+    m_run,
+    l_run,
+    acc,
+    R_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Fold the tokens ``offs_n`` (at least one of them real, so the new max is finite) into the
+    online softmax (m, l) of each score row and its weighted sum ``acc`` of x's columns."""
+    s = tl.load(
+        s_ptr + offs_n[:, None] * R_PAD + offs_r[None, :],
+        mask=n_mask[:, None],
+        other=float("-inf"),
+    )
+    m_new = tl.maximum(m_run, tl.max(s, axis=0))
+    alpha = tl.exp(m_run - m_new)
+    p = tl.exp(s - m_new[None, :])
+    l_run = l_run * alpha + tl.sum(p, axis=0)
+    x = tl.load(
+        x_ptr + offs_n[:, None] * stride_xn + offs_h[None, :] * stride_xh,
+        mask=n_mask[:, None] & h_mask[None, :],
+        other=0.0,
+    )
+    p = tl.trans(p).to(x.dtype)  # rounded like the PV product of flash attention
+    if UPCAST:
+        p = p.to(tl.float32)
+        x = x.to(tl.float32)
+    acc = acc * alpha[:, None] + tl.dot(p, x, input_precision=PRECISION)
+    return m_new, l_run, acc
 
 
 def pool_images_triton(
@@ -154,23 +182,35 @@ def pool_images_triton(
     number of token splits per image (default: enough programs to fill the GPU twice).
     """
     num_q, nh, hidden = w.shape
-    n_rows = num_q * nh
     batch = cu_seqlens.numel() - 1
     if batch == 0:
         return x.new_empty(0, num_q, nh, hidden, dtype=torch.float32)
     if max_seqlen is None:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    rows = w.reshape(num_q * nh, hidden)
+    scores = _token_scores(x, rows)
+    acc, m, denom = _pool_partials(x, scores, cu_seqlens, rows.shape, max_seqlen, num_splits)
+    # Merge the splits' partial softmaxes (splits past an image's end hold m=-inf, l=0).
+    scale = torch.exp(m - m.amax(dim=1, keepdim=True))
+    pooled = (acc * scale[..., None]).sum(dim=1) / (denom * scale).sum(dim=1)[..., None]
+    return pooled.view(batch, num_q, nh, hidden)
+
+
+def _token_scores(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Scores ``x · rowsᵀ`` [N, R_PAD] fp32 of every token (R_PAD: the R rows padded for tl.dot).
+
+    Low-precision ``x`` multiplies the fp32 rows' high and low halves in its dtype, so the scores
+    stay fp32-accurate (they are exponentiated).
+    """
+    n_rows, hidden = rows.shape
     r_pad = max(16, triton.next_power_of_2(n_rows))
     fp32 = x.dtype == torch.float32
-    precision, upcast = dot_precision(x.dtype), upcast_dot_operands(x.dtype)
-    rows = w.reshape(n_rows, hidden).float()
+    rows = rows.float()
     w_hi = rows.to(x.dtype).contiguous()
     w_lo = w_hi if fp32 else (rows - w_hi.float()).to(x.dtype).contiguous()
-
     n_tokens = x.shape[0]
     scores = torch.empty(n_tokens, r_pad, device=x.device, dtype=torch.float32)
-    block_n, block_k = 64, 64
-    _scores_kernel[(triton.cdiv(n_tokens, block_n),)](
+    _scores_kernel[(triton.cdiv(n_tokens, BLOCK_N),)](
         x,
         w_hi,
         w_lo,
@@ -180,21 +220,31 @@ def pool_images_triton(
         n_rows,
         x.stride(0),
         x.stride(1),
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
         R_PAD=r_pad,
         SPLIT_W=not fp32,
-        PRECISION=precision,
-        UPCAST=upcast,
+        PRECISION=dot_precision(x.dtype),
+        UPCAST=upcast_dot_operands(x.dtype),
     )
+    return scores
 
-    block_h = 64
-    col_blocks = triton.cdiv(hidden, block_h)
-    max_tiles = max(1, triton.cdiv(max_seqlen, block_n))
-    if num_splits is None:
-        num_splits = triton.cdiv(2 * _num_sms(x.device), batch * col_blocks)
-    tiles_per_split = triton.cdiv(max_tiles, min(max(1, num_splits), max_tiles))
-    num_splits = triton.cdiv(max_tiles, tiles_per_split)
+
+def _pool_partials(
+    x: torch.Tensor,
+    scores: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    rows_shape: tuple[int, int],
+    max_seqlen: int,
+    num_splits: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each (image, token split)'s unnormalised pool [B, S, R, H], running max and sum [B, S, R]."""
+    batch = cu_seqlens.numel() - 1
+    n_rows, hidden = rows_shape
+    col_blocks = triton.cdiv(hidden, BLOCK_H)
+    tiles_per_split, num_splits = _token_splits(
+        max_seqlen, num_splits, batch * col_blocks, x.device
+    )
     acc = torch.empty(batch, num_splits, n_rows, hidden, device=x.device, dtype=torch.float32)
     m = torch.empty(batch, num_splits, n_rows, device=x.device, dtype=torch.float32)
     denom = torch.empty_like(m)
@@ -210,16 +260,26 @@ def pool_images_triton(
         x.stride(0),
         x.stride(1),
         tiles_per_split,
-        BLOCK_N=block_n,
-        BLOCK_H=block_h,
-        R_PAD=r_pad,
-        PRECISION=precision,
-        UPCAST=upcast,
+        BLOCK_N=BLOCK_N,
+        BLOCK_H=BLOCK_H,
+        R_PAD=scores.shape[1],
+        PRECISION=dot_precision(x.dtype),
+        UPCAST=upcast_dot_operands(x.dtype),
     )
-    # Merge the splits' partial softmaxes (splits past an image's end hold m=-inf, l=0).
-    scale = torch.exp(m - m.amax(dim=1, keepdim=True))
-    pooled = (acc * scale[..., None]).sum(dim=1) / (denom * scale).sum(dim=1)[..., None]
-    return pooled.view(batch, num_q, nh, hidden)
+    return acc, m, denom
+
+
+def _token_splits(
+    max_seqlen: int, num_splits: int | None, programs: int, device: torch.device
+) -> tuple[int, int]:
+    """(tiles per split, splits) of the longest image's token tiles: ``num_splits`` of them, by
+    default enough to fill the GPU twice beside the ``programs`` (images x column blocks); every
+    split gets a tile."""
+    max_tiles = max(1, triton.cdiv(max_seqlen, BLOCK_N))
+    if num_splits is None:
+        num_splits = triton.cdiv(2 * _num_sms(device), programs)
+    tiles_per_split = triton.cdiv(max_tiles, min(max(1, num_splits), max_tiles))
+    return tiles_per_split, triton.cdiv(max_tiles, tiles_per_split)
 
 
 def _num_sms(device: torch.device) -> int:

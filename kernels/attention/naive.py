@@ -37,9 +37,7 @@ def naive_draft_paged_attention(
         [T, nh, hd] in q's dtype; a query that sees no visible key (all earlier positions hidden)
         gets zeros.
     """
-    num_heads, head_dim = q.shape[1:]
-    block_size, num_kv_heads = k_cache.shape[1:3]
-    group = num_heads // num_kv_heads
+    block_size = k_cache.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
     device = k_cache.device
     out = torch.zeros_like(q)
@@ -57,11 +55,25 @@ def naive_draft_paged_attention(
         k = k_cache[blocks, kv_pos % block_size].to(compute)  # [n_kv, nkv, hd]
         v = v_cache[blocks, kv_pos % block_size].to(compute)
         q_pos = torch.arange(seq_len - (q_hi - q_lo), seq_len, device=device)
-        qb = q[q_lo:q_hi].to(compute).view(-1, num_kv_heads, group, head_dim)
-        scores = torch.einsum("qkgd,nkd->kgqn", qb, k) * scale
         causal = kv_pos[None, :] <= q_pos[:, None]  # [n_q, n_kv]
-        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-        probs = torch.where(causal.any(dim=-1)[:, None], probs, 0.0)  # all-hidden rows: 0, not NaN
-        attn = torch.einsum("kgqn,nkd->qkgd", probs, v)
-        out[q_lo:q_hi] = attn.reshape(-1, num_heads, head_dim).to(q.dtype)
+        attn = masked_attention(q[q_lo:q_hi].to(compute), k, v, causal, scale)
+        out[q_lo:q_hi] = attn.to(q.dtype)
     return out
+
+
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Softmax attention of rows ``q`` [n_q, nh, hd] over ``k``/``v`` [n_kv, nkv, hd] (GQA:
+    nh // nkv query heads per KV head), row i over the keys ``seen[i]`` [n_q, n_kv] marks.
+
+    Returns [n_q, nh, hd]; a row that sees no key gets zeros, not the NaN of an all -inf softmax.
+    """
+    num_heads, head_dim = q.shape[1:]
+    num_kv_heads = k.shape[1]
+    qb = q.view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.einsum("qkgd,nkd->kgqn", qb, k) * scale
+    probs = torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
+    probs = torch.where(seen.any(dim=-1)[:, None], probs, 0.0)
+    attn = torch.einsum("kgqn,nkd->qkgd", probs, v)
+    return attn.reshape(-1, num_heads, head_dim)

@@ -91,29 +91,14 @@ def attend(
 
 @triton.jit
 def attend_visible_context(
-    q,
-    q_pos,
-    kv_end,
-    k_head,
-    v_head,
-    table,
-    hidden_start_ptr,
-    hidden_end_ptr,
-    cu_hidden_ptr,
-    req,
-    head_dim,
-    scale_log2,
-    stride_kb,
-    stride_ks,
-    stride_kd,
-    stride_vb,
-    stride_vs,
-    stride_vd,
-    HD_PAD: tl.constexpr,
-    PAGE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+    q, q_pos, kv_end,
+    k_head, v_head, table,
+    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req,
+    head_dim, scale_log2,
+    stride_kb, stride_ks, stride_kd,
+    stride_vb, stride_vs, stride_vd,
+    HD_PAD: tl.constexpr, PAGE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
     """Online softmax of the rows over request ``req``'s visible positions below ``kv_end`` ->
     (m, l, acc), from an empty state.
 
@@ -125,8 +110,6 @@ def attend_visible_context(
     l_run = tl.zeros([q.shape[0]], dtype=tl.float32)
     acc = tl.zeros([q.shape[0], HD_PAD], dtype=tl.float32)
     offs = tl.arange(0, PAGE)
-    dims = tl.arange(0, HD_PAD)
-    d_mask = dims < head_dim
     first_hidden = tl.load(cu_hidden_ptr + req)
     n_hidden = tl.load(cu_hidden_ptr + req + 1) - first_hidden
     run_lo = 0  # visible run i spans [end of hidden i-1, start of hidden i)
@@ -135,33 +118,51 @@ def attend_visible_context(
         run_hi = tl.load(hidden_start_ptr + first_hidden + i, mask=has_next, other=kv_end)
         run_hi = tl.minimum(run_hi, kv_end)
         if run_lo < run_hi:
-            for page in range(run_lo // PAGE, tl.cdiv(run_hi, PAGE)):
-                block = tl.load(table + page).to(tl.int64)
-                pos = page * PAGE + offs
-                valid = (pos >= run_lo) & (pos < run_hi)
-                k = tl.load(
-                    k_head
-                    + block * stride_kb
-                    + offs[None, :] * stride_ks
-                    + dims[:, None] * stride_kd,
-                    mask=valid[None, :] & d_mask[:, None],
-                    other=0.0,
-                )
-                v = tl.load(
-                    v_head
-                    + block * stride_vb
-                    + offs[:, None] * stride_vs
-                    + dims[None, :] * stride_vd,
-                    mask=valid[:, None] & d_mask[None, :],
-                    other=0.0,
-                )
-                seen = valid[None, :]
-                if q_pos is not None:
-                    seen = seen & (pos[None, :] <= q_pos[:, None])
-                m_run, l_run, acc = attend(
-                    q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST
-                )
+            m_run, l_run, acc = attend_run(
+                q, q_pos, run_lo, run_hi, offs, k_head, v_head, table, head_dim, scale_log2,
+                m_run, l_run, acc,
+                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                HD_PAD, PAGE, PRECISION, UPCAST,
+            )  # fmt: skip
         run_lo = tl.load(hidden_end_ptr + first_hidden + i, mask=has_next, other=kv_end)
+    return m_run, l_run, acc
+
+
+@triton.jit
+def attend_run(
+    q, q_pos, run_lo, run_hi, offs,
+    k_head, v_head, table, head_dim, scale_log2,
+    m_run, l_run, acc,
+    stride_kb, stride_ks, stride_kd,
+    stride_vb, stride_vs, stride_vd,
+    HD_PAD: tl.constexpr, PAGE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """Fold the keys at positions [run_lo, run_hi) into the online softmax (m, l, acc), a page
+    at a time: only the pages the run touches are read, slots outside it are masked.
+
+    ``offs`` is ``tl.arange(0, PAGE)`` from the caller, made once outside its loop over runs
+    (made here, inside the caller's branch, the compiler would rebuild it for every run).
+    """
+    dims = tl.arange(0, HD_PAD)
+    d_mask = dims < head_dim
+    for page in range(run_lo // PAGE, tl.cdiv(run_hi, PAGE)):
+        block = tl.load(table + page).to(tl.int64)
+        pos = page * PAGE + offs
+        valid = (pos >= run_lo) & (pos < run_hi)
+        k = tl.load(
+            k_head + block * stride_kb + offs[None, :] * stride_ks + dims[:, None] * stride_kd,
+            mask=valid[None, :] & d_mask[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            v_head + block * stride_vb + offs[:, None] * stride_vs + dims[None, :] * stride_vd,
+            mask=valid[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        seen = valid[None, :]
+        if q_pos is not None:
+            seen = seen & (pos[None, :] <= q_pos[:, None])
+        m_run, l_run, acc = attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
     return m_run, l_run, acc
 
 

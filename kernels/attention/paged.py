@@ -14,45 +14,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import dot_precision, upcast_dot_operands
+from .launch import LOG2E, head_strides, hidden_bounds, launch_layout
 from .online_softmax import attend_visible_context, load_query_rows, query_block, store_rows
 
 
 @triton.jit
 def _draft_attention_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    o_ptr,
-    query_start_ptr,
-    seq_lens_ptr,
-    block_table_ptr,
-    hidden_start_ptr,
-    hidden_end_ptr,
-    cu_hidden_ptr,
-    scale_log2,
-    head_dim,
-    stride_qt,
-    stride_qh,
-    stride_kb,
-    stride_ks,
-    stride_kh,
-    stride_kd,
-    stride_vb,
-    stride_vs,
-    stride_vh,
-    stride_vd,
-    stride_ot,
-    stride_oh,
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    query_start_ptr, seq_lens_ptr, block_table_ptr,
+    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr,
+    scale_log2, head_dim,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_ot, stride_oh,
     stride_bt,
-    GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    HD_PAD: tl.constexpr,
-    PAGE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HD_PAD: tl.constexpr,
+    PAGE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
     req, q_block, kv_head, q_start, q_len = query_block(query_start_ptr)
     if q_block * BLOCK_Q >= q_len:
         return
@@ -92,27 +71,18 @@ def draft_paged_attention_triton(
 
     ``max_query_len`` (longest q_len in the batch) avoids a device sync when given.
     """
-    num_tokens, num_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1:3]
     out = q.new_empty(q.shape)
     batch = seq_lens.numel()
-    if num_tokens == 0 or batch == 0:
+    if q.shape[0] == 0 or batch == 0:
         return out
-    if max_query_len is None:
-        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
-    if hidden_start.numel() == 0:  # masked loads still need a real pointer
-        hidden_start = hidden_end = torch.zeros(1, dtype=torch.int32, device=q.device)
+    # Rows = queries x heads of a group: at most 64, to bound registers.
+    grid, meta = launch_layout(q, k_cache, query_start_loc, batch, max_query_len, max_rows=64)
+    hidden_start, hidden_end = hidden_bounds(hidden_start, hidden_end, q.device)
     # One integer type for the loop-carried run bounds (no-ops for vLLM's int32 metadata).
     query_start_loc, seq_lens, hidden_start, hidden_end, cu_hidden = (
         t.to(torch.int32) for t in (query_start_loc, seq_lens, hidden_start, hidden_end, cu_hidden)
     )
-    group = num_heads // num_kv_heads
-    group_pad = triton.next_power_of_2(group)
-    # Rows = queries x heads of a group; at least 16 for tl.dot, at most 64 to bound registers.
-    block_q = min(triton.next_power_of_2(max_query_len), max(1, 64 // group_pad))
-    block_q = max(block_q, triton.cdiv(16, group_pad))
     q = q if q.stride(-1) == 1 else q.contiguous()
-    grid = (batch, triton.cdiv(max_query_len, block_q), num_kv_heads)
     _draft_attention_kernel[grid](
         q,
         k_cache,
@@ -124,21 +94,10 @@ def draft_paged_attention_triton(
         hidden_start,
         hidden_end,
         cu_hidden,
-        scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        head_dim,
-        q.stride(0),
-        q.stride(1),
-        *k_cache.stride(),
-        *v_cache.stride(),
-        out.stride(0),
-        out.stride(1),
+        scale * LOG2E,
+        q.shape[2],
+        *head_strides(q, k_cache, v_cache, out),
         block_table.stride(0),
-        GROUP=group,
-        GROUP_PAD=group_pad,
-        BLOCK_Q=block_q,
-        HD_PAD=triton.next_power_of_2(head_dim),
-        PAGE=block_size,
-        PRECISION=dot_precision(q.dtype),
-        UPCAST=upcast_dot_operands(q.dtype),
+        **meta,
     )
     return out

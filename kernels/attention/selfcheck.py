@@ -56,26 +56,11 @@ def paged_case(
     one NaN-filled physical block: a kernel that reads a hidden value returns NaN.
     """
     gen = torch.Generator().manual_seed(seed)
-    batch = len(seq_lens)
     max_blocks = max(-(-s // block_size) for s in seq_lens) + 1
-    num_blocks = batch * max_blocks + 2
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=dtype)
-    v_cache = torch.full(shape, float("nan"), dtype=dtype)
-    order = torch.randperm(num_blocks, generator=gen)
-    poison = order[-1]  # never holds a visible value
-    table = order[: batch * max_blocks].view(batch, max_blocks).clone()
-    for b, seq_len in enumerate(seq_lens):
-        visible = torch.ones(max_blocks * block_size, dtype=torch.bool)
-        visible[seq_len:] = False
-        for start, end in hidden[b]:
-            visible[start:end] = False
-        pos = visible.nonzero().squeeze(1)
-        blocks, slots = table[b, pos // block_size], pos % block_size
-        for cache in (k_cache, v_cache):
-            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
-            cache[blocks, slots] = values.to(dtype)
-        table[b, ~visible.view(max_blocks, block_size).any(dim=1)] = poison
+    visible = visible_slots(seq_lens, hidden, max_blocks * block_size)
+    k_cache, v_cache, table = poisoned_cache(
+        visible, block_size, num_kv_heads, head_dim, dtype, gen
+    )
     case = {
         "q": torch.randn(sum(q_lens), num_heads, head_dim, generator=gen).to(dtype),
         "k_cache": k_cache,
@@ -89,6 +74,47 @@ def paged_case(
         "scale": head_dim**-0.5,
     }
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in case.items()}
+
+
+def visible_slots(lens: list[int], hidden: list[list[tuple[int, int]]], width: int) -> torch.Tensor:
+    """[B, width] bool: request b's positions below lens[b] outside its hidden intervals."""
+    visible = torch.zeros(len(lens), width, dtype=torch.bool)
+    for b, length in enumerate(lens):
+        visible[b, :length] = True
+        for start, end in hidden[b]:
+            visible[b, start:end] = False
+    return visible
+
+
+def poisoned_cache(
+    written: torch.Tensor,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K/V caches and an int64 block table [B, max_blocks] in which request b's ``written[b]``
+    slots ([B, max_blocks * block_size] bool) hold random values and every other slot NaN.
+
+    Physical blocks are shuffled, and logical blocks without a written slot all point to one
+    NaN-filled block: a kernel that reads an unwritten slot returns NaN.
+    """
+    batch, max_blocks = written.shape[0], written.shape[1] // block_size
+    num_blocks = batch * max_blocks + 2
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype)
+    order = torch.randperm(num_blocks, generator=gen)
+    poison = order[-1]  # never holds a written value
+    table = order[: batch * max_blocks].view(batch, max_blocks).clone()
+    for b in range(batch):
+        pos = written[b].nonzero().squeeze(1)
+        for cache in (k_cache, v_cache):
+            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
+            cache[table[b, pos // block_size], pos % block_size] = values.to(dtype)
+        table[b, ~written[b].view(max_blocks, block_size).any(dim=1)] = poison
+    return k_cache, v_cache, table
 
 
 def reference_attention(case: dict) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..attention.naive import masked_attention
+
 
 def naive_tree_paged_attention(
     q: torch.Tensor,
@@ -40,9 +42,7 @@ def naive_tree_paged_attention(
     Returns:
         [T, nh, hd] in q's dtype; a row that sees no visible key gets zeros.
     """
-    num_heads, head_dim = q.shape[1:]
-    block_size, num_kv_heads = k_cache.shape[1:3]
-    group = num_heads // num_kv_heads
+    block_size = k_cache.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
     device = k_cache.device
     out = torch.zeros_like(q)
@@ -65,12 +65,8 @@ def naive_tree_paged_attention(
         blocks = block_table[b].to(device).long()[kv_pos // block_size]
         k = k_cache[blocks, kv_pos % block_size].to(compute)  # [n_kv, nkv, hd]
         v = v_cache[blocks, kv_pos % block_size].to(compute)
-        qb = q[q_lo:q_hi].to(compute).view(-1, num_kv_heads, group, head_dim)
-        scores = torch.einsum("qkgd,nkd->kgqn", qb, k) * scale
-        probs = torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
-        probs = torch.where(seen.any(dim=-1)[:, None], probs, 0.0)  # no visible key: 0, not NaN
-        attn = torch.einsum("kgqn,nkd->qkgd", probs, v)
-        out[q_lo:q_hi] = attn.reshape(-1, num_heads, head_dim).to(q.dtype)
+        attn = masked_attention(q[q_lo:q_hi].to(compute), k, v, seen, scale)
+        out[q_lo:q_hi] = attn.to(q.dtype)
     return out
 
 

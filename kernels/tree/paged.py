@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import dot_precision, upcast_dot_operands
+from ..attention.launch import LOG2E, head_strides, hidden_bounds, launch_layout
 from ..attention.online_softmax import (
     attend,
     attend_visible_context,
@@ -30,44 +30,18 @@ from ..attention.online_softmax import (
 
 @triton.jit
 def _tree_attention_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    o_ptr,
-    query_start_ptr,
-    block_table_ptr,
-    context_lens_ptr,
-    node_pos_ptr,
-    row_masks_ptr,
-    hidden_start_ptr,
-    hidden_end_ptr,
-    cu_hidden_ptr,
-    scale_log2,
-    head_dim,
-    num_nodes,
-    stride_qt,
-    stride_qh,
-    stride_kb,
-    stride_ks,
-    stride_kh,
-    stride_kd,
-    stride_vb,
-    stride_vs,
-    stride_vh,
-    stride_vd,
-    stride_ot,
-    stride_oh,
-    stride_bt,
-    stride_nb,
-    GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    HD_PAD: tl.constexpr,
-    PAGE: tl.constexpr,
-    NODES_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    query_start_ptr, block_table_ptr, context_lens_ptr, node_pos_ptr, row_masks_ptr,
+    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr,
+    scale_log2, head_dim, num_nodes,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_ot, stride_oh,
+    stride_bt, stride_nb,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HD_PAD: tl.constexpr,
+    PAGE: tl.constexpr, NODES_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
     req, q_block, kv_head, q_start, q_len = query_block(query_start_ptr)
     if q_block * BLOCK_Q >= q_len:
         return
@@ -88,12 +62,36 @@ def _tree_attention_kernel(
         HD_PAD, PAGE, PRECISION, UPCAST,
     )  # fmt: skip
 
-    # Tree nodes: one tile of up to 64 columns, gathered by position, each row under its bits.
+    # Tree nodes: each row sees those set in its bits.
+    m_run, l_run, acc = _attend_nodes(
+        q, q_idx, q_tok, q_len, req, row_masks_ptr, node_pos_ptr, num_nodes, k_head, v_head,
+        table, head_dim, scale_log2, m_run, l_run, acc, stride_nb,
+        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+        HD_PAD, PAGE, NODES_PAD, PRECISION, UPCAST,
+    )  # fmt: skip
+    store_rows(o_ptr, acc, l_run, q_tok, head, row_mask, head_dim, stride_ot, stride_oh, HD_PAD)
+
+
+@triton.jit
+def _attend_nodes(
+    q, q_idx, q_tok, q_len, req,
+    row_masks_ptr, node_pos_ptr, num_nodes,
+    k_head, v_head, table, head_dim, scale_log2,
+    m_run, l_run, acc,
+    stride_nb,
+    stride_kb, stride_ks, stride_kd,
+    stride_vb, stride_vs, stride_vd,
+    HD_PAD: tl.constexpr, PAGE: tl.constexpr, NODES_PAD: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """Fold request ``req``'s tree nodes into the online softmax, each row seeing node j when bit
+    j of its row mask is set. The nodes are one tile of up to 64 columns, gathered by position;
+    a node no row of the block sees is not read."""
     cols = tl.arange(0, NODES_PAD)
     bits = tl.load(row_masks_ptr + q_tok, mask=q_idx < q_len, other=0)  # int64, bit 63 included
     seen = ((bits[:, None] >> cols[None, :].to(tl.int64)) & 1) == 1
     seen = seen & (cols < num_nodes)[None, :]
-    used = tl.max(seen.to(tl.int32), axis=0) > 0  # nodes no row of this block sees: not read
+    used = tl.max(seen.to(tl.int32), axis=0) > 0
     node = tl.load(node_pos_ptr + req.to(tl.int64) * stride_nb + cols, mask=used, other=0)
     block = tl.load(table + node // PAGE, mask=used, other=0).to(tl.int64)
     slot = node % PAGE
@@ -109,8 +107,7 @@ def _tree_attention_kernel(
         mask=used[:, None] & d_mask[None, :],
         other=0.0,
     )
-    m_run, l_run, acc = attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
-    store_rows(o_ptr, acc, l_run, q_tok, head, row_mask, head_dim, stride_ot, stride_oh, HD_PAD)
+    return attend(q, k, v, seen, m_run, l_run, acc, scale_log2, PRECISION, UPCAST)
 
 
 def tree_paged_attention_triton(
@@ -133,35 +130,22 @@ def tree_paged_attention_triton(
 
     ``max_query_len`` (most rows of a request in the batch) avoids a device sync when given.
     """
-    num_tokens, num_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1:3]
     out = q.new_empty(q.shape)
     batch = context_lens.numel()
-    if num_tokens == 0 or batch == 0:
+    if q.shape[0] == 0 or batch == 0:
         return out
-    if max_query_len is None:
-        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
-    if hidden_start.numel() == 0:  # masked loads still need a real pointer
-        hidden_start = hidden_end = torch.zeros(1, dtype=torch.int32, device=q.device)
+    # All of a request's rows in one program while they fit in 128 (64 for head dims above 128).
+    max_rows = 128 if triton.next_power_of_2(q.shape[2]) <= 128 else 64
+    grid, meta = launch_layout(q, k_cache, query_start_loc, batch, max_query_len, max_rows)
+    hidden_start, hidden_end = hidden_bounds(hidden_start, hidden_end, q.device)
     num_nodes = node_pos.shape[1]
-    if num_nodes == 0:
-        node_pos = torch.zeros(batch, 1, dtype=torch.int32, device=q.device)
+    node_pos, row_masks = _node_inputs(node_pos, row_masks, batch, q.device)
     # One integer type for the loop-carried run bounds (no-ops for vLLM's int32 metadata).
-    query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden, node_pos = (
+    query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden = (
         t.to(torch.int32).contiguous()
-        for t in (query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden, node_pos)
+        for t in (query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden)
     )
-    row_masks = row_masks.to(torch.int64).contiguous()
-    group = num_heads // num_kv_heads
-    group_pad = triton.next_power_of_2(group)
-    hd_pad = triton.next_power_of_2(head_dim)
-    # Rows = queries x heads of a group: all of a request's rows in one program while they fit in
-    # 128 (64 for head dims above 128, to bound registers); at least 16 for tl.dot.
-    max_rows = 128 if hd_pad <= 128 else 64
-    block_q = min(triton.next_power_of_2(max_query_len), max(1, max_rows // group_pad))
-    block_q = max(block_q, triton.cdiv(16, group_pad))
     q = q if q.stride(-1) == 1 else q.contiguous()
-    grid = (batch, triton.cdiv(max_query_len, block_q), num_kv_heads)
     _tree_attention_kernel[grid](
         q,
         k_cache,
@@ -175,25 +159,24 @@ def tree_paged_attention_triton(
         hidden_start,
         hidden_end,
         cu_hidden,
-        scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
-        head_dim,
+        scale * LOG2E,
+        q.shape[2],
         num_nodes,
-        q.stride(0),
-        q.stride(1),
-        *k_cache.stride(),
-        *v_cache.stride(),
-        out.stride(0),
-        out.stride(1),
+        *head_strides(q, k_cache, v_cache, out),
         block_table.stride(0),
         node_pos.stride(0),
-        GROUP=group,
-        GROUP_PAD=group_pad,
-        BLOCK_Q=block_q,
-        HD_PAD=hd_pad,
-        PAGE=block_size,
         NODES_PAD=max(16, triton.next_power_of_2(num_nodes)),
-        PRECISION=dot_precision(q.dtype),
-        UPCAST=upcast_dot_operands(q.dtype),
-        num_warps=8 if block_q * group_pad * hd_pad >= 128 * 128 else 4,
+        num_warps=8 if meta["BLOCK_Q"] * meta["GROUP_PAD"] * meta["HD_PAD"] >= 128 * 128 else 4,
+        **meta,
     )
     return out
+
+
+def _node_inputs(
+    node_pos: torch.Tensor, row_masks: torch.Tensor, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """node_pos as contiguous int32 (one unread column when there are no nodes: masked loads
+    still need a real pointer) and row_masks as contiguous int64."""
+    if node_pos.shape[1] == 0:
+        node_pos = torch.zeros(batch, 1, dtype=torch.int32, device=device)
+    return node_pos.to(torch.int32).contiguous(), row_masks.to(torch.int64).contiguous()

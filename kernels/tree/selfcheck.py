@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.selfcheck import CHECK_TOLERANCE, _cu, relative_error
+from ..attention.selfcheck import (
+    CHECK_TOLERANCE,
+    _cu,
+    poisoned_cache,
+    relative_error,
+    visible_slots,
+)
 from .masks import ancestor_masks
 from .naive import naive_tree_paged_attention
 
@@ -70,24 +76,12 @@ def tree_case(
         node_pos[b, :n] = context + torch.randperm(n + GAP, generator=gen)[:n]
         ends.append(context + n + GAP)
     max_blocks = max(-(-e // block_size) for e in ends) + 1
-    num_blocks = batch * max_blocks + 2
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"), dtype=dtype)
-    v_cache = torch.full(shape, float("nan"), dtype=dtype)
-    order = torch.randperm(num_blocks, generator=gen)
-    poison = order[-1]  # never holds a written value
-    table = order[: batch * max_blocks].view(batch, max_blocks).clone()
-    for b, context in enumerate(context_lens):
-        written = torch.zeros(max_blocks * block_size, dtype=torch.bool)
-        written[:context] = True
-        for start, end in hidden[b]:
-            written[start:end] = False
-        written[node_pos[b, : num_nodes[b]]] = True
-        pos = written.nonzero().squeeze(1)
-        for cache in (k_cache, v_cache):
-            values = torch.randn(len(pos), num_kv_heads, head_dim, generator=gen)
-            cache[table[b, pos // block_size], pos % block_size] = values.to(dtype)
-        table[b, ~written.view(max_blocks, block_size).any(dim=1)] = poison
+    written = visible_slots(context_lens, hidden, max_blocks * block_size)
+    for b, n in enumerate(num_nodes):
+        written[b, node_pos[b, :n]] = True
+    k_cache, v_cache, table = poisoned_cache(
+        written, block_size, num_kv_heads, head_dim, dtype, gen
+    )
     case = {
         "q": torch.randn(sum(map(len, row_masks)), num_heads, head_dim, generator=gen).to(dtype),
         "k_cache": k_cache,
