@@ -269,7 +269,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def positions(segments: Segments) -> tuple[int, list[tuple[int, int]]]:
-    """A request's draft positions and hidden intervals: an image keeps only its last position
+    """A request's draft positions and unseen intervals: an image keeps only its last position
     (ViSpec's compressed token, num_q 2) and hides the others."""
     pos, hidden = 0, []
     for run in segments.split():
@@ -571,7 +571,7 @@ def adaptor_speed(plan: Plan, device: torch.device, peak: float | None) -> dict:
 def attention_speed(plan: Plan, device: torch.device, peak: float | None) -> dict:
     """Decode requests of text, one image, text, at the first draft layout: the Triton kernel
     (hidden pages never read) against the PyTorch reference and SDPA over the whole padded KV
-    under a mask (what leaving hidden positions in the cache costs)."""
+    under a mask (what leaving unseen positions in the cache costs)."""
     layout, block_size = plan.draft_layouts[0], 16
     heads, kv_heads, head_dim = plan.layouts[layout]
     cuda, rows = device.type == "cuda", []
@@ -729,7 +729,7 @@ def step_matches_reference(draft: Any, context: int) -> dict:
 def draft_step(plan: Plan, device: torch.device, _peak: float | None) -> dict:
     """ViSpec's decode step against an EAGLE layer of the same size (the same decoder layer
     without img_fc), bf16, CUDA graphs on a GPU (eager on CPU); also ViSpec over its own
-    shorter context (one image's positions hidden)."""
+    shorter context (one image's positions unseen)."""
     reference = tool("reference")
     dtype, cfg = torch.bfloat16, plan.draft
     h = cfg["hidden_size"]

@@ -6,7 +6,7 @@ imported only when a kernel is launched.
 
 - ``adaptor``: the vision adaptor with k_proj absorbed into its queries (x read without
   projecting it).
-- ``attention``: the draft's paged attention that skips hidden image positions.
+- ``attention``: the draft's paged attention that skips unseen image positions.
 - ``tree``: tree-masked paged attention (a bitmask of ancestors per query row) and in-place KV
   slot compaction after verification.
 """

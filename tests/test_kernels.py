@@ -122,7 +122,7 @@ def dense_reference(case: dict) -> torch.Tensor:
     q, k_cache, v_cache = case["q"].double(), case["k_cache"].double(), case["v_cache"].double()
     block_size, num_kv_heads = k_cache.shape[1:3]
     group = q.shape[1] // num_kv_heads
-    starts, cu = case["query_start_loc"].tolist(), case["cu_hidden"].tolist()
+    starts, cu = case["query_start_loc"].tolist(), case["cu_unseen"].tolist()
     outs = []
     for b, seq_len in enumerate(case["seq_lens"].tolist()):
         pos = torch.arange(seq_len)
@@ -131,7 +131,7 @@ def dense_reference(case: dict) -> torch.Tensor:
         v = v_cache[blocks, pos % block_size].nan_to_num().transpose(0, 1)
         visible = torch.ones(seq_len, dtype=torch.bool)
         for i in range(cu[b], cu[b + 1]):
-            visible[case["hidden_start"][i] : case["hidden_end"][i]] = False
+            visible[case["unseen_start"][i] : case["unseen_end"][i]] = False
         qb = q[starts[b] : starts[b + 1]].transpose(0, 1)  # [nh, n_q, hd]
         mask = visible[None, :] & (pos[None, :] <= pos[seq_len - qb.shape[1] :, None])
         attn = F.scaled_dot_product_attention(

@@ -156,7 +156,7 @@ def test_attention_triton_empty_batch() -> None:
         query_start_loc=case["query_start_loc"][:1],
         seq_lens=case["seq_lens"][:0],
         block_table=case["block_table"][:0],
-        cu_hidden=case["cu_hidden"][:1],
+        cu_unseen=case["cu_unseen"][:1],
     )
     assert draft_paged_attention(**case, use_triton=True).shape == (0, 2, 32)
 
@@ -166,11 +166,11 @@ def test_startup_check_catches_a_wrong_or_failing_kernel(monkeypatch: pytest.Mon
 
     right = paged.draft_paged_attention_triton
 
-    def reads_hidden_slots(**case):
-        case["cu_hidden"] = torch.zeros_like(case["cu_hidden"])
+    def reads_unseen_slots(**case):
+        case["cu_unseen"] = torch.zeros_like(case["cu_unseen"])
         return right(**case)
 
-    monkeypatch.setattr(paged, "draft_paged_attention_triton", reads_hidden_slots)
+    monkeypatch.setattr(paged, "draft_paged_attention_triton", reads_unseen_slots)
     with pytest.raises(RuntimeError, match="differs from its PyTorch reference by nan"):
         check_triton_attention(4, 2, 32, 16, torch.float32, "cpu")
 

@@ -26,7 +26,7 @@ from vllm import SamplingParams
 from vllm_vispec.tools.bench.offline import drafter
 
 # (target, vispec.draft_attention): every target with the portable hiding channel, and the
-# attention that skips hidden slots (its PyTorch path; test_parity checks the Triton kernel).
+# attention that skips unseen slots (its PyTorch path; test_parity checks the Triton kernel).
 CASES = [
     ("qwen", "mark"),
     ("llava", "mark"),

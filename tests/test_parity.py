@@ -154,7 +154,7 @@ def _image_token(target: pathlib.Path) -> int:
 def test_first_pass_matches_reference(
     name: str, chunk: int | None, attention: str, request
 ) -> None:
-    """``attention``: how hidden slots are left out (``vispec.draft_attention``). The
+    """``attention``: how unseen slots are left out (``vispec.draft_attention``). The
     ``triton`` cases run the kernel interpreted, in a subprocess (test_interpreted.py).
     ``qwen3-nemo``: a NeMo Automodel export (norms, explicit head_dim) given to vLLM as is;
     ``-eaglevlm``: EagleVLM drafts (every image position seen, with its image embedding);

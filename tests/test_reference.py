@@ -239,8 +239,8 @@ def test_spans_and_layout_exact_indices():
 
 
 @pytest.mark.parametrize("num_q", [1, 2, 3])
-def test_hidden_intervals_are_the_layouts_hidden_positions(num_q: int) -> None:
-    """The intervals the skipping attention uses hide exactly the layout's hidden positions,
+def test_unseen_intervals_are_the_layouts_unseen_positions(num_q: int) -> None:
+    """The intervals the skipping attention uses hide exactly the layout's unseen positions,
     including an image of exactly num_q - 1 tokens (nothing hidden) and back-to-back images."""
     spans = [(2, 6), (8, 11), (12, 14), (14, 20)]
     hi = 24
@@ -385,7 +385,7 @@ def test_compressed_tokens_sit_at_span_end_with_raw_positions(name):
         assert any(differs(got[t], other[t]) for t in after if t in other), wrong
 
 
-def test_hidden_positions_do_not_affect_visible_outputs():
+def test_unseen_positions_do_not_affect_visible_outputs():
     draft = make_draft(CONFIGS["qkv_bias-q3"])
     inp = make_input([3, "I6", 4, "I5", 3], seed=6)
     base = visible_outputs(draft, inp)

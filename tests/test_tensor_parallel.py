@@ -11,7 +11,7 @@ SpecVLM draft for the same target checks that kind's sharding and lossless outpu
 engine starts once for the module and runs the same batch twice: the first pass is a mixed
 batch (prompts with 1, 0 and 2 images) whose prefill is chunked with a budget that splits an
 image, the second pass hits the prefix cache on every prompt. Greedy output at TP=2 with the
-draft (mark attention and the attention that skips hidden slots, ``torch``) must equal TP=2 and
+draft (mark attention and the attention that skips unseen slots, ``torch``) must equal TP=2 and
 TP=1 without speculation, token for token.
 
 Pipeline parallelism and head layouts that do not split over the ranks are refused at start-up

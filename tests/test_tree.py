@@ -3,7 +3,7 @@
 Pure parts first (seconds): the tree walk against a brute-force enumeration of root-to-node
 paths, ancestor rows and depths, the EAGLE-2 expansion's choice of nodes. Then real engines:
 greedy token identity with no speculation for mixed batches (0/1/2 images) on an M-RoPE and a
-1-D-position target and with the attention that skips hidden slots, prefill chunks splitting
+1-D-position target and with the attention that skips unseen slots, prefill chunks splitting
 images, prefix-cache hits, preemption, trees and chains in one batch; the target's committed KV
 equal to a run without speculation; and temperature-1 draws from the target's distribution.
 Every engine case checks that trees were drafted and some of their nodes accepted.

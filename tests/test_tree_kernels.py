@@ -27,7 +27,7 @@ def dense_oracle(case: dict, num_nodes: list[int]) -> torch.Tensor:
     q, k_cache, v_cache = case["q"].double(), case["k_cache"].double(), case["v_cache"].double()
     block_size, num_kv_heads = k_cache.shape[1:3]
     group = q.shape[1] // num_kv_heads
-    starts, cu = case["query_start_loc"].tolist(), case["cu_hidden"].tolist()
+    starts, cu = case["query_start_loc"].tolist(), case["cu_unseen"].tolist()
     out = torch.zeros_like(q)
     for b, context in enumerate(case["context_lens"].tolist()):
         positions = list(range(context)) + case["node_pos"][b, : num_nodes[b]].tolist()
@@ -36,7 +36,7 @@ def dense_oracle(case: dict, num_nodes: list[int]) -> torch.Tensor:
         v = torch.stack([v_cache[table[p // block_size], p % block_size] for p in positions])
         hidden = torch.zeros(context, dtype=torch.bool)
         for i in range(cu[b], cu[b + 1]):
-            hidden[case["hidden_start"][i] : case["hidden_end"][i]] = True
+            hidden[case["unseen_start"][i] : case["unseen_end"][i]] = True
         for r in range(starts[b], starts[b + 1]):
             bits = int(case["row_masks"][r]) & ((1 << 64) - 1)
             nodes = torch.tensor([(bits >> j) & 1 == 1 for j in range(num_nodes[b])])
@@ -54,7 +54,7 @@ def check_paths(case: dict, parents: list[list[int]], out: torch.Tensor, tol: fl
     (:func:`naive_draft_paged_attention` in float64) gives the tree output of its nodes."""
     k_cache, v_cache = case["k_cache"].double(), case["v_cache"].double()
     block_size = k_cache.shape[1]
-    starts, cu = case["query_start_loc"].tolist(), case["cu_hidden"]
+    starts, cu = case["query_start_loc"].tolist(), case["cu_unseen"]
     for b, tree in enumerate(parents):
         table = case["block_table"][b].long()
         hidden = slice(int(cu[b]), int(cu[b + 1]))
@@ -79,8 +79,8 @@ def check_paths(case: dict, parents: list[list[int]], out: torch.Tensor, tol: fl
                 torch.tensor([0, len(path)]),
                 torch.tensor([seq_len]),
                 torch.arange(len(chain[0]))[None],
-                case["hidden_start"][hidden],
-                case["hidden_end"][hidden],
+                case["unseen_start"][hidden],
+                case["unseen_end"][hidden],
                 torch.tensor([0, hidden.stop - hidden.start]),
                 case["scale"],
             )
@@ -118,7 +118,7 @@ def test_reference_matches_dense_oracle(num_heads: int, num_kv_heads: int, block
         TREE_BATCH["context_lens"],
         nodes,
         masks,
-        TREE_BATCH["hidden"],
+        TREE_BATCH["unseen"],
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=32,

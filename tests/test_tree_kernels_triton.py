@@ -93,7 +93,7 @@ def test_tree_triton_without_nodes_and_empty_requests() -> None:
         block_table=case["block_table"][:0],
         context_lens=case["context_lens"][:0],
         node_pos=case["node_pos"][:0],
-        cu_hidden=case["cu_hidden"][:1],
+        cu_unseen=case["cu_unseen"][:1],
     )
     assert tree_paged_attention(**case, use_triton=True).shape == (0, 4, 16)
 
@@ -123,11 +123,11 @@ def test_tree_startup_check_reports_a_wrong_or_failing_kernel(
 
     right = paged.tree_paged_attention_triton
 
-    def reads_hidden_slots(**case) -> torch.Tensor:
-        case["cu_hidden"] = torch.zeros_like(case["cu_hidden"])
+    def reads_unseen_slots(**case) -> torch.Tensor:
+        case["cu_unseen"] = torch.zeros_like(case["cu_unseen"])
         return right(**case)
 
-    monkeypatch.setattr(paged, "tree_paged_attention_triton", reads_hidden_slots)
+    monkeypatch.setattr(paged, "tree_paged_attention_triton", reads_unseen_slots)
     failure = check_triton_tree_attention(4, 2, 32, 16, torch.float32, "cpu")
     assert failure is not None and "differs from its PyTorch reference by nan" in failure
 

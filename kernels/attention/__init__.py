@@ -1,8 +1,8 @@
-"""Paged attention for the ViSpec draft, with each image's hidden positions left out.
+"""Paged attention for the ViSpec draft, with each image's unseen positions left out.
 
 Inside an image only the last num_q-1 raw positions (the compressed image tokens) exist for the
-draft; the caller passes the other positions as hidden intervals. The Triton kernel (CUDA tensors)
-does not even read pages that are fully hidden; the PyTorch path (elsewhere) gathers only the
+draft; the caller passes the other positions as unseen intervals. The Triton kernel (CUDA tensors)
+does not even read pages that are fully unseen; the PyTorch path (elsewhere) gathers only the
 visible positions. Both read K/V from vLLM's paged cache through the block table, at raw positions.
 """
 
@@ -31,15 +31,15 @@ def draft_paged_attention(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
     *,
     max_query_len: int | None = None,
     use_triton: bool | None = None,
 ) -> torch.Tensor:
-    """Causal draft attention over the paged KV cache, skipping hidden intervals -> [T, nh, hd].
+    """Causal draft attention over the paged KV cache, skipping unseen intervals -> [T, nh, hd].
 
     Args:
         q: [T, nh, hd] scheduled queries, requests back to back per ``query_start_loc`` [B+1];
@@ -49,22 +49,22 @@ def draft_paged_attention(
             :func:`split_kv_cache`); same dtype as q; nh must be a multiple of nkv.
         seq_lens: [B] cached tokens per request, the scheduled ones included.
         block_table: [B, max_blocks] physical block ids.
-        hidden_start, hidden_end: [S] raw positions [start, end) invisible to the draft, sorted
-            and disjoint within each request; cu_hidden [B+1] gives each request's slice of them.
+        unseen_start, unseen_end: [S] raw positions [start, end) invisible to the draft, sorted
+            and disjoint within each request; cu_unseen [B+1] gives each request's slice of them.
         scale: softmax scale.
         max_query_len: longest q_len, if known (saves a device sync on the Triton path).
         use_triton: defaults to ``q.is_cuda``; forcing it on CPU tensors needs TRITON_INTERPRET=1
             set before Triton is first imported.
 
-    A query whose earlier positions are all hidden gets a zero output.
+    A query whose earlier positions are all unseen gets a zero output.
     """
     args = (q, k_cache, v_cache, query_start_loc, seq_lens, block_table)
-    hidden = (hidden_start, hidden_end, cu_hidden)
+    unseen = (unseen_start, unseen_end, cu_unseen)
     if q.is_cuda if use_triton is None else use_triton:
         from .paged import draft_paged_attention_triton
 
-        return draft_paged_attention_triton(*args, *hidden, scale, max_query_len=max_query_len)
-    return naive_draft_paged_attention(*args, *hidden, scale)
+        return draft_paged_attention_triton(*args, *unseen, scale, max_query_len=max_query_len)
+    return naive_draft_paged_attention(*args, *unseen, scale)
 
 
 def split_kv_cache(

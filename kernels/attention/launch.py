@@ -45,14 +45,14 @@ def launch_layout(
     return grid, meta
 
 
-def hidden_bounds(
-    hidden_start: torch.Tensor, hidden_end: torch.Tensor, device: torch.device
+def unseen_bounds(
+    unseen_start: torch.Tensor, unseen_end: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hidden intervals' bounds; with none, one zero on ``device`` for both: the kernels'
+    """The unseen intervals' bounds; with none, one zero on ``device`` for both: the kernels'
     masked loads never read it, but still need a real pointer."""
-    if hidden_start.numel() == 0:
-        hidden_start = hidden_end = torch.zeros(1, dtype=torch.int32, device=device)
-    return hidden_start, hidden_end
+    if unseen_start.numel() == 0:
+        unseen_start = unseen_end = torch.zeros(1, dtype=torch.int32, device=device)
+    return unseen_start, unseen_end
 
 
 def head_strides(

@@ -1,4 +1,4 @@
-"""Readable reference of the draft's paged attention with hidden image positions (CPU path).
+"""Readable reference of the draft's paged attention with unseen image positions (CPU path).
 
 Per request: gather the K/V of its visible raw positions through the block table, then causal
 softmax attention. Hidden positions are never gathered, so they get exactly zero weight.
@@ -16,12 +16,12 @@ def naive_draft_paged_attention(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Causal attention of the scheduled queries over the paged cache, hidden intervals skipped.
+    """Causal attention of the scheduled queries over the paged cache, unseen intervals skipped.
 
     Args:
         q: [T, nh, hd], requests back to back (``query_start_loc`` [B + 1]); the queries of
@@ -29,20 +29,20 @@ def naive_draft_paged_attention(
         k_cache, v_cache: [num_blocks, block_size, nkv, hd], any strides; nh % nkv == 0.
         seq_lens: [B] tokens in the KV cache per request, the scheduled ones included.
         block_table: [B, max_blocks] physical block of each logical block.
-        hidden_start, hidden_end, cu_hidden: request b hides raw positions
-            [hidden_start[i], hidden_end[i]) for i in cu_hidden[b] ... cu_hidden[b+1]-1.
+        unseen_start, unseen_end, cu_unseen: request b hides raw positions
+            [unseen_start[i], unseen_end[i]) for i in cu_unseen[b] ... cu_unseen[b+1]-1.
         scale: softmax scale, usually hd ** -0.5.
 
     Returns:
-        [T, nh, hd] in q's dtype; a query that sees no visible key (all earlier positions hidden)
+        [T, nh, hd] in q's dtype; a query that sees no visible key (all earlier positions unseen)
         gets zeros.
     """
     block_size = k_cache.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
     device = k_cache.device
     out = torch.zeros_like(q)
-    starts, lens, cu = query_start_loc.tolist(), seq_lens.tolist(), cu_hidden.tolist()
-    hs, he = hidden_start.tolist(), hidden_end.tolist()
+    starts, lens, cu = query_start_loc.tolist(), seq_lens.tolist(), cu_unseen.tolist()
+    hs, he = unseen_start.tolist(), unseen_end.tolist()
     for b, seq_len in enumerate(lens):
         q_lo, q_hi = starts[b], starts[b + 1]
         if q_hi == q_lo:

@@ -3,8 +3,8 @@
 Both launch one program per (request, block of queries, KV head), stack a GQA group's query
 heads as rows so one K/V tile serves the whole group, and fold keys into an online softmax: a
 running max ``m``, sum ``l`` and unnormalised output ``acc`` per row, in log2 units (exp2). The
-context pass is the same in both: walk the visible runs between a request's hidden intervals
-and load only the pages they touch, so pages wholly inside a hidden interval are never read.
+context pass is the same in both: walk the visible runs between a request's unseen intervals
+and load only the pages they touch, so pages wholly inside a unseen interval are never read.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def attend(
 def attend_visible_context(
     q, q_pos, kv_end,
     k_head, v_head, table,
-    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req,
+    unseen_start_ptr, unseen_end_ptr, cu_unseen_ptr, req,
     head_dim, scale_log2,
     stride_kb, stride_ks, stride_kd,
     stride_vb, stride_vs, stride_vd,
@@ -110,12 +110,12 @@ def attend_visible_context(
     l_run = tl.zeros([q.shape[0]], dtype=tl.float32)
     acc = tl.zeros([q.shape[0], HD_PAD], dtype=tl.float32)
     offs = tl.arange(0, PAGE)
-    first_hidden = tl.load(cu_hidden_ptr + req)
-    n_hidden = tl.load(cu_hidden_ptr + req + 1) - first_hidden
-    run_lo = 0  # visible run i spans [end of hidden i-1, start of hidden i)
+    first_hidden = tl.load(cu_unseen_ptr + req)
+    n_hidden = tl.load(cu_unseen_ptr + req + 1) - first_hidden
+    run_lo = 0  # visible run i spans [end of unseen i-1, start of unseen i)
     for i in range(0, n_hidden + 1):
         has_next = i < n_hidden
-        run_hi = tl.load(hidden_start_ptr + first_hidden + i, mask=has_next, other=kv_end)
+        run_hi = tl.load(unseen_start_ptr + first_hidden + i, mask=has_next, other=kv_end)
         run_hi = tl.minimum(run_hi, kv_end)
         if run_lo < run_hi:
             m_run, l_run, acc = attend_run(
@@ -124,7 +124,7 @@ def attend_visible_context(
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 HD_PAD, PAGE, PRECISION, UPCAST,
             )  # fmt: skip
-        run_lo = tl.load(hidden_end_ptr + first_hidden + i, mask=has_next, other=kv_end)
+        run_lo = tl.load(unseen_end_ptr + first_hidden + i, mask=has_next, other=kv_end)
     return m_run, l_run, acc
 
 

@@ -1,9 +1,9 @@
-"""Triton paged attention for the ViSpec draft that never reads hidden image positions.
+"""Triton paged attention for the ViSpec draft that never reads unseen image positions.
 
 One program per (request, block of queries, KV head), queries of a GQA group stacked as rows.
 Instead of walking every page and masking, a program walks the *visible runs* of its request,
-the gaps between hidden intervals, and only the pages each run touches: pages fully inside a
-hidden interval are never loaded, and pages cut by an interval or by causality are masked. The
+the gaps between unseen intervals, and only the pages each run touches: pages fully inside a
+unseen interval are never loaded, and pages cut by an interval or by causality are masked. The
 pieces (this loop, the online softmax, the query rows) are in :mod:`.online_softmax`, shared with
 the tree kernel.
 """
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import LOG2E, head_strides, hidden_bounds, launch_layout
+from .launch import LOG2E, head_strides, launch_layout, unseen_bounds
 from .online_softmax import attend_visible_context, load_query_rows, query_block, store_rows
 
 
@@ -22,7 +22,7 @@ from .online_softmax import attend_visible_context, load_query_rows, query_block
 def _draft_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     query_start_ptr, seq_lens_ptr, block_table_ptr,
-    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr,
+    unseen_start_ptr, unseen_end_ptr, cu_unseen_ptr,
     scale_log2, head_dim,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -46,7 +46,7 @@ def _draft_attention_kernel(
         q, context + q_idx, kv_end,
         k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh,
         block_table_ptr + req.to(tl.int64) * stride_bt,
-        hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req, head_dim, scale_log2,
+        unseen_start_ptr, unseen_end_ptr, cu_unseen_ptr, req, head_dim, scale_log2,
         stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
         HD_PAD, PAGE, PRECISION, UPCAST,
     )  # fmt: skip
@@ -60,9 +60,9 @@ def draft_paged_attention_triton(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     block_table: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
     *,
     max_query_len: int | None = None,
@@ -77,10 +77,10 @@ def draft_paged_attention_triton(
         return out
     # Rows = queries x heads of a group: at most 64, to bound registers.
     grid, meta = launch_layout(q, k_cache, query_start_loc, batch, max_query_len, max_rows=64)
-    hidden_start, hidden_end = hidden_bounds(hidden_start, hidden_end, q.device)
+    unseen_start, unseen_end = unseen_bounds(unseen_start, unseen_end, q.device)
     # One integer type for the loop-carried run bounds (no-ops for vLLM's int32 metadata).
-    query_start_loc, seq_lens, hidden_start, hidden_end, cu_hidden = (
-        t.to(torch.int32) for t in (query_start_loc, seq_lens, hidden_start, hidden_end, cu_hidden)
+    query_start_loc, seq_lens, unseen_start, unseen_end, cu_unseen = (
+        t.to(torch.int32) for t in (query_start_loc, seq_lens, unseen_start, unseen_end, cu_unseen)
     )
     q = q if q.stride(-1) == 1 else q.contiguous()
     _draft_attention_kernel[grid](
@@ -91,9 +91,9 @@ def draft_paged_attention_triton(
         query_start_loc,
         seq_lens,
         block_table,
-        hidden_start,
-        hidden_end,
-        cu_hidden,
+        unseen_start,
+        unseen_end,
+        cu_unseen,
         scale * LOG2E,
         q.shape[2],
         *head_strides(q, k_cache, v_cache, out),

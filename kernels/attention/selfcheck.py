@@ -18,12 +18,12 @@ from .naive import naive_draft_paged_attention
 # interpreter tests' bounds).
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
-# Decode rows and prefill chunks; hidden intervals covering whole pages, parts of pages, single
+# Decode rows and prefill chunks; unseen intervals covering whole pages, parts of pages, single
 # positions, the very start, and everything before some queries (their output is 0).
 CHECK_BATCH = {
     "q_lens": [1, 7, 40, 1, 5],
     "seq_lens": [30, 77, 100, 300, 5],
-    "hidden": [
+    "unseen": [
         [(3, 20)],
         [(0, 2), (16, 48), (50, 51), (72, 74)],
         [],
@@ -40,7 +40,7 @@ def _cu(lens: list[int]) -> torch.Tensor:
 def paged_case(
     q_lens: list[int],
     seq_lens: list[int],
-    hidden: list[list[tuple[int, int]]],
+    unseen: list[list[tuple[int, int]]],
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
@@ -52,12 +52,12 @@ def paged_case(
     """Keyword arguments of :func:`~vllm_vispec.kernels.draft_paged_attention` for a batch over
     a shuffled paged cache.
 
-    Hidden and unused slots hold NaN, and logical blocks without a visible position all point to
-    one NaN-filled physical block: a kernel that reads a hidden value returns NaN.
+    Unseen and unused slots hold NaN, and logical blocks without a visible position all point to
+    one NaN-filled physical block: a kernel that reads a unseen value returns NaN.
     """
     gen = torch.Generator().manual_seed(seed)
     max_blocks = max(-(-s // block_size) for s in seq_lens) + 1
-    visible = visible_slots(seq_lens, hidden, max_blocks * block_size)
+    visible = visible_slots(seq_lens, unseen, max_blocks * block_size)
     k_cache, v_cache, table = poisoned_cache(
         visible, block_size, num_kv_heads, head_dim, dtype, gen
     )
@@ -68,20 +68,20 @@ def paged_case(
         "query_start_loc": _cu(q_lens),
         "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
         "block_table": table.to(torch.int32),
-        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
-        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
-        "cu_hidden": _cu([len(h) for h in hidden]),
+        "unseen_start": torch.tensor([s for h in unseen for s, _ in h], dtype=torch.int32),
+        "unseen_end": torch.tensor([e for h in unseen for _, e in h], dtype=torch.int32),
+        "cu_unseen": _cu([len(h) for h in unseen]),
         "scale": head_dim**-0.5,
     }
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in case.items()}
 
 
-def visible_slots(lens: list[int], hidden: list[list[tuple[int, int]]], width: int) -> torch.Tensor:
-    """[B, width] bool: request b's positions below lens[b] outside its hidden intervals."""
+def visible_slots(lens: list[int], unseen: list[list[tuple[int, int]]], width: int) -> torch.Tensor:
+    """[B, width] bool: request b's positions below lens[b] outside its unseen intervals."""
     visible = torch.zeros(len(lens), width, dtype=torch.bool)
     for b, length in enumerate(lens):
         visible[b, :length] = True
-        for start, end in hidden[b]:
+        for start, end in unseen[b]:
             visible[b, start:end] = False
     return visible
 

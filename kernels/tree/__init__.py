@@ -1,7 +1,7 @@
 """Tree speculation over the paged KV cache: tree-masked attention and KV slot compaction.
 
 ``tree_paged_attention`` scores every node of a draft tree at once: each query row sees its
-request's visible context (hidden image positions skipped, as in the draft's attention) plus
+request's visible context (unseen image positions skipped, as in the draft's attention) plus
 the tree nodes set in its int64 bitmask (its ancestors and itself). ``compact_kv`` then moves the
 accepted nodes' K/V to the slots a chain would have used. Triton on CUDA tensors, the readable
 PyTorch references (``naive.py``) elsewhere. ``VerifyAttention`` is the target's per-step
@@ -38,9 +38,9 @@ def tree_paged_attention(
     context_lens: torch.Tensor,
     node_pos: torch.Tensor,
     row_masks: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
     *,
     max_query_len: int | None = None,
@@ -55,13 +55,13 @@ def tree_paged_attention(
         block_table: [B, max_blocks] physical block ids; raw position p of request b lives at
             block block_table[b, p // block_size], offset p % block_size.
         context_lens: [B]; every row of request b sees raw positions [0, context_lens[b]) except
-            hidden ones.
+            unseen ones.
         node_pos: [B, M] raw positions of the tree nodes, M <= 64, all >= context_lens[b] and
             distinct; entries no row selects are never read (may be anything).
         row_masks: [T] int64; bit j (63 included, as a negative value) set: the row also sees
             node j of its request.
-        hidden_start, hidden_end: [S] context positions [start, end) to skip, sorted and
-            disjoint within each request; cu_hidden [B+1] gives each request's slice of them.
+        unseen_start, unseen_end: [S] context positions [start, end) to skip, sorted and
+            disjoint within each request; cu_unseen [B+1] gives each request's slice of them.
         scale: softmax scale.
         max_query_len: most rows of one request, if known (saves a device sync on the Triton
             path).
@@ -73,12 +73,12 @@ def tree_paged_attention(
     if node_pos.shape[1] > MAX_NODES:
         raise ValueError(f"a tree has at most {MAX_NODES} nodes, node_pos has {node_pos.shape[1]}")
     args = (q, k_cache, v_cache, query_start_loc, block_table, context_lens, node_pos, row_masks)
-    hidden = (hidden_start, hidden_end, cu_hidden)
+    unseen = (unseen_start, unseen_end, cu_unseen)
     if q.is_cuda if use_triton is None else use_triton:
         from .paged import tree_paged_attention_triton
 
-        return tree_paged_attention_triton(*args, *hidden, scale, max_query_len=max_query_len)
-    return naive_tree_paged_attention(*args, *hidden, scale)
+        return tree_paged_attention_triton(*args, *unseen, scale, max_query_len=max_query_len)
+    return naive_tree_paged_attention(*args, *unseen, scale)
 
 
 def compact_kv(

@@ -21,9 +21,9 @@ def naive_tree_paged_attention(
     context_lens: torch.Tensor,
     node_pos: torch.Tensor,
     row_masks: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
     """Attention of tree rows over their request's visible context and selected tree nodes.
@@ -35,8 +35,8 @@ def naive_tree_paged_attention(
         context_lens: [B]; every row of request b sees raw positions [0, context_lens[b]).
         node_pos: [B, M] raw positions of the tree nodes (M <= 64); unselected entries unused.
         row_masks: [T] int64; bit j set: the row also sees node j (at node_pos[b, j]).
-        hidden_start, hidden_end, cu_hidden: request b hides context positions
-            [hidden_start[i], hidden_end[i]) for i in cu_hidden[b] ... cu_hidden[b+1]-1.
+        unseen_start, unseen_end, cu_unseen: request b hides context positions
+            [unseen_start[i], unseen_end[i]) for i in cu_unseen[b] ... cu_unseen[b+1]-1.
         scale: softmax scale.
 
     Returns:
@@ -46,8 +46,8 @@ def naive_tree_paged_attention(
     compute = torch.promote_types(q.dtype, torch.float32)
     device = k_cache.device
     out = torch.zeros_like(q)
-    starts, ctx_lens, cu = query_start_loc.tolist(), context_lens.tolist(), cu_hidden.tolist()
-    hs, he = hidden_start.tolist(), hidden_end.tolist()
+    starts, ctx_lens, cu = query_start_loc.tolist(), context_lens.tolist(), cu_unseen.tolist()
+    hs, he = unseen_start.tolist(), unseen_end.tolist()
     bit_ids = torch.arange(node_pos.shape[1], device=device)
     for b, context in enumerate(ctx_lens):
         q_lo, q_hi = starts[b], starts[b + 1]

@@ -7,7 +7,7 @@ int64 per row (bit j: sees node j, a tree has at most 64 nodes), loaded once and
 the kernel, rather than a dense [Q, context + Q] mask whose context part is all ones anyway.
 
 The context loop is the draft kernel's (shared in :mod:`..attention.online_softmax`): walk the
-visible runs between hidden intervals, never loading pages that are wholly hidden. Then the
+visible runs between unseen intervals, never loading pages that are wholly unseen. Then the
 nodes' K/V are gathered by position (up to 64 columns, one tile) and folded into the same online
 softmax under each row's bits.
 """
@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.launch import LOG2E, head_strides, hidden_bounds, launch_layout
+from ..attention.launch import LOG2E, head_strides, launch_layout, unseen_bounds
 from ..attention.online_softmax import (
     attend,
     attend_visible_context,
@@ -32,7 +32,7 @@ from ..attention.online_softmax import (
 def _tree_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     query_start_ptr, block_table_ptr, context_lens_ptr, node_pos_ptr, row_masks_ptr,
-    hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr,
+    unseen_start_ptr, unseen_end_ptr, cu_unseen_ptr,
     scale_log2, head_dim, num_nodes,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -57,7 +57,7 @@ def _tree_attention_kernel(
     # Context: every row sees every visible position, so no per-row mask (q_pos None).
     m_run, l_run, acc = attend_visible_context(
         q, None, context, k_head, v_head, table,
-        hidden_start_ptr, hidden_end_ptr, cu_hidden_ptr, req, head_dim, scale_log2,
+        unseen_start_ptr, unseen_end_ptr, cu_unseen_ptr, req, head_dim, scale_log2,
         stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
         HD_PAD, PAGE, PRECISION, UPCAST,
     )  # fmt: skip
@@ -119,9 +119,9 @@ def tree_paged_attention_triton(
     context_lens: torch.Tensor,
     node_pos: torch.Tensor,
     row_masks: torch.Tensor,
-    hidden_start: torch.Tensor,
-    hidden_end: torch.Tensor,
-    cu_hidden: torch.Tensor,
+    unseen_start: torch.Tensor,
+    unseen_end: torch.Tensor,
+    cu_unseen: torch.Tensor,
     scale: float,
     *,
     max_query_len: int | None = None,
@@ -137,13 +137,13 @@ def tree_paged_attention_triton(
     # All of a request's rows in one program while they fit in 128 (64 for head dims above 128).
     max_rows = 128 if triton.next_power_of_2(q.shape[2]) <= 128 else 64
     grid, meta = launch_layout(q, k_cache, query_start_loc, batch, max_query_len, max_rows)
-    hidden_start, hidden_end = hidden_bounds(hidden_start, hidden_end, q.device)
+    unseen_start, unseen_end = unseen_bounds(unseen_start, unseen_end, q.device)
     num_nodes = node_pos.shape[1]
     node_pos, row_masks = _node_inputs(node_pos, row_masks, batch, q.device)
     # One integer type for the loop-carried run bounds (no-ops for vLLM's int32 metadata).
-    query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden = (
+    query_start_loc, context_lens, unseen_start, unseen_end, cu_unseen = (
         t.to(torch.int32).contiguous()
-        for t in (query_start_loc, context_lens, hidden_start, hidden_end, cu_hidden)
+        for t in (query_start_loc, context_lens, unseen_start, unseen_end, cu_unseen)
     )
     q = q if q.stride(-1) == 1 else q.contiguous()
     _tree_attention_kernel[grid](
@@ -156,9 +156,9 @@ def tree_paged_attention_triton(
         context_lens,
         node_pos,
         row_masks,
-        hidden_start,
-        hidden_end,
-        cu_hidden,
+        unseen_start,
+        unseen_end,
+        cu_unseen,
         scale * LOG2E,
         q.shape[2],
         num_nodes,

@@ -22,11 +22,11 @@ from .naive import naive_tree_paged_attention
 
 GAP = 3  # unwritten (NaN) slots scattered among each request's node positions
 
-# Contexts with hidden spans (whole pages, page parts, single positions, the very start, the
+# Contexts with unseen spans (whole pages, page parts, single positions, the very start, the
 # whole context), an empty and a 300-position context, trees of 1..64 nodes (bit 63 used).
 TREE_BATCH = {
     "context_lens": [40, 77, 5, 0, 130, 300],
-    "hidden": [
+    "unseen": [
         [(3, 20)],
         [(0, 2), (16, 48), (50, 51), (72, 77)],
         [(0, 5)],
@@ -49,7 +49,7 @@ def tree_case(
     context_lens: list[int],
     num_nodes: list[int],
     row_masks: list[list[int]],
-    hidden: list[list[tuple[int, int]]],
+    unseen: list[list[tuple[int, int]]],
     *,
     num_heads: int,
     num_kv_heads: int,
@@ -62,7 +62,7 @@ def tree_case(
     """Keyword arguments of :func:`~vllm_vispec.kernels.tree_paged_attention` over a shuffled,
     NaN-poisoned cache.
 
-    Nodes sit after their context in shuffled order with unwritten slots between them; hidden
+    Nodes sit after their context in shuffled order with unwritten slots between them; unseen
     and unwritten slots hold NaN, pages without a written slot all map to one NaN block, and
     node_pos entries past a request's node count are garbage: reading any of them gives NaN or
     an out-of-bounds index.
@@ -76,7 +76,7 @@ def tree_case(
         node_pos[b, :n] = context + torch.randperm(n + GAP, generator=gen)[:n]
         ends.append(context + n + GAP)
     max_blocks = max(-(-e // block_size) for e in ends) + 1
-    written = visible_slots(context_lens, hidden, max_blocks * block_size)
+    written = visible_slots(context_lens, unseen, max_blocks * block_size)
     for b, n in enumerate(num_nodes):
         written[b, node_pos[b, :n]] = True
     k_cache, v_cache, table = poisoned_cache(
@@ -91,9 +91,9 @@ def tree_case(
         "context_lens": torch.tensor(context_lens, dtype=torch.int32),
         "node_pos": node_pos.to(torch.int32),
         "row_masks": torch.tensor([m for ms in row_masks for m in ms], dtype=torch.int64),
-        "hidden_start": torch.tensor([s for h in hidden for s, _ in h], dtype=torch.int32),
-        "hidden_end": torch.tensor([e for h in hidden for _, e in h], dtype=torch.int32),
-        "cu_hidden": _cu([len(h) for h in hidden]),
+        "unseen_start": torch.tensor([s for h in unseen for s, _ in h], dtype=torch.int32),
+        "unseen_end": torch.tensor([e for h in unseen for _, e in h], dtype=torch.int32),
+        "cu_unseen": _cu([len(h) for h in unseen]),
         "scale": head_dim**-0.5,
     }
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in case.items()}
@@ -113,7 +113,7 @@ def tree_batch(
         TREE_BATCH["context_lens"],
         TREE_BATCH["num_nodes"],
         [ancestor_masks(torch.tensor([p]))[0].tolist() for p in parents],
-        TREE_BATCH["hidden"],
+        TREE_BATCH["unseen"],
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,

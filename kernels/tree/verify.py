@@ -68,7 +68,7 @@ class VerifyAttention:
         scale: float,
     ) -> tuple:
         """The positional arguments of :func:`~vllm_vispec.kernels.tree_paged_attention` (and of
-        its reference) for the tree rows: no hidden spans, node j at ``base + j``."""
+        its reference) for the tree rows: no unseen spans, node j at ``base + j``."""
         empty = self.bases.new_zeros(0)
         return (
             query[self.rows],
