@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vllm_vispec.tree.settings import TreeSettings
+if TYPE_CHECKING:  # tree.settings names its setting with setting() below
+    from vllm_vispec.tree.settings import TreeSettings
 
 SETTINGS_KEY = "vispec"
 DRAFT_ATTENTION_CHOICES = ("auto", "mark", "triton", "torch")
@@ -74,6 +75,8 @@ class ViSpecSettings:
 
 
 def _tree(value: Any) -> TreeSettings | None:
+    from vllm_vispec.tree.settings import TreeSettings
+
     if value is False:
         return None
     if value is True:

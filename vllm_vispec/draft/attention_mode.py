@@ -19,9 +19,11 @@ import torch
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 
+from vllm_vispec.settings import setting
+
 logger = init_logger(f"vllm.{__name__}")
 
-DRAFT_ATTENTION_SETTING = "vispec.draft_attention"
+DRAFT_ATTENTION_SETTING = setting("draft_attention")
 # Head sizes the CPU attention backend implements; GPU backends take multiples of 8.
 _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 

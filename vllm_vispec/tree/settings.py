@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-TREE_SETTING = "vispec.tree"
+from vllm_vispec.settings import setting
+
+TREE_SETTING = setting("tree")
 MAX_TREE_NODES = 63  # the root and its nodes fit the 64-bit ancestor rows of the kernels
 
 
