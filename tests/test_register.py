@@ -6,8 +6,8 @@
 * It is cheap: in a fresh interpreter it does not import vLLM's EAGLE proposer module; importing
   that module later yields a patched ``EagleProposer.__new__`` that builds a ``ViSpecProposer``
   for ViSpec drafts only.
-* Under an unsupported vLLM version it logs one warning naming the supported version and
-  registers nothing.
+* Under an unsupported vLLM version it logs one warning naming the supported versions and
+  registers nothing; each supported minor version maps to its runner adapter.
 * vLLM's model-runner choice lists ViSpec among the features Model Runner V2 lacks (so ViSpec
   configs run on the V1 runner) and leaves other configs alone.
 
@@ -112,13 +112,13 @@ out["vllm_methods_modules"] = sorted({{m.__module__ for m in methods}})
 print({RESULT_MARK!r} + json.dumps(out))
 """
 
-# A fresh interpreter under a vLLM that claims another version.
+# A fresh interpreter under a vLLM that claims a version the plugin does not support.
 WRONG_VERSION = f"""
 import json, sys
 
 import vllm
 
-vllm.__version__ = "0.33.0"
+vllm.__version__ = "0.34.0"
 import vllm_vispec
 
 vllm_vispec.register()
@@ -309,8 +309,35 @@ def test_unsupported_vllm_version_warns_once_and_registers_nothing(
     out = child.result
     warnings = [line for line in child.output.splitlines() if "NOT registered" in line]
     assert len(warnings) == 1, child.output[-4000:]
-    assert f"vLLM {vllm_vispec.SUPPORTED_VLLM}.x only" in warnings[0]
-    assert "found vLLM 0.33.0" in warnings[0]
+    assert "supports vLLM 0.32.x and 0.33.x only" in warnings[0]
+    assert "found vLLM 0.34.0" in warnings[0]
     assert out["registered"] is False
     assert out["create_engine_config"] == "EngineArgs.create_engine_config"
     assert out["finders"] == []
+
+
+@pytest.mark.parametrize(
+    ("version", "adapter"),
+    [
+        ("0.32.0", "v1"),
+        ("0.32.0+cpu", "v1"),
+        ("0.33.0", "v1"),
+        ("0.33.1rc1.dev12+g0123abc", "v1"),
+        ("0.34.0", None),
+        ("0.31.2", None),
+        ("0.3", None),
+        ("1.32.0", None),
+        ("unknown", None),
+    ],
+)
+def test_supported_versions_map_to_a_runner_adapter(version: str, adapter: str | None) -> None:
+    assert vllm_vispec.adapter_for(version) == adapter
+    assert vllm_vispec.SUPPORTED_VLLM == ("0.32", "0.33")
+
+
+def test_the_installed_vllm_is_supported() -> None:
+    """The venv running this suite has a vLLM the plugin registers under (0.32, or 0.33 in
+    ``make test-vllm033``): the engine tests would otherwise run without the plugin."""
+    import vllm
+
+    assert vllm_vispec.adapter_for(vllm.__version__) == "v1", vllm.__version__
