@@ -9,7 +9,8 @@
 * Under an unsupported vLLM version it logs one warning naming the supported versions and
   registers nothing; each supported minor version maps to its runner adapter.
 * vLLM's model-runner choice lists ViSpec among the features Model Runner V2 lacks (so ViSpec
-  configs run on the V1 runner) and leaves other configs alone.
+  configs run on the V1 runner) and leaves other configs alone; a real engine runs V1's CPU
+  runner with the plugin's proposer.
 
 The fresh-interpreter checks run in subprocesses started together at the beginning of the module,
 so their vLLM imports overlap with each other and with the in-process tests.
@@ -262,6 +263,28 @@ def test_vllm_picks_the_v1_runner_for_vispec(
     plain = _create_config(qwen_target, None)
     assert plain.use_v2_model_runner, plain._get_v2_model_runner_unsupported_features()
     assert not vispec_config.use_v2_model_runner
+
+
+@pytest.mark.slow
+def test_a_vispec_engine_runs_the_v1_runner_and_the_plugins_proposer(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
+) -> None:
+    """A real engine on this vLLM (0.32, or 0.33 in ``make test-vllm033``): vLLM's V1 CPU
+    runner, the plugin's proposer, and drafts accepted on an image prompt."""
+    from engines import chat, counters, engine, greedy
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_vispec.runners.v1.proposer import ViSpecProposer
+    from vllm_vispec.tools.bench.offline import model_runner
+
+    with engine(qwen_target, qwen_draft) as llm:
+        assert not llm.llm_engine.vllm_config.use_v2_model_runner
+        runner = model_runner(llm)
+        assert isinstance(runner, CPUModelRunner) and isinstance(runner, GPUModelRunner)
+        assert type(runner.drafter) is ViSpecProposer
+        greedy(llm, [chat([(1, (224, 224))])], max_tokens=16)
+        assert counters(llm)["vllm:spec_decode_num_accepted_tokens"] > 0
 
 
 # --------------------------------------------------------------------------------------------
