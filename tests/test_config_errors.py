@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import typing
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from vllm.config.speculative import RejectionSampleMethod
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vispec import checkpoint
@@ -35,6 +38,7 @@ from vllm_vispec.validation import (
     MAX_SPECULATIVE_TOKENS,
     SUPPORTED_TARGETS,
     ViSpecConfigError,
+    check_chain_rejection,
     is_vispec_draft,
 )
 
@@ -417,6 +421,50 @@ def test_method_other_than_eagle(qwen_target: pathlib.Path, qwen_draft: pathlib.
 def test_unpadded_drafter_batch(qwen_target: pathlib.Path, qwen_draft: pathlib.Path) -> None:
     message = _refusal(qwen_target, _spec(qwen_draft, disable_padded_drafter_batch=True))
     _assert_mentions(message, "padded drafter batch", "disable_padded_drafter_batch")
+
+
+# vLLM 0.33 added FLy verification (lossy by design); 0.32's config has no such value.
+HAS_FLY = "fly" in typing.get_args(RejectionSampleMethod)
+
+
+@pytest.mark.skipif(not HAS_FLY, reason="this vLLM has no rejection_sample_method 'fly'")
+@pytest.mark.parametrize(
+    ("tree", "words"),
+    [
+        (None, ["rejection_sample_method='fly'", "lossy", "remove rejection_sample_method"]),
+        (True, ["rejection_sample_method='fly'", "set vispec.tree to false"]),
+    ],
+    ids=["chains", "trees"],
+)
+def test_lossy_fly_verification(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path, tree: Any, words: list[str]
+) -> None:
+    """FLy accepts draft tokens the target would not produce: chains and trees refuse it."""
+    k = 29 if tree else 3
+    settings = _vispec(tree=tree) if tree else {}
+    spec = _spec(qwen_draft, k=k, rejection_sample_method="fly")
+    _assert_mentions(_refusal(qwen_target, spec, **settings), *words)
+
+
+@pytest.mark.skipif(HAS_FLY, reason="this vLLM accepts 'fly': the plugin refuses it (above)")
+def test_vllm_without_fly_refuses_it_itself(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
+) -> None:
+    with pytest.raises(ValueError, match="fly"):
+        _create_config(qwen_target, _spec(qwen_draft, rejection_sample_method="fly"))
+
+
+@pytest.mark.parametrize("method", ["standard", "synthetic", "block", "fly"])
+def test_chain_rejection_methods(method: str) -> None:
+    """The check itself, on any vLLM: only FLy is refused for chains (synthetic and block keep
+    vLLM's own meaning; trees refuse both)."""
+    spec = SimpleNamespace(rejection_sample_method=method)
+    if method == "fly":
+        with pytest.raises(ViSpecConfigError, match="lossy"):
+            check_chain_rejection(spec)
+    else:
+        check_chain_rejection(spec)
+    check_chain_rejection(SimpleNamespace())  # a vLLM without the field
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@
 * It is cheap: in a fresh interpreter it does not import vLLM's EAGLE proposer module; importing
   that module later yields a patched ``EagleProposer.__new__`` that builds a ``ViSpecProposer``
   for ViSpec drafts only.
-* Under an unsupported vLLM version it logs one warning naming the supported version and
-  registers nothing.
+* Under an unsupported vLLM version it logs one warning naming the supported versions and
+  registers nothing; each supported minor version maps to its runner adapter.
 * vLLM's model-runner choice lists ViSpec among the features Model Runner V2 lacks (so ViSpec
-  configs run on the V1 runner) and leaves other configs alone.
+  configs run on the V1 runner) and leaves other configs alone; a real engine runs V1's CPU
+  runner with the plugin's proposer.
 
 The fresh-interpreter checks run in subprocesses started together at the beginning of the module,
 so their vLLM imports overlap with each other and with the in-process tests.
@@ -112,13 +113,13 @@ out["vllm_methods_modules"] = sorted({{m.__module__ for m in methods}})
 print({RESULT_MARK!r} + json.dumps(out))
 """
 
-# A fresh interpreter under a vLLM that claims another version.
+# A fresh interpreter under a vLLM that claims a version the plugin does not support.
 WRONG_VERSION = f"""
 import json, sys
 
 import vllm
 
-vllm.__version__ = "0.33.0"
+vllm.__version__ = "0.34.0"
 import vllm_vispec
 
 vllm_vispec.register()
@@ -264,6 +265,28 @@ def test_vllm_picks_the_v1_runner_for_vispec(
     assert not vispec_config.use_v2_model_runner
 
 
+@pytest.mark.slow
+def test_a_vispec_engine_runs_the_v1_runner_and_the_plugins_proposer(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
+) -> None:
+    """A real engine on this vLLM (0.32, or 0.33 in ``make test-vllm033``): vLLM's V1 CPU
+    runner, the plugin's proposer, and drafts accepted on an image prompt."""
+    from engines import chat, counters, engine, greedy
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_vispec.runners.v1.proposer import ViSpecProposer
+    from vllm_vispec.tools.bench.offline import model_runner
+
+    with engine(qwen_target, qwen_draft) as llm:
+        assert not llm.llm_engine.vllm_config.use_v2_model_runner
+        runner = model_runner(llm)
+        assert isinstance(runner, CPUModelRunner) and isinstance(runner, GPUModelRunner)
+        assert type(runner.drafter) is ViSpecProposer
+        greedy(llm, [chat([(1, (224, 224))])], max_tokens=16)
+        assert counters(llm)["vllm:spec_decode_num_accepted_tokens"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # Fresh interpreters
 
@@ -309,8 +332,35 @@ def test_unsupported_vllm_version_warns_once_and_registers_nothing(
     out = child.result
     warnings = [line for line in child.output.splitlines() if "NOT registered" in line]
     assert len(warnings) == 1, child.output[-4000:]
-    assert f"vLLM {vllm_vispec.SUPPORTED_VLLM}.x only" in warnings[0]
-    assert "found vLLM 0.33.0" in warnings[0]
+    assert "supports vLLM 0.32.x and 0.33.x only" in warnings[0]
+    assert "found vLLM 0.34.0" in warnings[0]
     assert out["registered"] is False
     assert out["create_engine_config"] == "EngineArgs.create_engine_config"
     assert out["finders"] == []
+
+
+@pytest.mark.parametrize(
+    ("version", "adapter"),
+    [
+        ("0.32.0", "v1"),
+        ("0.32.0+cpu", "v1"),
+        ("0.33.0", "v1"),
+        ("0.33.1rc1.dev12+g0123abc", "v1"),
+        ("0.34.0", None),
+        ("0.31.2", None),
+        ("0.3", None),
+        ("1.32.0", None),
+        ("unknown", None),
+    ],
+)
+def test_supported_versions_map_to_a_runner_adapter(version: str, adapter: str | None) -> None:
+    assert vllm_vispec.adapter_for(version) == adapter
+    assert vllm_vispec.SUPPORTED_VLLM == ("0.32", "0.33")
+
+
+def test_the_installed_vllm_is_supported() -> None:
+    """The venv running this suite has a vLLM the plugin registers under (0.32, or 0.33 in
+    ``make test-vllm033``): the engine tests would otherwise run without the plugin."""
+    import vllm
+
+    assert vllm_vispec.adapter_for(vllm.__version__) == "v1", vllm.__version__

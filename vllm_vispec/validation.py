@@ -113,11 +113,13 @@ def _check_chains_and_cache(
     k = spec.num_speculative_tokens
     if settings.tree is not None:
         _check_trees(settings.tree, vllm_config)
-    elif not 1 <= k <= MAX_SPECULATIVE_TOKENS:
-        raise ViSpecConfigError(
-            f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for ViSpec "
-            f"drafts (got {k}); 3-5 is usually best"
-        )
+    else:
+        check_chain_rejection(spec)
+        if not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+            raise ViSpecConfigError(
+                f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for "
+                f"ViSpec drafts (got {k}); 3-5 is usually best"
+            )
     if spec.disable_padded_drafter_batch:
         raise ViSpecConfigError(
             "ViSpec drafts need vLLM's padded drafter batch; remove "
@@ -143,6 +145,25 @@ def _check_chains_and_cache(
     if attention != "mark":
         _check_cpu_kv_layout(
             vllm_config, draft_cfg.head_dim, f"{setting('draft_attention')}={attention}"
+        )
+
+
+# Rejection methods (vLLM's speculative_config) that chains of ViSpec drafts refuse, and why.
+# vLLM 0.33 added "fly"; 0.32's config refuses that value itself, so the check is safe there.
+LOSSY_REJECTION_METHODS = {
+    "fly": "FLy accepts some draft tokens the target would not have produced (vLLM calls it lossy)",
+}
+
+
+def check_chain_rejection(spec: Any) -> None:
+    """Chains are verified by vLLM's rejection sampler: refuse the methods that make the output
+    differ from the target's (trees refuse every method but 'standard' in :func:`_check_trees`)."""
+    method = getattr(spec, "rejection_sample_method", "standard")
+    if method in LOSSY_REJECTION_METHODS:
+        raise ViSpecConfigError(
+            f"ViSpec drafts keep the target's output, and rejection_sample_method={method!r} "
+            f"does not: {LOSSY_REJECTION_METHODS[method]}; remove rejection_sample_method from "
+            "the speculative config (or set it to 'standard')"
         )
 
 
