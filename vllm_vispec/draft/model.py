@@ -97,7 +97,7 @@ def draft_config(vllm_config: VllmConfig) -> ViSpecConfig:
 )
 class ViSpecModel(nn.Module):
     """Everything a draft forward computes; its inputs are tensors only (vision inputs come
-    from :class:`~vllm_vispec.vision_inputs.VisionBuffers`), so vLLM can compile it."""
+    from :class:`~vllm_vispec.draft.inputs.DraftInputs`), so vLLM can compile it."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", inputs: DraftInputs) -> None:
         super().__init__()

@@ -2,9 +2,9 @@
 
 vLLM carries the draft tokens themselves ([B, K], cut per request by the scheduler); a
 :class:`Proposal` says how many of each request's K are real and, for requests that drafted a
-tree, how the nodes hang together. The runner reads it twice: when vLLM takes the drafts (cut
-each request's list to its length) and when the next step's inputs are prepared (each
-scheduled tree's parents), after which it is spent.
+tree, how the nodes hang together. A runner adapter's verifier reads it twice: when vLLM takes
+the drafts (cut each request's list to its length) and when the next step's inputs are
+prepared (each scheduled tree's parents), after which it is spent.
 """
 
 from __future__ import annotations

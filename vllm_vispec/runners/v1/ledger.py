@@ -164,8 +164,8 @@ SAMPLING_PARAMS_ATTRIBUTES = (
     "structured_outputs",
     "thinking_token_budget",
 )
-# SamplingMetadata fields the tree verification reads (tree/step.py: per-node penalties, bad
-# words, allowed tokens, then the pick).
+# SamplingMetadata fields the tree verification reads (runners/v1/tree_sampling.py: per-node
+# penalties, bad words, allowed tokens, then the pick).
 SAMPLING_METADATA_ATTRIBUTES = (
     "all_greedy",
     "allowed_token_ids_mask",

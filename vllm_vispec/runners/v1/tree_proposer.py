@@ -1,14 +1,12 @@
-"""The ViSpec proposer that drafts EAGLE-2 trees (``vispec.tree``), and verifies them.
+"""The ViSpec proposer that drafts EAGLE-2 trees (``vispec.tree``).
 
 Chosen instead of :class:`~vllm_vispec.runners.v1.proposer.ViSpecProposer` when trees are
-configured. A
-step whose K (vLLM's, by its batch-size schedule when set) is a tree's size drafts trees of K
-nodes for the requests that can take one and chains for the rest; a smaller K drafts chains of
-K. Each propose() leaves one :class:`~vllm_vispec.tree.proposal.Proposal` for the runner, and
-the proposer owns the :class:`~vllm_vispec.tree.step.TreeStep` that verifies it: the runner
-and target-attention hooks (:mod:`vllm_vispec.runners.v1.tree_runner`,
-:mod:`~vllm_vispec.runners.v1.tree_attention`) are installed on this engine's runner and target
-only, so every other engine in the process runs vLLM's code.
+configured. A step whose K (vLLM's, by its batch-size schedule when set) is a tree's size drafts
+trees of K nodes for the requests that can take one and chains for the rest; a smaller K drafts
+chains of K. Each propose() offers one :class:`~vllm_vispec.tree.proposal.Proposal` to the
+engine's :class:`~vllm_vispec.runners.v1.tree_verifier.TreeVerifier` (attached by the adapter's
+``tree_hooks`` once the runner has loaded its model), and the next propose() takes the verified
+step from it.
 """
 
 from __future__ import annotations
@@ -163,7 +161,7 @@ class ViSpecTreeProposer(ViSpecProposer):
     def _tree_ok(self, req_id: str) -> bool:
         """Whether a tree can be verified for this request with every sampling option kept.
 
-        Penalties, bad words and allowed tokens are applied per node (TreeStep); vLLM refuses
+        Penalties, bad words and allowed tokens are applied per node (tree_sampling); vLLM refuses
         min_p and logit bias per request under any speculation. Chains for:
         min_tokens not yet reached, thinking budgets and structured output (vLLM's state
         machines walk the drafts as a chain), processed-logprobs modes, and seeded requests,
