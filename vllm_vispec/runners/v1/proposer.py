@@ -14,8 +14,9 @@ as it is. Around it this class
 With ``vispec.tree`` on, :class:`~vllm_vispec.runners.v1.tree_proposer.ViSpecTreeProposer` (a
 subclass) drafts EAGLE-2 trees instead.
 
-Every base method overridden here and every runner attribute read here is listed in the
-ledger of :mod:`vllm_vispec.patches`, which a fast test checks against the installed vLLM.
+Every base method overridden here and every runner attribute read here is listed in the V1
+adapter's ledger section (:mod:`vllm_vispec.runners.v1.ledger`), which a fast test checks
+against the installed vLLM.
 """
 
 from __future__ import annotations
