@@ -193,7 +193,6 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
         )
     spec = vllm_config.speculative_config
     _check_schedule(tree, vllm_config)
-    _check_tree_target(vllm_config)
     for option, value, default in (
         ("draft_sample_method", spec.draft_sample_method, "greedy"),
         ("rejection_sample_method", spec.rejection_sample_method, "standard"),
@@ -204,6 +203,7 @@ def _check_trees(tree: TreeSettings, vllm_config: Any) -> None:
                 f"{option}={value!r} would change; remove {option} from the speculative "
                 f"config or set {TREE_SETTING} to false"
             )
+    _check_tree_target(vllm_config)
 
 
 def _check_tree_target(vllm_config: Any) -> None:
