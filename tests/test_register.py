@@ -33,7 +33,7 @@ from vllm_vispec.config import DRAFT_ARCHITECTURE
 from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 
 EAGLE_MODULE = "vllm.v1.spec_decode.eagle"
-# The module whose first import applies the CPU top-k fix (patches/cpu_top_k.py).
+# The module whose first import applies the CPU top-k fix (runners/v1/cpu_top_k.py).
 SAMPLER_TRIGGER = "vllm.v1.sample.ops.topk_topp_sampler"
 PATCHES = "vllm_vispec.patches"
 V1 = "vllm_vispec.runners.v1"
@@ -119,7 +119,7 @@ import json, sys
 
 import vllm
 
-vllm.__version__ = "0.34.0"
+vllm.__version__ = "0.35.0"
 import vllm_vispec
 
 vllm_vispec.register()
@@ -332,8 +332,8 @@ def test_unsupported_vllm_version_warns_once_and_registers_nothing(
     out = child.result
     warnings = [line for line in child.output.splitlines() if "NOT registered" in line]
     assert len(warnings) == 1, child.output[-4000:]
-    assert "supports vLLM 0.32.x and 0.33.x only" in warnings[0]
-    assert "found vLLM 0.34.0" in warnings[0]
+    assert "supports vLLM 0.32.x, 0.33.x and 0.34.x only" in warnings[0]
+    assert "found vLLM 0.35.0" in warnings[0]
     assert out["registered"] is False
     assert out["create_engine_config"] == "EngineArgs.create_engine_config"
     assert out["finders"] == []
@@ -346,7 +346,9 @@ def test_unsupported_vllm_version_warns_once_and_registers_nothing(
         ("0.32.0+cpu", "v1"),
         ("0.33.0", "v1"),
         ("0.33.1rc1.dev12+g0123abc", "v1"),
-        ("0.34.0", None),
+        ("0.34.0", "v2"),
+        ("0.34.0+cpu", "v2"),
+        ("0.35.0", None),
         ("0.31.2", None),
         ("0.3", None),
         ("1.32.0", None),
@@ -355,12 +357,13 @@ def test_unsupported_vllm_version_warns_once_and_registers_nothing(
 )
 def test_supported_versions_map_to_a_runner_adapter(version: str, adapter: str | None) -> None:
     assert vllm_vispec.adapter_for(version) == adapter
-    assert vllm_vispec.SUPPORTED_VLLM == ("0.32", "0.33")
+    assert vllm_vispec.SUPPORTED_VLLM == ("0.32", "0.33", "0.34")
 
 
 def test_the_installed_vllm_is_supported() -> None:
-    """The venv running this suite has a vLLM the plugin registers under (0.32, or 0.33 in
-    ``make test-vllm033``): the engine tests would otherwise run without the plugin."""
+    """The venv running this suite has a vLLM the plugin registers under (0.32, 0.33 in
+    ``make test-vllm033``, 0.34 in ``make test-vllm034``): the engine tests would otherwise
+    run without the plugin."""
     import vllm
 
-    assert vllm_vispec.adapter_for(vllm.__version__) == "v1", vllm.__version__
+    assert vllm_vispec.adapter_for(vllm.__version__) is not None, vllm.__version__

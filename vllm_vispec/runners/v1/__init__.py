@@ -8,6 +8,9 @@ section (:mod:`~vllm_vispec.runners.v1.ledger`) that the upgrade guard checks.
 
 from __future__ import annotations
 
+# The draft class vLLM's registry resolves for ViSpec drafts on this runner.
+DRAFT_MODEL = "vllm_vispec.draft.model:EagleViSpecForCausalLM"
+
 
 def install() -> None:
     """Apply the V1 section of the ledger (idempotent; no V1 module is imported here)."""

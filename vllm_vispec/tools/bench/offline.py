@@ -85,8 +85,9 @@ def model_runner(llm: Any) -> Any:
 
 
 def drafter(llm: Any) -> Any:
-    """The proposer of an in-process engine."""
-    return model_runner(llm).drafter
+    """The proposer of an in-process engine (V1's drafter, V2's speculator)."""
+    runner = model_runner(llm)
+    return runner.drafter if hasattr(runner, "drafter") else runner.speculator
 
 
 def timed_propose(llm: Any, times: list[float]) -> str:
