@@ -25,10 +25,15 @@ def qwen_draft(qwen_target: pathlib.Path, tmp_path_factory: pytest.TempPathFacto
     return build_tiny_draft(qwen_target, tmp_path_factory.mktemp("qwen-draft") / "d", echo=True)
 
 
-def _config(target: pathlib.Path, draft: pathlib.Path, **vispec: Any) -> Any:
+def _config(
+    target: pathlib.Path, draft: pathlib.Path, method: str | None = "eagle", **vispec: Any
+) -> Any:
+    spec = {"model": str(draft), "num_speculative_tokens": 3}
+    if method is not None:
+        spec["method"] = method
     args = EngineArgs(
         model=str(target),
-        speculative_config={"method": "eagle", "model": str(draft), "num_speculative_tokens": 3},
+        speculative_config=spec,
         **cpu_engine_kwargs(additional_config={"vispec": vispec}),
     )
     return args.create_engine_config()
@@ -41,6 +46,16 @@ def test_vispec_draft_selects_the_vispec_speculator(
     speculator_config = config.speculative_config.speculator_config
     assert type(speculator_config) is ViSpecSpeculatorConfig
     assert speculator_config.num_lookahead_tokens == 3  # EAGLE's, inherited
+
+
+def test_vispec_draft_without_method_runs_as_eagle(
+    qwen_target: pathlib.Path, qwen_draft: pathlib.Path
+) -> None:
+    """vLLM 0.34 detects the method from the speculator the draft's model declares (0.32 and
+    0.33 would run the folder as a standalone draft model, which the plugin refuses)."""
+    config = _config(qwen_target, qwen_draft, method=None)
+    assert config.speculative_config.method == "eagle"
+    assert type(config.speculative_config.speculator_config) is ViSpecSpeculatorConfig
 
 
 def test_plain_eagle_draft_keeps_vllms_speculator(

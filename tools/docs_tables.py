@@ -186,10 +186,13 @@ def ledger_table() -> str:
         "`SamplingParams`": v1.SAMPLING_PARAMS_ATTRIBUTES,
         "`SamplingMetadata`": v1.SAMPLING_METADATA_ATTRIBUTES,
     }
-    out += ["", "Private vLLM state the V1 adapter reads:", "", "| object | attributes |"]
-    out += ["|---|---|"]
-    out += [_row(obj, ", ".join(f"`{a}`" for a in names)) for obj, names in state.items()]
+    out += _state_table("Private vLLM state the V1 adapter reads:", state)
     return "\n".join(out + v2_section())
+
+
+def _state_table(title: str, state: dict[str, tuple[str, ...]]) -> list[str]:
+    out = ["", title, "", "| object | attributes |", "|---|---|"]
+    return out + [_row(obj, ", ".join(f"`{a}`" for a in names)) for obj, names in state.items()]
 
 
 def v2_section() -> list[str]:
@@ -206,8 +209,7 @@ def v2_section() -> list[str]:
         "`EncoderCache` (V2)": v2.ENCODER_CACHE_ATTRIBUTES,
         "`RequestState` (V2)": v2.REQUEST_STATE_ATTRIBUTES,
     }
-    out += ["", "vLLM state the V2 adapter reads:", "", "| object | attributes |", "|---|---|"]
-    return out + [_row(obj, ", ".join(f"`{a}`" for a in names)) for obj, names in state.items()]
+    return out + _state_table("vLLM state the V2 adapter reads:", state)
 
 
 BLOCKS: dict[str, tuple[pathlib.Path, Callable[[], str]]] = {

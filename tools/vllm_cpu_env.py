@@ -18,8 +18,8 @@ this script assembles, from the registry only, for one release (``--vllm``, see 
    that every Python process of the venv runs V2's Triton kernels in Triton's interpreter (see
    its docstring). 0.33 gets no shim: without a "cpu" Triton backend vLLM turns Triton off and
    runs its V1 model runner, as 0.32 does on CPU;
-5. for 0.33 (V1, which the plugin runs on): this checkout installed editable without
-   dependencies, so that vLLM finds the plugin's entry point in every process.
+5. this checkout installed editable without dependencies, so that vLLM finds the plugin's entry
+   point in every process (0.33: the V1 adapter; 0.34: the V2 adapter).
 
 It ends with a smoke check (CPU platform, Triton on or off as the runner needs, the compiled
 ops load). ``make install-vllm033`` and ``make install-vllm034`` run it.
@@ -79,7 +79,8 @@ RELEASES = {
     # V1 still there (deprecated): the plugin runs, and `make test-vllm033` runs a subset of
     # tests/ here (scipy for its sampling tests, xdist for the same pytest options as .venv).
     "0.33.0": Release("0.33.0", "V1", False, True, (*BASE_TOOLS, "pytest-xdist", "scipy")),
-    # V1 removed; tests_v2/ runs vLLM's own engines here, not yet the plugin.
+    # V1 removed: the plugin's V2 adapter; `make test-vllm034` runs tests_v2/ and a subset of
+    # tests/ here.
     "0.34.0": Release("0.34.0", "V2", True, True, (*BASE_TOOLS, "pytest-xdist", "scipy")),
 }
 

@@ -46,11 +46,14 @@ class VisionAdaptor(nn.Module):
 
 
 class ImageFeatureFc(nn.Module):
-    """Official ``img_fc`` (Linear 2H -> H over ``cat(h, g)``) kept as its two halves.
+    """Official ``img_fc`` (Linear 2H -> H over ``cat(h, g)``), folded into ``fc`` at load time.
 
-    ``img_fc(cat(h, g)) = W_h h + b + W_g g``: the ``W_g g`` term is the same for every token
-    after an image, so the proposer projects each image's global feature once
-    (:meth:`project_global`) and tokens pay for an H -> H product, not 2H -> H.
+    The draft computes ``fc(cat(e, img_fc(cat(h, g))))``. Written with ``fc = [F_e | F_h] + c``
+    and ``img_fc = [W_h | W_g] + b``, that is ``[F_e | F_h W_h] cat(e, h) + c + F_h b + F_h W_g g``:
+    :meth:`fold_into` rewrites ``fc``'s second half to ``F_h W_h`` once the weights are loaded,
+    so a step costs what vLLM's EAGLE step does (one 2H -> H product) plus an add of
+    ``F_h W_g g``, which is the same for every token after an image: the proposer projects each
+    image's global feature once (:meth:`project_global`).
     """
 
     def __init__(self, hidden_size: int, bias: bool) -> None:
@@ -67,9 +70,23 @@ class ImageFeatureFc(nn.Module):
             self.weight_h.data.copy_(tensor[:, :h])
             self.weight_g.data.copy_(tensor[:, h:])
 
+    @torch.no_grad()
+    def fold_into(self, fc_weight: torch.Tensor) -> None:
+        """After loading, before vLLM repacks ``fc``: ``fc``'s hidden half becomes
+        ``F_h W_h``, ``weight_g`` becomes ``F_h W_g`` and ``bias`` ``F_h b`` (in fp32)."""
+        h = self.weight_h.shape[1]
+        f_h = fc_weight[:, h:].float().clone()  # fc_weight's half is overwritten below
+        fc_weight[:, h:] = (f_h @ self.weight_h.float()).to(fc_weight.dtype)
+        self.weight_g.data = (f_h @ self.weight_g.float()).to(self.weight_g.dtype)
+        if self.bias is not None:
+            self.bias.data = (f_h @ self.bias.float()).to(self.bias.dtype)
+        self.weight_h.data = self.weight_h.data.new_empty(0)  # folded: never read again
+
     def project_global(self, g: torch.Tensor) -> torch.Tensor:
         return F.linear(g, self.weight_g)
 
-    def forward(self, h: torch.Tensor, projected_g: torch.Tensor | None) -> torch.Tensor:
-        out = F.linear(h, self.weight_h, self.bias)
-        return out if projected_g is None else out + projected_g
+    def forward(self, x: torch.Tensor, projected_g: torch.Tensor) -> torch.Tensor:
+        """``x`` the folded ``fc``'s output; ``projected_g`` each row's projected global
+        feature (zero without an image)."""
+        x = x + projected_g
+        return x if self.bias is None else x + self.bias

@@ -58,9 +58,9 @@ class DraftInputs:
     A compiled draft or a captured CUDA graph reads tensors, never Python state, so the
     proposer writes each ``propose()``'s rows here once (:meth:`write`) and the draft reads the
     first rows it runs on. After every forward the draft calls :meth:`advance`, which puts the
-    later steps' rows in place: after the first pass they are what the steps read, and repeating
-    it is harmless. Sizes are fixed (the proposer's token and request capacity), so the copies
-    are the same in every pass and capture.
+    later steps' rows in place once: after the first pass they are what the steps read. Sizes
+    are fixed (the proposer's token and request capacity), so the copies are the same in every
+    pass and capture.
     """
 
     def __init__(
@@ -75,9 +75,11 @@ class DraftInputs:
         self.unseen_intervals: Intervals | None = None  # read by the (eager) skipping attention
         self.tree_pass: TreePass | None = None  # set only while a tree pass runs (eager)
         self._written = 0  # first-pass rows the last write may have set
+        self._advanced = False  # the later steps' rows are in place since the last write
 
     def write(self, inputs: VisionInputs | None) -> None:
         """Install one ``propose()``'s inputs (None: a text-only batch, no image feature)."""
+        self._advanced = False
         if self._written:
             n = self._written
             self.global_rows[:n].zero_()
@@ -109,6 +111,7 @@ class DraftInputs:
         """Rows of a tree pass: ``top_k`` text nodes per request of ``requests`` (batch rows),
         laid out by ``tree_pass`` until :meth:`end_tree_pass`."""
         self.tree_pass = tree_pass
+        self._advanced = False
         n = requests.shape[0] * top_k
         self.global_rows[:n].copy_(self.step_global_rows[requests].repeat_interleave(top_k, 0))
         self.compressed[:n].zero_()
@@ -119,7 +122,11 @@ class DraftInputs:
         self.tree_pass = None
 
     def advance(self) -> None:
-        """After a forward: the later steps' rows (one per request) take the first rows."""
+        """After a forward: the later steps' rows (one per request) take the first rows; a
+        no-op until the next write or tree pass once they have."""
+        if self._advanced:
+            return
+        self._advanced = True
         self.global_rows[: self.max_reqs].copy_(self.step_global_rows)
         self.compressed[: self.max_reqs].zero_()
         self.unseen[: self.max_reqs].zero_()

@@ -139,10 +139,9 @@ class ViSpecModel(nn.Module):
         embeds = self.embed_tokens(input_ids)
         if self.img_fc is None:
             embeds = torch.where(compressed[:, None], compressed_rows.to(embeds.dtype), embeds)
-            x = self.fc(torch.cat([embeds, hidden_states], dim=-1))
-        else:
-            image_aware = self.img_fc(hidden_states, global_rows)
-            x = self.fc(torch.cat([embeds, image_aware], dim=-1))
+        x = self.fc(torch.cat([embeds, hidden_states], dim=-1))
+        if self.img_fc is not None:  # img_fc is folded into fc (ImageFeatureFc.fold_into)
+            x = self.img_fc(x, global_rows)
             x = torch.where(compressed[:, None], compressed_rows.to(x.dtype), x)
         out = self.layers[0](positions, x, unseen)
         return out if self.norm is None else self.norm(out)
@@ -268,6 +267,8 @@ class EagleViSpecForCausalLM(nn.Module):
             loaded.add(next(n for n, p in params.items() if p is attention.qkv_proj.bias))
         if self.model.imadpt is not None:
             self.model.imadpt.absorb()
+        if self.model.img_fc is not None:
+            self.model.img_fc.fold_into(self.model.fc.weight.data)
         return loaded
 
 

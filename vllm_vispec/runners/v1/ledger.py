@@ -15,11 +15,11 @@ LEDGER: tuple[Patch, ...] = (
         module="vllm_vispec.runners.v1.runner_selection",
         upstream=("vllm.config.vllm:VllmConfig._get_v2_model_runner_unsupported_features",),
         trigger="vllm.config.vllm",
-        why="the proposer subclasses the V1 EagleProposer; the V2 runner has its own "
-        "speculators and no way to add one",
+        why="on vLLM 0.32 and 0.33 the proposer subclasses the V1 EagleProposer; their V2 "
+        "runners have no speculator hook the plugin uses (vLLM 0.34's is runners.v2)",
         how="adds 'ViSpec drafts (vllm-vispec)' to the features V2 lacks, so vLLM picks V1",
-        reference="vLLM V2 runner (v1/worker/gpu/spec_decode/): no out-of-tree speculators",
-        remove_when="the plugin ships a V2 speculator",
+        reference="vLLM 0.34 V2 runner: a draft model's speculator_config_class",
+        remove_when="vLLM 0.32 and 0.33 are no longer supported",
     ),
     Patch(
         module="vllm_vispec.runners.v1.proposer_selection",
