@@ -35,6 +35,19 @@ def _baseline_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The files whose tests run longest (a `vllm serve` pair, training runs, TP=2 engines) go first,
+# each kept whole: xdist hands tests out in collection order, so a long one started last keeps
+# the run waiting on one worker while the other idles.
+
+LONG_FILES = ("test_serve.py", "test_train.py", "test_tensor_parallel.py", "test_interpreted.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
+# --------------------------------------------------------------------------------------------
 # Engine start-ups, counted over the run (all xdist workers) and printed at its end: the cost
 # that decides how long the suite takes.
 

@@ -31,6 +31,7 @@ HOOKS = (
 SPECULATOR_OVERRIDES: dict[str, str] = {
     "__init__": "(self, vllm_config, device)",
     "load_draft_model": "(self, target_model, target_attn_layer_names)",
+    "load_model": "(self, target_model)",
     "init_cudagraph_manager": "(self, cudagraph_mode)",
     "propose": "(self, input_batch, attn_metadata, slot_mappings, last_hidden_states, "
     "aux_hidden_states, num_sampled, num_rejected, last_sampled, next_prefill_tokens, "

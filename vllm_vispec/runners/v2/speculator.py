@@ -62,8 +62,17 @@ class ViSpecSpeculator(EagleSpeculator):
         self.draft = draft
         features = FeatureCache(self.settings.feature_cache_bytes)
         self.vision = image_strategy(draft, features, self.dtype, self.device)
-        logger.info(self.vision.describe())
         return model
+
+    def load_model(self, target_model: nn.Module) -> None:
+        super().load_model(target_model)
+        # vLLM has just warned that the draft takes no image embeddings (its merge of them into
+        # the draft's input embeddings): true, and by design, so say how images do reach it.
+        logger.info(
+            "ViSpec: the draft reads the encoder's outputs itself (vLLM's embedding merge stays "
+            "off). %s",
+            self.vision.describe(),
+        )
 
     def init_cudagraph_manager(self, cudagraph_mode: CUDAGraphMode) -> None:
         if cudagraph_mode != CUDAGraphMode.NONE:
