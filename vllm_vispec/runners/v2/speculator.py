@@ -93,6 +93,8 @@ class ViSpecSpeculator(EagleSpeculator):
 
     def _vision_inputs(self, batch: InputBatch) -> VisionInputs | None:
         cache = self._encoder_cache()
+        if cache is None:  # an engine whose images are turned off: text rows only
+            return None
         num_reqs = batch.num_reqs
         self.vision.forget_finished(cache.mm_features)
         return self.vision.build(
@@ -103,10 +105,12 @@ class ViSpecSpeculator(EagleSpeculator):
             cache.encoder_outputs,
         )
 
-    def _encoder_cache(self) -> EncoderCache:
+    def _encoder_cache(self) -> EncoderCache | None:
         """V2's encoder cache (each live request's multimodal features, the step's encoder
-        outputs by image hash), reached through the model state vLLM hands the speculator."""
-        return self.model_state.encoder_runner.encoder_cache
+        outputs by image hash), reached through the model state vLLM hands the speculator;
+        None when the engine takes no images (``limit_mm_per_prompt`` all 0)."""
+        runner = getattr(self.model_state, "encoder_runner", None)
+        return None if runner is None else runner.encoder_cache
 
 
 class _Request:
