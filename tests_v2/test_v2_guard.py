@@ -27,6 +27,9 @@ from vllm_vispec.tools.testing.guard import (
 
 LEDGER = patches.LEDGER + v2.LEDGER
 SPECULATOR = "vllm.v1.worker.gpu.spec_decode.eagle.speculator:EagleSpeculator"
+# Overrides whose parameters differ from vLLM's on purpose: __init__ also takes req_states
+# (init_speculator passes it by signature), propose passes vLLM's arguments through.
+OWN_PARAMETERS = ("__init__", "propose")
 
 
 @pytest.mark.parametrize("symbol", [s for p in LEDGER for s in p.upstream] + list(v2.HOOKS))
@@ -47,6 +50,8 @@ def test_overridden_signatures(method: str) -> None:
         f"{parameters(upstream)}; update ViSpecSpeculator.{method} and the ledger"
     )
     assert method in vars(ViSpecSpeculator)
+    if method not in OWN_PARAMETERS:
+        assert parameters(getattr(ViSpecSpeculator, method)) == parameters(upstream), method
 
 
 def test_every_override_is_in_the_ledger() -> None:
@@ -62,11 +67,13 @@ def test_every_override_is_in_the_ledger() -> None:
     ("symbol", "names"),
     [
         (SPECULATOR, v2.SPECULATOR_ATTRIBUTES),
+        ("vllm.v1.worker.gpu.model_states.interface:ModelState", v2.MODEL_STATE_ATTRIBUTES),
+        ("vllm.v1.worker.gpu.mm.encoder_runner:EncoderRunner", v2.ENCODER_RUNNER_ATTRIBUTES),
         ("vllm.v1.worker.gpu.input_batch:InputBatch", v2.INPUT_BATCH_ATTRIBUTES),
         ("vllm.v1.worker.gpu.mm.encoder_cache:EncoderCache", v2.ENCODER_CACHE_ATTRIBUTES),
         ("vllm.v1.worker.gpu.states:RequestState", v2.REQUEST_STATE_ATTRIBUTES),
     ],
-    ids=["speculator", "InputBatch", "EncoderCache", "RequestState"],
+    ids=["speculator", "ModelState", "EncoderRunner", "InputBatch", "EncoderCache", "RequestState"],
 )
 def test_state_the_speculator_reads(symbol: str, names: tuple[str, ...]) -> None:
     known = assigned_attributes(resolve(symbol))
@@ -75,7 +82,8 @@ def test_state_the_speculator_reads(symbol: str, names: tuple[str, ...]) -> None
 
 
 def test_the_speculator_reads_only_listed_state() -> None:
-    """Every ``batch.X`` / ``cache.X`` / ``states.X`` the speculator reads is in the ledger."""
+    """Every ``batch.X`` / ``cache.X`` / ``states.X`` / ``state.X`` (the model state) the
+    speculator reads is in the ledger."""
     from vllm_vispec.runners.v2 import speculator
 
     source = Path(inspect.getfile(speculator)).read_text()
@@ -83,6 +91,7 @@ def test_the_speculator_reads_only_listed_state() -> None:
         ("batch", v2.INPUT_BATCH_ATTRIBUTES),
         ("cache", v2.ENCODER_CACHE_ATTRIBUTES),
         ("states", v2.REQUEST_STATE_ATTRIBUTES),
+        ("state", v2.MODEL_STATE_ATTRIBUTES),
     ):
         read = set(re.findall(rf"\b{var}\.(\w+)", source))
         assert read <= set(listed), f"{var}: {sorted(read - set(listed))} not in the V2 ledger"

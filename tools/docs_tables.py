@@ -205,6 +205,8 @@ def v2_section() -> list[str]:
     out += [_row(f"`{m}`", f"`{sig}`") for m, sig in v2.SPECULATOR_OVERRIDES.items()]
     state = {
         "`EagleSpeculator` (the base classes' own state)": v2.SPECULATOR_ATTRIBUTES,
+        "`ModelState` (V2)": v2.MODEL_STATE_ATTRIBUTES,
+        "`EncoderRunner` (V2)": v2.ENCODER_RUNNER_ATTRIBUTES,
         "`InputBatch` (V2)": v2.INPUT_BATCH_ATTRIBUTES,
         "`EncoderCache` (V2)": v2.ENCODER_CACHE_ATTRIBUTES,
         "`RequestState` (V2)": v2.REQUEST_STATE_ATTRIBUTES,

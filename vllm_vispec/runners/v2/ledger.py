@@ -39,9 +39,12 @@ SPECULATOR_OVERRIDES: dict[str, str] = {
     "mm_inputs=None, is_profile=False, num_speculative_tokens=None)",
 }
 
-# State the speculator reads: its own (set by vLLM's base classes), the input batch's, the
-# encoder cache's (reached through ``model_state.encoder_runner``) and the request states'.
+# State the speculator reads: its own (set by vLLM's base classes), the model state's (handed
+# over by ``set_attn``), the input batch's, the encoder cache's (reached through
+# ``model_state.encoder_runner``) and the request states'.
 SPECULATOR_ATTRIBUTES = ("device", "dtype", "model_state")
+MODEL_STATE_ATTRIBUTES = ("encoder_runner", "supports_mm_inputs")
+ENCODER_RUNNER_ATTRIBUTES = ("encoder_cache",)
 INPUT_BATCH_ATTRIBUTES = ("num_computed_tokens_np", "num_reqs", "query_start_loc_np", "req_ids")
 ENCODER_CACHE_ATTRIBUTES = ("encoder_outputs", "mm_features")
 REQUEST_STATE_ATTRIBUTES = ("all_token_ids", "prompt_len", "req_id_to_index")

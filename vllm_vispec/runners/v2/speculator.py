@@ -109,8 +109,8 @@ class ViSpecSpeculator(EagleSpeculator):
         """V2's encoder cache (each live request's multimodal features, the step's encoder
         outputs by image hash), reached through the model state vLLM hands the speculator;
         None when the engine takes no images (``limit_mm_per_prompt`` all 0)."""
-        runner = getattr(self.model_state, "encoder_runner", None)
-        return None if runner is None else runner.encoder_cache
+        state = self.model_state
+        return state.encoder_runner.encoder_cache if state.supports_mm_inputs else None
 
 
 class _Request:
