@@ -96,7 +96,7 @@ TESTS034 := \
 	'tests/test_lossless.py::test_greedy_rows_beside_sampled_rows' \
 	'tests/test_lossless.py::test_sampling_follows_the_target_distribution[vispec]' \
 	tests/test_tensor_parallel.py tests/test_serve.py tests/test_official_checkpoints.py \
-	tests/test_config_errors.py
+	tests/test_config_errors.py tests/test_goodput.py
 # What vLLM 0.34 decides itself (no padded-drafter option, a ViSpec draft without "method" runs
 # as EAGLE) or the plugin refuses earlier there (trees).
 DESELECT034 := -k 'not (test_config_errors and (tree or method or unpadded))'

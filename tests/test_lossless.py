@@ -317,10 +317,11 @@ def _sampled_pit(
     conversations: list,
     seeded: bool = True,
     vispec: dict | None = None,
+    steps_per_k: dict | None = None,
 ) -> tuple[float, int]:
     """KS p-value of the randomised PIT of every token sampled at temperature 1, and how many
     draft tokens were accepted. Unseeded requests draw from the engine's seeded generator
-    (seeded requests never draft trees)."""
+    (seeded requests never draft trees). ``steps_per_k`` gets ``vispec.goodput``'s choices."""
     vocab = 512
     # Flat log-probabilities without detokenization: the same numbers, without building and
     # decoding a dict of 512 Logprob objects per token (most of this test's time otherwise).
@@ -340,6 +341,9 @@ def _sampled_pit(
         before = counters(llm)
         outputs = llm.chat(conversations, params, use_tqdm=False)
         after = counters(llm)
+        policy = getattr(llm.llm_engine.engine_core.engine_core.scheduler, "vispec_goodput", None)
+        if steps_per_k is not None and policy is not None:
+            steps_per_k.update(policy.counts)
     drafted = "vllm:spec_decode_num_draft_tokens"
     assert after[drafted] - before.get(drafted, 0) > 100, "too few drafts to test anything"
     rng = np.random.default_rng(0)
@@ -389,10 +393,16 @@ def test_sampling_follows_the_target_distribution(
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"
 
 
-def test_sampling_with_a_trained_draft_follows_the_target() -> None:
+GOODPUT_TREES = {"tree": {"depth": 2, "top_k": 4}, "goodput": {"hysteresis": 0, "explore_every": 4}}
+
+
+@pytest.mark.parametrize("vispec", [None, GOODPUT_TREES], ids=["chains", "goodput-trees"])
+def test_sampling_with_a_trained_draft_follows_the_target(vispec: dict | None) -> None:
     """The toy world's trained target is peaked and its trained draft is often accepted, so this
     covers the accept branch of rejection sampling, which the random tiny models above (flat
-    distributions) mostly skip."""
+    distributions) mostly skip. ``goodput-trees``: ``vispec.goodput`` picks each step's K among
+    nothing, chains of 1-7 and trees of 8 nodes while the batch drains (unseeded requests, which
+    may draft trees)."""
     from vllm_vispec.tools.toy.world import prompts
 
     toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
@@ -409,6 +419,13 @@ def test_sampling_with_a_trained_draft_follows_the_target() -> None:
         for _, image, question in prompts(96, 30_000)
     ]
     spec = {"method": "eagle", "model": str(toy / "vispec")}
-    pvalue, accepted = _sampled_pit(toy / "target", spec, conversations)
+    if vispec is not None:
+        spec["num_speculative_tokens"] = 8
+    steps_per_k: dict[int, int] = {}
+    pvalue, accepted = _sampled_pit(
+        toy / "target", spec, conversations, vispec is None, vispec, steps_per_k
+    )
+    if vispec is not None:  # K changed within the run, trees included
+        assert len(steps_per_k) >= 3 and steps_per_k.get(8, 0) > 0, steps_per_k
     assert accepted > 500, f"only {accepted} draft tokens accepted: the accept path is untested"
     assert pvalue > 1e-3, f"sampled tokens do not follow the target (KS p = {pvalue:.2g})"

@@ -35,6 +35,7 @@ from vllm_vispec.tools.bench.cpu_engine import cpu_engine_kwargs
 EAGLE_MODULE = "vllm.v1.spec_decode.eagle"
 # The module whose first import applies the CPU top-k fix (runners/v1/cpu_top_k.py).
 SAMPLER_TRIGGER = "vllm.v1.sample.ops.topk_topp_sampler"
+SCHEDULER_TRIGGER = "vllm.v1.core.sched.scheduler"  # vispec.goodput's patch
 PATCHES = "vllm_vispec.patches"
 V1 = "vllm_vispec.runners.v1"
 RESULT_MARK = "RESULT-JSON: "
@@ -87,6 +88,9 @@ vllm_vispec.register()
 out["eagle_new_module"] = new.__module__
 out["eagle_new_unchanged"] = EagleProposer.__new__ is new
 out["pending_finders_at_end"] = finders()
+from vllm.v1.core.sched.scheduler import Scheduler
+
+out["scheduler_init_module"] = Scheduler.__init__.__module__
 out["register_model_calls"] = calls
 out["registered"] = {DRAFT_ARCHITECTURE!r} in ModelRegistry.get_supported_archs()
 
@@ -300,7 +304,7 @@ def test_register_is_lazy_and_idempotent_in_a_fresh_process(children: dict[str, 
         f"{V1}.runner_selection",
     ]
     assert out["patches_unchanged"] is True
-    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER, *RUNNER_MODULES])
+    lazy = sorted([EAGLE_MODULE, SAMPLER_TRIGGER, SCHEDULER_TRIGGER, *RUNNER_MODULES])
     assert out["pending_finders"] == lazy
     assert out["pending_finders_after_repeat"] == lazy
     assert out["register_model_calls"] == [DRAFT_ARCHITECTURE]
@@ -311,7 +315,8 @@ def test_eagle_proposer_is_patched_on_first_import(children: dict[str, _Child]) 
     out = children["fresh"].result
     assert out["eagle_new_module"] == f"{V1}.proposer_selection"
     assert out["eagle_new_unchanged"] is True
-    assert out["pending_finders_at_end"] == sorted(RUNNER_MODULES)
+    assert out["pending_finders_at_end"] == sorted([SCHEDULER_TRIGGER, *RUNNER_MODULES])
+    assert out["scheduler_init_module"] == "vllm_vispec.goodput.scheduler"
     assert out["proposer_for"] == {
         "vispec": "ViSpecProposer",
         "vispec-trees": "ViSpecTreeProposer",

@@ -64,13 +64,21 @@ def _conversations() -> list[list[dict]]:
     ]
 
 
-def _run(attention: str | None, draft: pathlib.Path = DRAFT, **overrides: Any) -> dict[str, Any]:
-    """One engine (with the draft and this draft attention, unless None): greedy tokens of each
-    pass, the prompts' token ids and counter deltas."""
+def _run(
+    attention: str | None,
+    draft: pathlib.Path = DRAFT,
+    goodput: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """One engine (with the draft and this draft attention, unless None; ``vispec.goodput``
+    when given): greedy tokens of each pass, the prompts' token ids, counter deltas and the
+    goodput policy's steps per K."""
     if attention is None:
         draft, vispec = None, None
     else:
         vispec = {"draft_attention": attention}
+        if goodput is not None:
+            vispec["goodput"] = goodput
     conversations = _conversations()
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     result: dict[str, Any] = {"tokens": [], "delta": []}
@@ -84,6 +92,8 @@ def _run(attention: str | None, draft: pathlib.Path = DRAFT, **overrides: Any) -
                 {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int | float)}
             )
         result["prompts"] = [list(o.prompt_token_ids) for o in outputs]
+        policy = getattr(llm.llm_engine.engine_core.engine_core.scheduler, "vispec_goodput", None)
+        result["steps_per_k"] = dict(policy.counts) if policy is not None else {}
     return result
 
 
@@ -171,14 +181,16 @@ def test_tp2_specvlm_is_lossless(
     tp_env: Any, tp2_plain: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A SpecVLM draft (gated compressor, replicated on both ranks) at TP=2: the same tokens,
-    chunked images and prefix-cache hits included, with drafts made."""
+    chunked images and prefix-cache hits included, with drafts made. ``vispec.goodput`` picks
+    each step's K (in the scheduler, so both ranks draft the same K), and K changes."""
     from vllm_vispec.tools.testing.tiny_drafts import build_tiny_draft
 
     folder = tmp_path_factory.mktemp("tp-specvlm") / "d"
     draft = build_tiny_draft(TARGET, folder, echo=True, kind="specvlm", input_norm=True)
-    got = _run("mark", draft, **TP2)
+    got = _run("mark", draft, {"hysteresis": 0, "explore_every": 4}, **TP2)
     assert got["tokens"] == tp2_plain["tokens"]
     assert all(d["vllm:spec_decode_num_draft_tokens"] > 0 for d in got["delta"])
+    assert len(got["steps_per_k"]) >= 2, got["steps_per_k"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,19 +1,22 @@
 """Write the tables in docs/ that mirror code, or check that they still do.
 
-Four blocks of docs/ are generated, each between two HTML comments that name it:
+Five blocks of docs/ are generated, each between two HTML comments that name it:
 
 * ``settings`` (docs/user-guide.md): the keys of ``additional_config["vispec"]``, from the
   fields and defaults of ``vllm_vispec.settings.ViSpecSettings``;
 * ``tree-settings`` (docs/user-guide.md): the fields and defaults of
   ``vllm_vispec.tree.settings.TreeSettings``;
+* ``goodput-settings`` (docs/user-guide.md): the fields and defaults of
+  ``vllm_vispec.goodput.settings.GoodputSettings``;
 * ``tree-options`` (docs/user-guide.md): every vLLM option with trees on, from ``OPTIONS`` in
   tests/test_tree_options.py (read without importing it: it needs vLLM);
 * ``ledger`` (docs/how-it-works.md): every change to vLLM, from ``vllm_vispec.patches.LEDGER``
   and ``vllm_vispec.runners.v1.ledger.LEDGER``, the V1 internals that adapter relies on, and the
   V2 adapter's hooks and internals (``vllm_vispec.runners.v2.ledger``).
 
-The words that describe each setting live here (``SETTINGS_WHAT``, ``TREE_WHAT``); a field of
-the code without words, or words for a field the code lost, stops the script. Nothing here
+The words that describe each setting live here (``SETTINGS_WHAT``, ``TREE_WHAT``,
+``GOODPUT_WHAT``); a field of the code without words, or words for a field the code lost,
+stops the script. Nothing here
 imports vLLM, so it runs in a second.
 
     python tools/docs_tables.py           # rewrite the blocks
@@ -37,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vllm_vispec import patches  # noqa: E402
+from vllm_vispec.goodput.settings import GoodputSettings  # noqa: E402
 from vllm_vispec.runners.v1 import ledger as v1_ledger  # noqa: E402
 from vllm_vispec.runners.v2 import ledger as v2_ledger  # noqa: E402
 from vllm_vispec.settings import DRAFT_ATTENTION_CHOICES, ViSpecSettings  # noqa: E402
@@ -56,6 +60,17 @@ SETTINGS_WHAT: dict[str, str] = {
     "self-check) and `mark` elsewhere",
     "feature_cache_mib": "MiB of adaptor outputs kept per image hash on the draft's device, so "
     "a prefix-cache hit on an image still finds them; the engine logs how many images fit",
+    "goodput": "`true` or an object of the goodput settings below: each step's K (nothing, a "
+    "chain, a tree) chosen from measured step costs and acceptance, per batch size, with "
+    "hysteresis. `false`: vLLM's K (or your `num_speculative_tokens_per_batch_size`, which "
+    "always wins)",
+}
+
+# What each field of vispec.goodput does.
+GOODPUT_WHAT: dict[str, str] = {
+    "hysteresis": "a batch size changes its K only for this much more predicted goodput",
+    "explore_every": "every this many steps of a batch size, one step drafts a neighbouring "
+    "K so that draft costs stay measured; 0 never",
 }
 
 # What each field of vispec.tree does.
@@ -116,6 +131,16 @@ def tree_settings_table() -> str:
         f"A tree has at most {MAX_TREE_NODES} nodes; a step drafts one when its K is at least "
         "`depth` x `top_k`."
     )
+    return "\n".join(lines)
+
+
+def goodput_settings_table() -> str:
+    fields = [f.name for f in dataclasses.fields(GoodputSettings)]
+    _described("GoodputSettings", fields, GOODPUT_WHAT)
+    defaults = dataclasses.asdict(GoodputSettings())
+    lines = ["| field | default (`true`) | what |", "|---|---|---|"]
+    for name in fields:
+        lines.append(_row(f"`{name}`", f"`{json.dumps(defaults[name])}`", GOODPUT_WHAT[name]))
     return "\n".join(lines)
 
 
@@ -217,6 +242,7 @@ def v2_section() -> list[str]:
 BLOCKS: dict[str, tuple[pathlib.Path, Callable[[], str]]] = {
     "settings": (USER_GUIDE, settings_table),
     "tree-settings": (USER_GUIDE, tree_settings_table),
+    "goodput-settings": (USER_GUIDE, goodput_settings_table),
     "tree-options": (USER_GUIDE, tree_options_table),
     "ledger": (HOW_IT_WORKS, ledger_table),
 }

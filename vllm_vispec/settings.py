@@ -10,7 +10,10 @@ process may differ and nothing is read from the environment. Keys:
   :class:`~vllm_vispec.tree.settings.TreeSettings` fields;
 * ``draft_attention``: how the draft leaves hidden image slots out
   (:mod:`vllm_vispec.draft.attention_mode`): ``auto``, ``mark``, ``triton`` or ``torch``;
-* ``feature_cache_mib``: bound of the adaptor outputs kept for prefix-cache hits (64).
+* ``feature_cache_mib``: bound of the adaptor outputs kept for prefix-cache hits (64);
+* ``goodput``: ``false`` (the default) or ``true`` / an object of
+  :class:`~vllm_vispec.goodput.settings.GoodputSettings` fields: each step's K chosen from
+  measured goodput (:mod:`vllm_vispec.goodput`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # tree.settings names its setting with setting() below
+if TYPE_CHECKING:  # tree and goodput settings name themselves with setting() below
+    from vllm_vispec.goodput.settings import GoodputSettings
     from vllm_vispec.tree.settings import TreeSettings
 
 SETTINGS_KEY = "vispec"
@@ -33,6 +37,7 @@ class ViSpecSettings:
     tree: TreeSettings | None = None
     draft_attention: str = "auto"
     feature_cache_mib: float = DEFAULT_FEATURE_CACHE_MIB
+    goodput: GoodputSettings | None = None
 
     @property
     def feature_cache_bytes(self) -> int:
@@ -62,7 +67,10 @@ class ViSpecSettings:
                 f"{setting('feature_cache_mib')}={mib!r} is not a positive number of MiB; "
                 f"leave it out for the default {DEFAULT_FEATURE_CACHE_MIB}"
             )
-        return cls(_tree(raw.get("tree", False)), attention, mib)
+        from vllm_vispec.goodput.settings import GoodputSettings
+
+        goodput = GoodputSettings.parse(raw.get("goodput", False))
+        return cls(_tree(raw.get("tree", False)), attention, mib, goodput)
 
     def as_dict(self) -> dict[str, Any]:
         """The ``vispec`` object that gives these settings (what the start-up log shows)."""
@@ -71,6 +79,7 @@ class ViSpecSettings:
             "tree": tree,
             "draft_attention": self.draft_attention,
             "feature_cache_mib": self.feature_cache_mib,
+            "goodput": dataclasses.asdict(self.goodput) if self.goodput is not None else False,
         }
 
 

@@ -75,6 +75,28 @@ def validate(vllm_config: Any) -> None:
     draft_cfg = checkpoint.check_draft(spec.model)
     _check_draft_fits(draft_cfg, vllm_config)
     _check_chains_and_cache(settings, draft_cfg, vllm_config)
+    if settings.goodput is not None:
+        _check_goodput(vllm_config)
+
+
+def _check_goodput(vllm_config: Any) -> None:
+    """Say at start-up when ``vispec.goodput`` cannot choose the steps' K."""
+    from vllm_vispec.goodput.scheduler import goodput_candidates
+    from vllm_vispec.goodput.settings import GOODPUT_SETTING, is_declared
+
+    schedule = vllm_config.speculative_config.num_speculative_tokens_per_batch_size
+    if schedule is None:
+        logger.warning(
+            "%s is off: vLLM runs one K on every step here (it drops batch-size schedules "
+            "under data parallelism, where ranks must agree on K)",
+            GOODPUT_SETTING,
+        )
+    elif not is_declared(schedule, goodput_candidates(vllm_config)):
+        logger.info(
+            "%s is off: num_speculative_tokens_per_batch_size is set, and that schedule "
+            "decides each step's K",
+            GOODPUT_SETTING,
+        )
 
 
 def _check_draft_fits(draft_cfg: ViSpecConfig, vllm_config: Any) -> None:
@@ -339,6 +361,7 @@ def precheck(
     speculative_config: Any,
     tensor_parallel_size: int | None = None,
     download_dir: str | None = None,
+    additional_config: Any = None,
 ) -> Any:
     """Checks of the raw speculative config that must run before vLLM builds its own; returns
     the speculative config vLLM should build.
@@ -348,7 +371,9 @@ def precheck(
     header and resolves its architecture while it builds ``SpeculativeConfig``; a broken ViSpec
     draft or a wrong method would otherwise stop it with vLLM's own error (wrapped by pydantic,
     without the file or the fix). So would draft heads that do not divide by
-    ``tensor_parallel_size`` (the engine's, when the caller passes it).
+    ``tensor_parallel_size`` (the engine's, when the caller passes it). With ``vispec.goodput``
+    on (in ``additional_config``), the draft lengths the plugin may choose are declared to vLLM
+    as a batch-size schedule (:func:`~vllm_vispec.goodput.settings.declared_schedule`).
     """
     if not isinstance(speculative_config, dict):
         return speculative_config
@@ -381,4 +406,24 @@ def precheck(
         )
         if problem:
             raise ViSpecConfigError(problem)
-    return speculative_config
+    return _declare_goodput(speculative_config, additional_config)
+
+
+def _declare_goodput(speculative_config: dict, additional_config: Any) -> dict:
+    """With ``vispec.goodput`` on and no schedule of the user's, the speculative config plus
+    the schedule that declares the goodput candidates' K."""
+    raw = additional_config.get(SETTINGS_KEY) if isinstance(additional_config, dict) else None
+    k = speculative_config.get("num_speculative_tokens")
+    if raw is None or speculative_config.get("num_speculative_tokens_per_batch_size"):
+        return speculative_config  # off, or the user's schedule (validate() says so)
+    try:
+        settings = ViSpecSettings.from_dict(raw)
+    except ValueError as e:
+        raise ViSpecConfigError(str(e)) from None
+    if settings.goodput is None or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        return speculative_config  # no K: vLLM or validate() says what is missing
+    from vllm_vispec.goodput.scheduler import engine_candidates
+    from vllm_vispec.goodput.settings import declared_schedule
+
+    schedule = declared_schedule(engine_candidates(k, settings.tree))
+    return {**speculative_config, "num_speculative_tokens_per_batch_size": schedule}

@@ -49,6 +49,24 @@ LEDGER: tuple[Patch, ...] = (
         reference="none upstream (plugins have no config-validation hook in 0.32)",
         remove_when="vLLM offers a config-validation hook for general plugins",
     ),
+    Patch(
+        module="vllm_vispec.goodput.scheduler",
+        upstream=(
+            "vllm.v1.core.sched.scheduler:Scheduler.__init__",
+            "vllm.v1.core.sched.scheduler:Scheduler.update_from_output",
+            "vllm.v1.core.sched.scheduler:Scheduler.has_unfinished_requests",
+        ),
+        trigger="vllm.v1.core.sched.scheduler",
+        why="vispec.goodput chooses each step's K where vLLM does (the scheduler's batch-size "
+        "lookup) and learns from every step's output; vLLM's dynamic speculative decoding "
+        "takes a fixed table only",
+        how="wraps Scheduler.__init__: an engine with vispec.goodput on gets a lookup that asks "
+        "the policy, and its scheduler object's update_from_output also times the step and "
+        "counts what was accepted; every other engine is untouched",
+        reference="vLLM PR 32374 (num_speculative_tokens_per_batch_size, a table set by hand); "
+        "vLLM issue 49548 (hand-set schedules flip-flop)",
+        remove_when="vLLM lets a plugin choose a step's number of speculative tokens",
+    ),
 )
 
 

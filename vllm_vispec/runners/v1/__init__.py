@@ -11,6 +11,9 @@ from __future__ import annotations
 # The draft class vLLM's registry resolves for ViSpec drafts on this runner.
 DRAFT_MODEL = "vllm_vispec.draft.model:EagleViSpecForCausalLM"
 
+# For the goodput policy: a step of K = 0 runs no draft pass (its rows wait in SkippedRows).
+ZERO_STEP_DRAFTS = False
+
 
 def install() -> None:
     """Apply the V1 section of the ledger (idempotent; no V1 module is imported here)."""

@@ -13,6 +13,10 @@ from __future__ import annotations
 # The draft class vLLM's registry resolves for ViSpec drafts on this runner.
 DRAFT_MODEL = "vllm_vispec.runners.v2.draft:EagleViSpecForCausalLM"
 
+# For the goodput policy: a step of K = 0 still runs the draft's first pass (V2's EAGLE
+# loop keeps the draft KV that way).
+ZERO_STEP_DRAFTS = True
+
 
 def install() -> None:
     """Apply the runner-neutral ledger section (idempotent; nothing of V2 is imported here)."""
