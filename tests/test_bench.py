@@ -68,9 +68,11 @@ def test_bench_offline_all_methods(
         "--modes", "offline",
         "--batch-sizes", "4",
         "--max-tokens", "12",
+        "--repeats", "1",
     )  # fmt: skip
     methods = [
-        "no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto", "eaglevlm", "specvlm"
+        "no-spec", "ngram", "eagle", "vispec", "vispec-tree", "vispec-auto", "vispec-goodput",
+        "eaglevlm", "specvlm",
     ]  # fmt: skip
     _check_rows(result, "offline", methods, [4])
     tree = [r for r in result["rows"] if r["method"] == "vispec-tree"]
@@ -79,9 +81,11 @@ def test_bench_offline_all_methods(
         "vispec": {},
         "vispec-tree": {"tree": True},
         "vispec-auto": {},
+        "vispec-goodput": {"tree": True, "goodput": True},
         "eaglevlm": {},
         "specvlm": {},
     }
+    assert all(r["runs_tok_per_s"] == [r["tok_per_s"]] for r in result["rows"])
 
 
 @pytest.mark.slow
@@ -97,6 +101,7 @@ def test_bench_serve(
         "--batch-sizes", "4",
         "--max-tokens", "8",
         "--vispec-config", '{"feature_cache_mib": 32}',
+        "--repeats", "1",
     )  # fmt: skip
     _check_rows(result, "serve", ["no-spec", "vispec"], [4])
     log = (tmp_path / "serve_vispec.log").read_text(errors="replace")
@@ -122,6 +127,7 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "vispec": torch,
         "vispec-tree": {**torch, "tree": {"depth": 4, "top_k": 6}},
         "vispec-auto": torch,  # the default schedule drafts chains only
+        "vispec-goodput": {**torch, "tree": {"depth": 4, "top_k": 6}, "goodput": True},
         "specvlm": torch,
     }
     schedules = {m.name: m.spec.get("num_speculative_tokens_per_batch_size") for m in methods[1:]}
@@ -130,6 +136,7 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         "vispec": None,
         "vispec-tree": None,
         "vispec-auto": [[1, 4, 3], [5, max(args.batch_sizes + [5]), 0]],
+        "vispec-goodput": None,  # declared by the plugin when the engine starts
         "specvlm": None,
     }
     given = cli.build_parser().parse_args(
@@ -147,6 +154,28 @@ def test_vispec_settings_per_method(tmp_path: pathlib.Path) -> None:
         kwargs = command._engine_kwargs(args, m, {})
         expected = None if m.vispec is None else {"vispec": m.vispec}
         assert kwargs.get("additional_config") == expected, m.name
+
+
+def test_repeated_runs_report_the_fastest_and_the_spread() -> None:
+    """Two interleaved runs: each row is the faster run, its speedup against the faster
+    no-speculation run, lossless only if both runs were."""
+
+    def run(base: float, spec: float, lossless: bool) -> list[dict]:
+        rows = [
+            {"method": report.BASELINE, "batch": 4, "tok_per_s": base},
+            {"method": "vispec", "batch": 4, "tok_per_s": spec},
+        ]
+        for r in rows:
+            r.update(lossless=lossless or r["method"] == report.BASELINE)
+            r.update(differing_requests=[] if r["lossless"] else [2])
+        return rows
+
+    rows = report.best_of([run(100.0, 150.0, True), run(80.0, 200.0, False)])
+    base, spec = rows
+    assert base["tok_per_s"] == 100.0 and base["runs_tok_per_s"] == [100.0, 80.0]
+    assert base["spread"] == pytest.approx(0.2) and base["lossless"] is True
+    assert spec["tok_per_s"] == 200.0 and spec["speedup"] == 2.0
+    assert spec["lossless"] is False and spec["differing_requests"] == [2]
 
 
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("*/bench.json")), ids=lambda p: p.parent.name)

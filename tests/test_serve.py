@@ -121,7 +121,8 @@ def test_vllm_serve_vispec_matches_plain_server(
         "model": str(official),
         "num_speculative_tokens": NUM_SPECULATIVE_TOKENS,
     }
-    settings = {"vispec": {"draft_attention": "mark", "feature_cache_mib": 16}}
+    goodput = {"hysteresis": 0, "explore_every": 4}
+    settings = {"vispec": {"draft_attention": "mark", "feature_cache_mib": 16, "goodput": goodput}}
     # Both with the CPU test engine settings, as ``vllm serve`` flags.
     specs = [
         ("plain", qwen_target, cpu_engine_kwargs(), tmp_path / "plain.log"),
@@ -149,6 +150,7 @@ def test_vllm_serve_vispec_matches_plain_server(
         after = spec_decode_counters(spec.url)
         specvlm_answers = _ask_all(specvlm.url)
         specvlm_drafts = spec_decode_counters(specvlm.url).get("drafts", 0.0)
+        vllm_bench = _vllm_bench_serve(spec.url, qwen_target, tmp_path)
 
     keys = ("drafts", "draft_tokens", "accepted_tokens")
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
@@ -188,3 +190,25 @@ def test_vllm_serve_vispec_matches_plain_server(
     # The echo draft proposes the target's last token; the tiny target repeats tokens now and
     # then, so each run of these prompts accepts some (12 of ~520 draft tokens when measured).
     assert accepted > 0, report
+    # vispec.goodput chose each step's K in that server.
+    assert "ViSpec vispec.goodput: each step's K from measured goodput" in log
+    # vLLM's own client against the same server, on the bench's prompt file.
+    assert vllm_bench.returncode == 0, vllm_bench.stdout[-2000:]
+    assert "Successful requests:                     3" in vllm_bench.stdout
+    assert "Acceptance length" in vllm_bench.stdout
+
+
+def _vllm_bench_serve(url: str, target: pathlib.Path, folder: pathlib.Path) -> Any:
+    """``vllm bench serve`` as README gives it (bench.md's command), at small scale."""
+    import shutil
+    import subprocess
+    import sys
+
+    from vllm_vispec.tools.bench.prompts import load_prompts, write_dataset
+    from vllm_vispec.tools.bench.serve import vllm_bench_command
+
+    dataset = folder / "prompts.jsonl"
+    write_dataset(load_prompts("toy", 3), dataset)
+    command = vllm_bench_command(url, str(target), dataset, 2, 3, 8)
+    command[0] = shutil.which("vllm", path=str(pathlib.Path(sys.executable).parent))
+    return subprocess.run(command, capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S)

@@ -7,7 +7,9 @@ the ViSpec draft (--vispec-draft), which also runs as vispec-tree
 (EAGLE-2 trees of --tree-nodes nodes at every batch size, shaped by --tree) and vispec-auto (the
 draft under vLLM's batch-size schedule, num_speculative_tokens_per_batch_size, given by --schedule:
 by default chains of --k up to 4 requests and no drafting beyond; how to find the schedule of a
-machine: README). A method whose draft is not given is skipped
+machine: README) and vispec-goodput (vispec.goodput: each step's K chosen while serving among
+nothing, chains and trees of --tree-nodes and of depth x top_k nodes, from measured costs and
+acceptance). A method whose draft is not given is skipped
 (--methods picks a subset). ViSpec's settings reach its engines as vLLM's additional_config
 {"vispec": {...}}: --vispec-config for every ViSpec method, plus --tree for the tree methods.
 Each method runs at every batch size (the number of concurrent requests) in two modes:
@@ -18,6 +20,9 @@ Each method runs at every batch size (the number of concurrent requests) in two 
            streaming chat completions through the openai client (images as base64 data URLs);
            acceptance is read from the server's Prometheus /metrics.
 
+Every method runs --repeats times (default 2), interleaved (all methods once, then again), each
+run on a fresh engine or server; a row is the method's fastest run at that batch size, with
+every run's tokens/s and the spread (single runs on small machines move by tens of percent).
 Every engine first answers all distinct prompts once (warm-up, which also fills the prefix
 cache: every timed request then starts from a cached prompt, for every method alike). Figures
 per method and batch size: output tokens/s (all output tokens / wall time of the batch), mean
@@ -42,7 +47,9 @@ Each batch size runs in waves of that many concurrent requests until every promp
 
 Writes to --out: bench.json (every figure, per-request timings, each ViSpec method's settings,
 machine, versions, command, date), bench.md (a table per mode), throughput.png, speedup.png,
-acceptance.png and, in serve mode, one serve_<method>.log per server."""
+acceptance.png and, in serve mode, one serve_<method>.log per server and prompts.jsonl, the
+prompts for vLLM's own `vllm bench serve --dataset-name custom_image` (bench.md gives the
+command), so a serve row can be checked with vLLM's client against the same server."""
 
 from __future__ import annotations
 
@@ -62,7 +69,14 @@ from typing import Any
 from vllm_vispec.settings import SETTINGS_KEY, ViSpecSettings
 from vllm_vispec.tools.bench import offline, serve
 from vllm_vispec.tools.bench.prompts import PROMPT_SETS, load_prompts
-from vllm_vispec.tools.bench.report import BASELINE, compare, machine, markdown, plot
+from vllm_vispec.tools.bench.report import (
+    BASELINE,
+    best_of,
+    compare,
+    machine,
+    markdown,
+    plot,
+)
 
 EPILOG = """\
 example:
@@ -72,12 +86,13 @@ example:
 
 RUNNERS = {"offline": offline.measure, "serve": serve.measure}
 MODES = tuple(RUNNERS)
-VISPEC_METHODS = ("vispec", "vispec-tree", "vispec-auto")
+VISPEC_METHODS = ("vispec", "vispec-tree", "vispec-auto", "vispec-goodput")
 # SpecVLM's drafts, chains of --k (the vispec settings apply to them too).
 SPECVLM_METHODS = ("eaglevlm", "specvlm")
 SPEC_METHODS = ("ngram", "eagle", *VISPEC_METHODS, *SPECVLM_METHODS)
-# The ViSpec methods with trees: at every batch size, or under vLLM's batch-size schedule.
-TREE_METHODS = ("vispec-tree", "vispec-auto")
+# The ViSpec methods with trees: at every batch size, under vLLM's batch-size schedule, or
+# chosen per step with chains and nothing by vispec.goodput.
+TREE_METHODS = ("vispec-tree", "vispec-auto", "vispec-goodput")
 CHAIN_BATCH = 4  # the default schedule drafts chains up to this batch size, nothing beyond
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
@@ -198,6 +213,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(default {}: the plugin's defaults)",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of every method, interleaved; rows report the fastest and the spread "
+        "(default 2)",
+    )
+    parser.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
     )
     parser.add_argument(
@@ -254,12 +276,18 @@ def run(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()
     rows = []
     for mode in args.modes:
-        mode_rows = []
-        for method in methods:
-            kwargs = _engine_kwargs(args, method, engine_args)
-            _logger().info("bench %s %s: batch sizes %s", mode, method.name, args.batch_sizes)
-            mode_rows += RUNNERS[mode](args, method.name, kwargs, prompts)
-        rows += compare(mode_rows, args.temperature)
+        runs = []
+        for repeat in range(args.repeats):
+            run_rows = []
+            for method in methods:
+                kwargs = _engine_kwargs(args, method, engine_args)
+                _logger().info(
+                    "bench %s %s (run %d of %d): batch sizes %s",
+                    mode, method.name, repeat + 1, args.repeats, args.batch_sizes,
+                )  # fmt: skip
+                run_rows += RUNNERS[mode](args, method.name, kwargs, prompts)
+            runs.append(compare(run_rows, args.temperature))
+        rows += best_of(runs)
     result = {
         "command": shlex.join(sys.argv),
         "date": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
@@ -278,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
             "k": args.k,
             "temperature": args.temperature,
             "ignore_eos": args.ignore_eos,
+            "repeats": args.repeats,
             "engine_kwargs": _engine_kwargs(args, Method(BASELINE), engine_args),
         },
         "rows": rows,
@@ -307,6 +336,7 @@ def _methods(args: argparse.Namespace) -> list[Method]:
     for flag, value in (
         ("--batch-sizes", min(args.batch_sizes)),
         ("--max-tokens", args.max_tokens),
+        ("--repeats", args.repeats),
     ):
         if value < 1:
             raise BenchError(f"{flag} must be at least 1, got {value}")
@@ -344,6 +374,8 @@ def _methods(args: argparse.Namespace) -> list[Method]:
             spec["num_speculative_tokens"] = max(k for _, _, k in _schedule(args))
             spec["num_speculative_tokens_per_batch_size"] = _schedule(args)
         settings = vispec["vispec"] if name in SPECVLM_METHODS else vispec.get(name)
+        if name == "vispec-goodput":
+            settings = {**settings, "goodput": True}
         if name == "vispec-auto" and spec["num_speculative_tokens"] < _min_tree(settings):
             settings = vispec["vispec"]  # a schedule of chains only: no tree engine
         methods.append(Method(name, spec, settings))

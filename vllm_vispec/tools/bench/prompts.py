@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import pathlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,13 @@ class Prompt:
             {"type": "text", "text": self.question},
         ]
         return [{"role": "user", "content": parts}]
+
+
+def write_dataset(prompts: list[Prompt], path: pathlib.Path) -> None:
+    """The prompts as a ``vllm bench serve --dataset-name custom_image`` file (one chat per
+    line, the images as the same PNG data URLs the serve mode sends)."""
+    lines = [json.dumps({"content": p.messages()[0]["content"]}) for p in prompts]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def load_prompts(name: str, n: int) -> list[Prompt]:

@@ -17,11 +17,35 @@ from typing import Any
 from tqdm import tqdm
 
 from vllm_vispec.tools.bench.offline import WARMUP_TOKENS
-from vllm_vispec.tools.bench.prompts import Prompt, waves
+from vllm_vispec.tools.bench.prompts import Prompt, waves, write_dataset
 from vllm_vispec.tools.bench.report import Answer, acceptance, row
 from vllm_vispec.tools.bench.server import VllmServer, spec_decode_counters
 
 REQUEST_TIMEOUT_S = 1800.0
+
+
+DATASET = "prompts.jsonl"  # in --out: the prompts for `vllm bench serve` (custom_image)
+
+
+def vllm_bench_command(
+    base_url: str,
+    target: str,
+    dataset: pathlib.Path,
+    batch: int,
+    num_prompts: int,
+    max_tokens: int,
+    temperature: float = 0.0,
+    ignore_eos: bool = True,
+) -> list[str]:
+    """vLLM's own client for a serve row: the same prompts, ``batch`` concurrent requests."""
+    return [
+        "vllm", "bench", "serve", "--backend", "openai-chat", "--endpoint",
+        "/v1/chat/completions", "--base-url", base_url, "--model", target,
+        "--dataset-name", "custom_image", "--dataset-path", str(dataset), "--disable-shuffle",
+        "--num-prompts", str(num_prompts), "--max-concurrency", str(batch),
+        "--custom-output-len", str(max_tokens), "--temperature", f"{temperature:g}",
+        *(["--ignore-eos"] if ignore_eos else []),
+    ]  # fmt: skip
 
 
 def measure(
@@ -31,6 +55,7 @@ def measure(
     from vllm.logger import init_logger
 
     messages = [p.messages() for p in prompts]
+    write_dataset(prompts, args.out / DATASET)
     with VllmServer(pathlib.Path(args.target), kwargs, args.out / f"serve_{method}.log") as server:
         elapsed = server.wait_healthy()
         init_logger(f"vllm.{__name__}").info("%s server healthy after %.0f s", method, elapsed)
