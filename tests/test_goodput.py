@@ -98,7 +98,7 @@ def test_step_costs_recover_the_draft_terms_from_explored_steps() -> None:
         work = (1.0, tokens, *c.draft_work(tokens, b))
         costs.add(tokens, *c.draft_work(tokens, b), float(truth @ work) * rng.normal(1, 0.02))
     costs.fit()
-    np.testing.assert_allclose(costs.coef, truth, rtol=0.15)
+    np.testing.assert_allclose(costs.coef[:4], truth, rtol=0.15)
 
 
 def test_acceptance_rates_follow_verified_chains() -> None:

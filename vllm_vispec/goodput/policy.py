@@ -6,11 +6,12 @@ the target verifies ``B (1 + K)`` tokens, the draft runs ``c``'s passes, and eac
 criterion, arXiv 2406.14066, here per batch size rather than per request). Both factors are
 measured while the engine serves:
 
-* :class:`StepCosts`: step seconds as ``c0 + c1 tokens + g0 draft passes + g1 draft tokens``,
-  least squares over the recent steps. While K rarely changes the draft's terms cannot be told
-  from the target's, so they are pulled toward ``draft_ratio`` times the target's (the draft's
-  share of the weights); the policy's occasional single-step tries of a neighbouring K give the
-  data that overrules that prior.
+* :class:`StepCosts`: step seconds as ``c0 + c1 tokens + g0 draft passes + g1 draft tokens +
+  e images encoded``, least squares over the recent steps (prefill steps, which run the image
+  encoder, tell the cost of a token at large batches before any large batch ran). While K
+  rarely changes the draft's terms cannot be told from the target's, so they are pulled toward
+  ``draft_ratio`` times the target's (the draft's share of the weights); the policy's
+  occasional single-step tries of a neighbouring K give the data that overrules that prior.
 * :class:`Acceptance`: chains, the probability that draft position ``i`` is accepted once the
   ones before it were; trees, the tokens a verified tree gives. Both decay, so a change of
   content or load is followed within a few hundred steps.
@@ -34,6 +35,7 @@ PRIOR_WEIGHT = 4.0  # ... worth this many verified drafts
 TREE_PRIOR_GAIN = 1.15  # a tree's tokens before measured: a chain of its depth's, times this
 DECAY = 0.995  # per step: acceptance counts halve in ~140 steps
 KNEE_TOKENS = 64  # prior cost of one more verified token: a 64th of a step's fixed cost
+MIN_FIT_STEPS = 24  # measured steps before the fit replaces the prior (5 coefficients)
 
 
 class StepCosts:
@@ -44,15 +46,17 @@ class StepCosts:
     def __init__(self, draft_ratio: float, window: int = 256, prior_steps: float = 8.0) -> None:
         self.ratio = draft_ratio
         self.prior_steps = prior_steps
-        self.rows = np.zeros((window, 4))
+        self.rows = np.zeros((window, 5))
         self.seconds = np.zeros(window)
         self.count = 0
         # Before any step is measured: relative units (only ratios of goodput matter).
-        self.coef = np.array([1.0, 1 / KNEE_TOKENS, draft_ratio, draft_ratio / KNEE_TOKENS])
+        self.coef = np.array([1.0, 1 / KNEE_TOKENS, draft_ratio, draft_ratio / KNEE_TOKENS, 0.0])
 
-    def add(self, tokens: int, passes: int, draft_tokens: int, seconds: float) -> None:
+    def add(
+        self, tokens: int, passes: int, draft_tokens: int, seconds: float, images: int = 0
+    ) -> None:
         i = self.count % len(self.seconds)
-        self.rows[i] = (1.0, tokens, passes, draft_tokens)
+        self.rows[i] = (1.0, tokens, passes, draft_tokens, images)
         self.seconds[i] = seconds
         self.count += 1
 
@@ -62,7 +66,7 @@ class StepCosts:
 
     def fit(self) -> None:
         n = self.measured
-        if n < 8:
+        if n < MIN_FIT_STEPS:
             return
         x, y = self.rows[:n], self.seconds[:n]
         tokens = float(x[:, 1].mean())
@@ -70,13 +74,14 @@ class StepCosts:
         # Pseudo-steps saying "a draft pass costs ratio x a target step's fixed cost, a draft
         # token ratio x a target token", in the units of a mean step.
         prior = w * np.array(
-            [[-self.ratio, 0.0, 1.0, 0.0], [0.0, -self.ratio * tokens, 0.0, tokens]]
+            [[-self.ratio, 0.0, 1.0, 0.0, 0.0], [0.0, -self.ratio * tokens, 0.0, tokens, 0.0]]
         )
         coef, *_ = np.linalg.lstsq(np.vstack([x, prior]), np.concatenate([y, [0.0, 0.0]]))
         self.coef = np.maximum(coef, 0.0)
 
     def predict(self, tokens: float, passes: float, draft_tokens: float) -> float:
-        return float(self.coef @ (1.0, tokens, passes, draft_tokens)) or 1e-9
+        """Seconds of a decoding step (no image encoded)."""
+        return float(self.coef[:4] @ (1.0, tokens, passes, draft_tokens)) or 1e-9
 
     def typical(self) -> float:
         """The median measured step (seconds), for telling idle gaps from steps."""
@@ -191,12 +196,15 @@ class GoodputPolicy:
 
     # -- measuring ----------------------------------------------------------------------------
 
-    def observe_step(self, tokens: int, num_reqs: int, k: int, seconds: float) -> None:
-        """A measured step: ``tokens`` verified for ``num_reqs`` requests, drafting ``k``."""
+    def observe_step(
+        self, tokens: int, num_reqs: int, k: int, seconds: float, images: int = 0
+    ) -> None:
+        """A measured step: ``tokens`` run for ``num_reqs`` requests, drafting ``k``, after
+        encoding ``images`` images."""
         c = self.by_k.get(k)
         if c is None:
             return
-        self.costs.add(tokens, *c.draft_work(tokens, num_reqs), seconds)
+        self.costs.add(tokens, *c.draft_work(tokens, num_reqs), seconds, images)
         if self.costs.count % self.DECIDE_EVERY == 0:
             self.costs.fit()
 

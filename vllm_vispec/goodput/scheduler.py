@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vllm.logger import init_logger
 
 from vllm_vispec import adapter_for
-from vllm_vispec.goodput.policy import GoodputPolicy
+from vllm_vispec.goodput.policy import MIN_FIT_STEPS, GoodputPolicy
 from vllm_vispec.goodput.settings import (
     GOODPUT_SETTING,
     Candidate,
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 logger = init_logger(f"vllm.{__name__}")
 
-IDLE_FACTOR = 20.0  # a gap this many typical steps long was the engine waiting, not stepping
+# A gap this many typical steps long was the engine waiting, not stepping (a safety net: the
+# clock restarts whenever the engine runs out of requests, and empty steps are not timed).
+IDLE_FACTOR = 100.0
 TABLE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -132,14 +134,16 @@ def _measure(scheduler: Any, policy: GoodputPolicy) -> None:
         outputs = update(scheduler_output, model_runner_output)
         now = time.perf_counter()
         previous, last[0] = last[0], now
-        if previous is not None and not scheduler_output.scheduled_encoder_inputs:
+        if previous is not None and scheduler_output.total_num_scheduled_tokens:
             seconds = now - previous
-            if seconds < IDLE_FACTOR * policy.costs.typical() or policy.costs.measured < 8:
+            early = policy.costs.measured < MIN_FIT_STEPS
+            if early or seconds < IDLE_FACTOR * policy.costs.typical():
                 policy.observe_step(
                     scheduler_output.total_num_scheduled_tokens,
                     len(scheduler_output.num_scheduled_tokens),
                     scheduler_output.num_spec_tokens_to_schedule,
                     seconds,
+                    sum(map(len, scheduler_output.scheduled_encoder_inputs.values())),
                 )
         _verified(policy, scheduler_output, model_runner_output)
         policy.end_step()
