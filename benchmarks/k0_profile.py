@@ -55,7 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--prefix-caching",
         action="store_true",
-        help="keep vLLM's prefix caching on (later runs then hit the prompts' cached blocks)",
+        help="keep vLLM's prefix caching on (later runs then hit the prompts' cached blocks); "
+        "adds vispec-k0-keep-block, the ViSpec engine with disable_eagle_block_drop",
     )
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
     return p.parse_args()
@@ -94,11 +95,17 @@ def engines(args: argparse.Namespace, max_seqs: int) -> dict[str, dict[str, Any]
             "num_speculative_tokens_per_batch_size": never,
         }
 
-    return {
+    out = {
         "plain": {},
         "eagle-k0": {"speculative_config": spec(args.eagle_draft)},
         "vispec-k0": {"speculative_config": spec(args.vispec_draft)},
     }
+    if args.prefix_caching:
+        # vLLM drops an EAGLE engine's trailing cached block on a prefix hit (to rewrite the
+        # draft's KV there), which can re-run the vision encoder; this one keeps the block.
+        keep = {**spec(args.vispec_draft), "disable_eagle_block_drop": True}
+        out["vispec-k0-keep-block"] = {"speculative_config": keep}
+    return out
 
 
 def run(llm: Any, chats: list, params: Any) -> tuple[float, int, collections.Counter]:

@@ -192,7 +192,7 @@ def test_goodput_is_lossless_while_load_and_k_change() -> None:
     """The toy world's trained target and draft, 12 requests of 8 to 74 tokens through 8 seats:
     the batch fills, then drains to one request, and the policy (no hysteresis, a neighbour
     tried every 4 steps) drafts several K within the run. Greedy tokens equal plain decoding's;
-    drafts were accepted; every step of the run was one of the policy's."""
+    drafts were accepted; the policy saw exactly the verifications vLLM counted."""
     from vllm_vispec.tools.toy.world import prompts
 
     conversations = [
@@ -219,5 +219,9 @@ def test_goodput_is_lossless_while_load_and_k_change() -> None:
     assert got == expected
     accepted = "vllm:spec_decode_num_accepted_tokens"
     assert after[accepted] - before.get(accepted, 0) > 50
+    # The policy saw every verification vLLM counted (its acceptance estimates rest on them).
+    drafts = after["vllm:spec_decode_num_drafts"] - before.get("vllm:spec_decode_num_drafts", 0)
+    assert policy.acceptance.drafts == drafts
+    assert policy.acceptance.accepted_tokens == after[accepted] - before.get(accepted, 0)
     assert len([k for k, n in policy.counts.items() if n]) >= 3, policy.counts
     assert policy.explored > 0 and policy.costs.measured > 20

@@ -129,6 +129,20 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
     assert features == 3  # one adaptor output per distinct image, computed once
 
 
+def test_prefix_cache_hits_keep_their_last_block(qwen_draft: pathlib.Path) -> None:
+    """ViSpec engines default to vLLM's disable_eagle_block_drop: vLLM would drop a hit's last
+    cached block, and re-run the vision encoder when it holds image tokens (the cold/warm test
+    above runs with the default); a user's own value stays."""
+    from vllm_vispec.validation import precheck
+
+    spec = {"method": "eagle", "model": str(qwen_draft), "num_speculative_tokens": 3}
+    assert precheck(spec)["disable_eagle_block_drop"] is True
+    own = {**spec, "disable_eagle_block_drop": False}
+    assert precheck(own)["disable_eagle_block_drop"] is False
+    plain = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+    assert "disable_eagle_block_drop" not in precheck(plain)
+
+
 def test_specvlm_keeps_its_choice_for_the_same_image_and_another_question(
     request: pytest.FixtureRequest,
 ) -> None:

@@ -96,10 +96,14 @@ class Acceptance:
         self.reached = np.zeros(max_chain)
         self.accepted = np.zeros(max_chain)
         self.tree = collections.defaultdict(lambda: np.zeros(2))  # k -> (tokens, verified)
+        self.drafts = 0  # totals, never decayed: what vLLM's spec-decode counters count
+        self.accepted_tokens = 0
 
     def add(self, k: int, num_accepted: Sequence[int], tree: bool) -> None:
         """Verified drafts of ``k`` tokens (or tree nodes) that kept ``num_accepted`` each."""
         n = np.asarray(num_accepted)
+        self.drafts += len(n)
+        self.accepted_tokens += int(n.sum())
         if tree:
             self.tree[k] += (float((n + 1).sum()), len(n))
             return

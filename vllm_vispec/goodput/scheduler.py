@@ -131,6 +131,8 @@ def _measure(scheduler: Any, policy: GoodputPolicy) -> None:
     logged = [0]
 
     def update_from_output(scheduler_output: Any, model_runner_output: Any) -> Any:
+        # Before vLLM's update, which trims a finishing request's tokens in place.
+        _verified(policy, scheduler_output, model_runner_output)
         outputs = update(scheduler_output, model_runner_output)
         now = time.perf_counter()
         previous, last[0] = last[0], now
@@ -145,7 +147,6 @@ def _measure(scheduler: Any, policy: GoodputPolicy) -> None:
                     seconds,
                     sum(map(len, scheduler_output.scheduled_encoder_inputs.values())),
                 )
-        _verified(policy, scheduler_output, model_runner_output)
         policy.end_step()
         if not scheduler.has_unfinished_requests():
             last[0] = None  # the next step follows a wait

@@ -6,7 +6,7 @@ each step's K comes from :class:`~vllm_vispec.goodput.policy.GoodputPolicy` amon
 *candidates*: no draft, chains of 1 to ``num_speculative_tokens`` tokens (at most 8) and, with
 ``vispec.tree``, trees of ``num_speculative_tokens`` nodes and of ``depth x top_k`` nodes.
 
-* ``hysteresis`` (0.1): a batch size changes its K only for a predicted goodput this much higher
+* ``hysteresis`` (0.05): a batch size changes its K only for a predicted goodput this much higher
   than its current K's, so that steps keep their shape (and GPU graphs are reused).
 * ``explore_every`` (64): every this many steps of a batch size, one step drafts a neighbouring
   candidate so that the cost of a draft pass stays measured; 0 never explores.
@@ -32,7 +32,7 @@ MAX_CHAIN = 8  # the longest chain a step may choose (validation's MAX_SPECULATI
 
 @dataclasses.dataclass(frozen=True)
 class GoodputSettings:
-    hysteresis: float = 0.1
+    hysteresis: float = 0.05
     explore_every: int = 64
 
     @classmethod
