@@ -36,6 +36,7 @@ TREE_PRIOR_GAIN = 1.15  # a tree's tokens before measured: a chain of its depth'
 DECAY = 0.995  # per step: acceptance counts halve in ~140 steps
 KNEE_TOKENS = 64  # prior cost of one more verified token: a 64th of a step's fixed cost
 MIN_FIT_STEPS = 24  # measured steps before the fit replaces the prior (5 coefficients)
+TOKEN_PRIOR_STEPS = 64.0  # weight of "a draft token costs ratio x a target token"
 
 
 class StepCosts:
@@ -65,18 +66,27 @@ class StepCosts:
         return min(self.count, len(self.seconds))
 
     def fit(self) -> None:
+        """Least squares of relative errors (each row weighted by 1 / its seconds), so that a
+        long prefill step weighs as much as a decoding step, not hundreds of times more."""
         n = self.measured
         if n < MIN_FIT_STEPS:
             return
         x, y = self.rows[:n], self.seconds[:n]
-        tokens = float(x[:, 1].mean())
-        w = np.sqrt(self.prior_steps)
+        weight = 1.0 / np.maximum(y, 1e-9)
+        tokens, typical = float(np.median(x[:, 1])), float(np.median(y))
         # Pseudo-steps saying "a draft pass costs ratio x a target step's fixed cost, a draft
-        # token ratio x a target token", in the units of a mean step.
-        prior = w * np.array(
-            [[-self.ratio, 0.0, 1.0, 0.0, 0.0], [0.0, -self.ratio * tokens, 0.0, tokens, 0.0]]
-        )
-        coef, *_ = np.linalg.lstsq(np.vstack([x, prior]), np.concatenate([y, [0.0, 0.0]]))
+        # token ratio x a target token", in units of a typical step. The second is held
+        # firmly: draft tokens grow with target tokens, so data hardly tells them apart, while
+        # a pass's fixed cost (host work, on small machines the most of it) shows whenever K
+        # changes at a given batch size.
+        prior = np.array(
+            [
+                [-self.ratio, 0.0, 1.0, 0.0, 0.0],
+                [0.0, -self.ratio * tokens, 0.0, tokens, 0.0],
+            ]
+        ) * (np.sqrt([[self.prior_steps], [TOKEN_PRIOR_STEPS]]) / typical)
+        a = np.vstack([x * weight[:, None], prior])
+        coef, *_ = np.linalg.lstsq(a, np.concatenate([y * weight, [0.0, 0.0]]), rcond=None)
         self.coef = np.maximum(coef, 0.0)
 
     def predict(self, tokens: float, passes: float, draft_tokens: float) -> float:
