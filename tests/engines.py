@@ -119,6 +119,24 @@ def chat(
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
+def toy_conversations(n: int) -> list[list[dict]]:
+    """``n`` held-out toy-world chats (seed 30 000: pictures the trained toy models never saw)."""
+    from vllm_vispec.tools.toy.world import prompts
+
+    return [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_pil", "image_pil": image},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]
+        for _, image, question in prompts(n, 30_000)
+    ]
+
+
 MIXED_BATCH = [
     chat([]),
     chat([(1, (224, 224))]),

@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from engines import counters, engine
+from engines import counters, engine, toy_conversations
 from vllm import SamplingParams
 
 from vllm_vispec.goodput.policy import GoodputPolicy, StepCosts
@@ -193,20 +193,7 @@ def test_goodput_is_lossless_while_load_and_k_change() -> None:
     the batch fills, then drains to one request, and the policy (no hysteresis, a neighbour
     tried every 4 steps) drafts several K within the run. Greedy tokens equal plain decoding's;
     drafts were accepted; the policy saw exactly the verifications vLLM counted."""
-    from vllm_vispec.tools.toy.world import prompts
-
-    conversations = [
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_pil", "image_pil": image},
-                    {"type": "text", "text": question},
-                ],
-            }
-        ]
-        for _, image, question in prompts(12, 30_000)
-    ]
+    conversations = toy_conversations(12)
     params = [SamplingParams(temperature=0, max_tokens=8 + 6 * i) for i in range(12)]
     with engine(TOY / "target", max_num_seqs=8) as llm:
         expected = [list(o.outputs[0].token_ids) for o in llm.chat(conversations, params)]

@@ -19,7 +19,16 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from engines import MIXED_BATCH, chat, counters, engine, greedy, models, plain_greedy
+from engines import (
+    MIXED_BATCH,
+    chat,
+    counters,
+    engine,
+    greedy,
+    models,
+    plain_greedy,
+    toy_conversations,
+)
 from scipy import stats
 from vllm import SamplingParams
 
@@ -127,20 +136,6 @@ def test_prefix_cache_hit_drafts_like_a_cold_run(
         features = len(drafter(llm).vision.features)
     assert accepted[0] == accepted[1]
     assert features == 3  # one adaptor output per distinct image, computed once
-
-
-def test_prefix_cache_hits_keep_their_last_block(qwen_draft: pathlib.Path) -> None:
-    """ViSpec engines default to vLLM's disable_eagle_block_drop: vLLM would drop a hit's last
-    cached block, and re-run the vision encoder when it holds image tokens (the cold/warm test
-    above runs with the default); a user's own value stays."""
-    from vllm_vispec.validation import precheck
-
-    spec = {"method": "eagle", "model": str(qwen_draft), "num_speculative_tokens": 3}
-    assert precheck(spec)["disable_eagle_block_drop"] is True
-    own = {**spec, "disable_eagle_block_drop": False}
-    assert precheck(own)["disable_eagle_block_drop"] is False
-    plain = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
-    assert "disable_eagle_block_drop" not in precheck(plain)
 
 
 def test_specvlm_keeps_its_choice_for_the_same_image_and_another_question(
@@ -417,21 +412,8 @@ def test_sampling_with_a_trained_draft_follows_the_target(vispec: dict | None) -
     distributions) mostly skip. ``goodput-trees``: ``vispec.goodput`` picks each step's K among
     nothing, chains of 1-7 and trees of 8 nodes while the batch drains (unseeded requests, which
     may draft trees)."""
-    from vllm_vispec.tools.toy.world import prompts
-
     toy = pathlib.Path(__file__).resolve().parents[1] / "models" / "toy"
-    conversations = [
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_pil", "image_pil": image},
-                    {"type": "text", "text": question},
-                ],
-            }
-        ]
-        for _, image, question in prompts(96, 30_000)
-    ]
+    conversations = toy_conversations(96)
     spec = {"method": "eagle", "model": str(toy / "vispec")}
     if vispec is not None:
         spec["num_speculative_tokens"] = 8

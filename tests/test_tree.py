@@ -26,6 +26,7 @@ from engines import (
     models,
     output_tokens,
     plain_greedy,
+    toy_conversations,
 )
 from test_lossless import _sampled_pit
 from vllm import SamplingParams
@@ -401,7 +402,7 @@ def test_tree_sampling_follows_the_target_distribution() -> None:
     """Temperature 1 with confidence-sized trees of the trained toy draft (often accepted, side
     branches too): every token is a draw from the target's conditional distribution
     (randomised PIT + KS)."""
-    conversations = _toy_conversations(96)
+    conversations = toy_conversations(96)
     spec = {"method": "eagle", "model": str(TOY / "vispec"), "num_speculative_tokens": 8}
     trees = _trees({"depth": 2, "top_k": 4, "min_prob": 0.02})
     pvalue, accepted = _sampled_pit(TOY / "target", spec, conversations, False, trees)
@@ -412,30 +413,13 @@ def test_tree_sampling_follows_the_target_distribution() -> None:
 def test_trees_sized_by_confidence() -> None:
     """With min_prob each request's tree keeps the nodes the trained toy draft is sure of, so
     sizes vary with the picture and the position; the tokens stay those without speculation."""
-    conversations = _toy_conversations(4)
+    conversations = toy_conversations(4)
     expected = plain_greedy(TOY / "target", conversations, max_tokens=64)[0]
     with engine(TOY / "target", TOY / "vispec", k=29, vispec=_trees({"min_prob": 0.05})) as llm:
         lengths = _record_draft_lengths(llm)
         got = greedy(llm, conversations, 64)
     assert got == expected
     assert len(lengths) > 3 and 1 <= min(lengths) and max(lengths) <= 29, lengths
-
-
-def _toy_conversations(n: int) -> list[list[dict]]:
-    from vllm_vispec.tools.toy.world import prompts
-
-    return [
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_pil", "image_pil": image},
-                    {"type": "text", "text": question},
-                ],
-            }
-        ]  # fmt: skip
-        for _, image, question in prompts(n, 30_000)
-    ]
 
 
 def test_two_engines_with_their_own_settings_in_one_process(

@@ -119,13 +119,19 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-def tree_settings_table() -> str:
-    fields = [f.name for f in dataclasses.fields(TreeSettings)]
-    _described("TreeSettings", fields, TREE_WHAT)
-    defaults = dataclasses.asdict(TreeSettings())
+def _fields_table(cls: type, words: dict[str, str]) -> list[str]:
+    """The rows of a setting object's fields (``true`` gives the defaults)."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    _described(cls.__name__, fields, words)
+    defaults = dataclasses.asdict(cls())
     lines = ["| field | default (`true`) | what |", "|---|---|---|"]
     for name in fields:
-        lines.append(_row(f"`{name}`", f"`{json.dumps(defaults[name])}`", TREE_WHAT[name]))
+        lines.append(_row(f"`{name}`", f"`{json.dumps(defaults[name])}`", words[name]))
+    return lines
+
+
+def tree_settings_table() -> str:
+    lines = _fields_table(TreeSettings, TREE_WHAT)
     lines.append("")
     lines.append(
         f"A tree has at most {MAX_TREE_NODES} nodes; a step drafts one when its K is at least "
@@ -135,13 +141,7 @@ def tree_settings_table() -> str:
 
 
 def goodput_settings_table() -> str:
-    fields = [f.name for f in dataclasses.fields(GoodputSettings)]
-    _described("GoodputSettings", fields, GOODPUT_WHAT)
-    defaults = dataclasses.asdict(GoodputSettings())
-    lines = ["| field | default (`true`) | what |", "|---|---|---|"]
-    for name in fields:
-        lines.append(_row(f"`{name}`", f"`{json.dumps(defaults[name])}`", GOODPUT_WHAT[name]))
-    return "\n".join(lines)
+    return "\n".join(_fields_table(GoodputSettings, GOODPUT_WHAT))
 
 
 def tree_options() -> list[tuple[str, str, str]]:

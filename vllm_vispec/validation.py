@@ -406,23 +406,7 @@ def precheck(
         )
         if problem:
             raise ViSpecConfigError(problem)
-    return _declare_goodput(_keep_trailing_block(speculative_config), additional_config)
-
-
-def _keep_trailing_block(speculative_config: dict) -> dict:
-    """``disable_eagle_block_drop`` on unless the user set it: on a prefix-cache hit vLLM
-    drops an EAGLE engine's last cached block to rewrite the draft's KV there, which re-runs the
-    vision encoder whenever the block holds image tokens (a K = 0 engine ran at 0.67x plain at
-    batch 16 because of it, 0.95x without). Only acceptance can change (the draft's KV at that
-    block may pair a position with another request's next token); outputs cannot."""
-    if "disable_eagle_block_drop" in speculative_config:
-        return speculative_config
-    logger.info(
-        "ViSpec: prefix-cache hits keep their last cached block (disable_eagle_block_drop), "
-        "so a hit does not re-run the vision encoder; set it false in the speculative config "
-        "for vLLM's default"
-    )
-    return {**speculative_config, "disable_eagle_block_drop": True}
+    return _declare_goodput(speculative_config, additional_config)
 
 
 def _declare_goodput(speculative_config: dict, additional_config: Any) -> dict:

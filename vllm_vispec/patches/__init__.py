@@ -44,9 +44,8 @@ LEDGER: tuple[Patch, ...] = (
         trigger="vllm.engine.arg_utils",
         why="a ViSpec set-up that cannot run must stop with one line that says what to do, "
         "before any worker starts; vLLM has no hook for a plugin to validate a config",
-        how="wraps create_engine_config: precheck the raw speculative config (with two "
-        "defaults for ViSpec drafts: disable_eagle_block_drop, and vispec.goodput's candidates "
-        "as a batch-size schedule), validate the built VllmConfig",
+        how="wraps create_engine_config: precheck the raw speculative config (and declare "
+        "vispec.goodput's candidates as a batch-size schedule), validate the built VllmConfig",
         reference="none upstream (plugins have no config-validation hook in 0.32)",
         remove_when="vLLM offers a config-validation hook for general plugins",
     ),
